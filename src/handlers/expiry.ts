@@ -1,0 +1,40 @@
+import { Effect, Option } from "effect"
+import { deriveId } from "../domain/ids.ts"
+import type { Reservation } from "../stores/model.ts"
+import { Reservations } from "../stores/services.ts"
+import { nowDate } from "./outbound.ts"
+import { releaseReservation } from "./orders.ts"
+
+/** The expiry of one reservation, caused by the reservation rather than by an inbound event. */
+const expire = (reservation: Reservation) =>
+  releaseReservation(reservation, "expired", "expired", {
+    organization_id: reservation.organization_id,
+    event_id: deriveId(reservation.reservation_id, "expired")
+  })
+
+/**
+ * Releases a reservation whose hold lapsed (SPEC 4): only if it is still `active` and past
+ * `expires_at`. The row lock and the conditional transition make it happen once, however many
+ * timers or processes fire for it. Returns whether this call expired it.
+ */
+export const expireReservation = Effect.fn("reservation.expire")(function*(organizationId: string, reservationId: string) {
+  const found = yield* (yield* Reservations).lockById(organizationId, reservationId)
+  if (Option.isNone(found)) return false
+  const reservation = found.value
+  const now = yield* nowDate
+  if (reservation.status !== "active" || reservation.expires_at === null || reservation.expires_at > now) return false
+  return yield* expire(reservation)
+})
+
+/**
+ * Expires up to `limit` overdue reservations that no other process holds: what a dead
+ * replica's timers would have done. Returns how many it expired.
+ */
+export const expireOverdue = Effect.fn("reservation.expire_overdue")(function*(limit: number) {
+  const due = yield* (yield* Reservations).lockDue(yield* nowDate, limit)
+  let expired = 0
+  for (const reservation of due) {
+    if (yield* expire(reservation)) expired++
+  }
+  return expired
+})

@@ -1,0 +1,412 @@
+import { Duration, Effect, Option } from "effect"
+import { InsufficientStock, ReservationNotFound, ValidationError } from "../domain/errors.ts"
+import type { OrderCancelled, OrderConfirmed, OrderPlaced, OrderShipped } from "../domain/events.ts"
+import { deriveId } from "../domain/ids.ts"
+import { ReservationTimers } from "../reservations/ReservationTimers.ts"
+import {
+  compareStockKeys,
+  liveStatuses,
+  type Movement,
+  type Reservation,
+  type ReservationItem,
+  type ReservationStatus,
+  type StockKey,
+  type StockRow
+} from "../stores/model.ts"
+import { Movements, Reservations, Stock, UnitOfWork, Warehouses } from "../stores/services.ts"
+import { type Causation, emit, nowDate } from "./outbound.ts"
+
+export const DEFAULT_RESERVATION_TTL_MINUTES = 15
+
+interface Demand {
+  readonly variant_id: string
+  readonly quantity: number
+  readonly preferred_warehouse_id: string | null
+}
+
+/** Lines naming the same variant are checked against their summed quantity (I6). */
+const sumByVariant = (
+  lines: ReadonlyArray<{ readonly variant_id: string; readonly quantity: number; readonly preferred_warehouse_id?: string | null | undefined }>
+): ReadonlyArray<Demand> => {
+  const byVariant = new Map<string, Demand>()
+  for (const line of lines) {
+    const seen = byVariant.get(line.variant_id)
+    byVariant.set(line.variant_id, {
+      variant_id: line.variant_id,
+      quantity: (seen?.quantity ?? 0) + line.quantity,
+      preferred_warehouse_id: seen?.preferred_warehouse_id ?? line.preferred_warehouse_id ?? null
+    })
+  }
+  return [...byVariant.values()].sort((a, b) => (a.variant_id < b.variant_id ? -1 : a.variant_id > b.variant_id ? 1 : 0))
+}
+
+const keyOf = (organizationId: string, item: ReservationItem): StockKey => ({
+  organization_id: organizationId,
+  variant_id: item.variant_id,
+  warehouse_id: item.warehouse_id
+})
+
+const sortedItems = (organizationId: string, items: ReadonlyArray<ReservationItem>) =>
+  [...items].sort((a, b) => compareStockKeys(keyOf(organizationId, a), keyOf(organizationId, b)))
+
+/**
+ * Reserves every demand, all or nothing (SPEC 4). Warehouse: the preferred one if it can serve
+ * the whole quantity, else the active warehouse with the most available stock that can. Rows
+ * are locked in key order, and each decrement is conditional, so racing consumers can never
+ * both take the last unit.
+ */
+const reserveDemands = Effect.fnUntraced(function*(
+  organizationId: string,
+  orderId: string,
+  demands: ReadonlyArray<Demand>
+) {
+  const stock = yield* Stock
+  const active = new Set((yield* (yield* Warehouses).listActive(organizationId)).map((w) => w.warehouse_id))
+  const rows = yield* stock.forVariants(organizationId, demands.map((d) => d.variant_id), { lock: true })
+  const usable = (row: StockRow) => row.archived_at === null && active.has(row.warehouse_id)
+
+  const items: Array<ReservationItem> = []
+  for (const demand of demands) {
+    const candidates = rows.filter((row) => row.variant_id === demand.variant_id && usable(row))
+    const preferred = candidates.find((row) => row.warehouse_id === demand.preferred_warehouse_id && row.available >= demand.quantity)
+    const best = preferred ?? candidates
+      .filter((row) => row.available >= demand.quantity)
+      .reduce<StockRow | undefined>((acc, row) => (acc === undefined || row.available > acc.available ? row : acc), undefined)
+    if (best === undefined) {
+      return yield* new InsufficientStock({
+        organization_id: organizationId,
+        order_id: orderId,
+        variant_id: demand.variant_id,
+        requested: demand.quantity,
+        available: candidates.reduce((max, row) => Math.max(max, row.available), 0)
+      })
+    }
+    items.push({ variant_id: demand.variant_id, warehouse_id: best.warehouse_id, quantity: demand.quantity })
+  }
+
+  for (const item of sortedItems(organizationId, items)) {
+    const reserved = yield* stock.reserve(keyOf(organizationId, item), item.quantity)
+    if (Option.isNone(reserved)) {
+      const row = rows.find((r) => r.variant_id === item.variant_id && r.warehouse_id === item.warehouse_id)
+      return yield* new InsufficientStock({
+        organization_id: organizationId,
+        order_id: orderId,
+        variant_id: item.variant_id,
+        requested: item.quantity,
+        available: row?.available ?? 0
+      })
+    }
+  }
+  return items
+})
+
+/** Gives a reservation's items back to available and moves it out of the live states, once (I5). */
+export const releaseReservation = Effect.fnUntraced(function*(
+  reservation: Reservation,
+  to: Extract<ReservationStatus, "cancelled" | "expired">,
+  reason: string,
+  cause: Causation
+) {
+  const moved = yield* (yield* Reservations).transition(
+    reservation.organization_id,
+    reservation.reservation_id,
+    liveStatuses,
+    to,
+    reason
+  )
+  if (!moved) return false
+  const stock = yield* Stock
+  for (const item of sortedItems(reservation.organization_id, reservation.items)) {
+    yield* stock.release(keyOf(reservation.organization_id, item), item.quantity)
+  }
+  yield* emit(cause, `order/${reservation.order_id}`, [{
+    event: "inventory.stock.released",
+    data: {
+      reservation_id: reservation.reservation_id,
+      order_id: reservation.order_id,
+      reason,
+      items_released: reservation.items.length,
+      items: reservation.items
+    }
+  }])
+  return true
+})
+
+const cancelTimerAfterCommit = Effect.fnUntraced(function*(reservationId: string) {
+  const timers = yield* ReservationTimers
+  yield* (yield* UnitOfWork).afterCommit(timers.cancel(reservationId))
+})
+
+/**
+ * The reservation an order event refers to: by `reservation_id` when it names one of this
+ * order's, else the order's live reservation, else its newest.
+ */
+const findReservation = Effect.fnUntraced(function*(
+  organizationId: string,
+  orderId: string,
+  reservationId: string | null | undefined
+) {
+  const reservations = yield* Reservations
+  if (reservationId) {
+    const byId = yield* reservations.findById(organizationId, reservationId)
+    if (Option.isSome(byId) && byId.value.order_id === orderId) return byId
+  }
+  const all = yield* reservations.findByOrder(organizationId, orderId)
+  return Option.fromNullishOr(all.find((r) => liveStatuses.includes(r.status)) ?? all[0])
+})
+
+/** Writes a new reservation for the order, reserves its stock and announces it. */
+const createReservation = Effect.fnUntraced(function*(
+  cause: Causation,
+  orderId: string,
+  demands: ReadonlyArray<Demand>,
+  status: "active" | "confirmed",
+  expiresAt: Date | null
+) {
+  const org = cause.organization_id
+  const items = yield* reserveDemands(org, orderId, demands)
+  const reservation: Reservation = {
+    organization_id: org,
+    reservation_id: deriveId(cause.event_id, "reservation"),
+    order_id: orderId,
+    status,
+    items,
+    expires_at: expiresAt,
+    created_at: yield* nowDate,
+    caused_by: cause.event_id,
+    closed_reason: null
+  }
+  const inserted = yield* (yield* Reservations).insert(reservation)
+  if (!inserted) {
+    // The order lock makes this unreachable unless a second writer ignores it; refuse to double-reserve.
+    return yield* Effect.die(new Error(`order ${orderId} gained a live reservation while locked`))
+  }
+  yield* emit(cause, `order/${orderId}`, [{
+    event: "inventory.stock.reserved",
+    data: {
+      reservation_id: reservation.reservation_id,
+      order_id: orderId,
+      items,
+      expires_at: expiresAt === null ? null : expiresAt.toISOString()
+    }
+  }])
+  if (status === "active" && expiresAt !== null) {
+    const timers = yield* ReservationTimers
+    yield* (yield* UnitOfWork).afterCommit(
+      timers.schedule({ organization_id: org, reservation_id: reservation.reservation_id, expires_at: expiresAt })
+    )
+  }
+  return reservation
+})
+
+export const orderPlaced = Effect.fn("order.placed")(function*(event: OrderPlaced, eventId: string) {
+  const org = event.organization_id
+  const { data } = event
+  yield* (yield* Reservations).lockOrder(org, data.order_id)
+  const existing = yield* (yield* Reservations).findByOrder(org, data.order_id)
+  if (existing.length > 0) {
+    // A re-sent order, or one cancelled before it was placed: reserve nothing more.
+    yield* Effect.logWarning("order already has a reservation; nothing reserved").pipe(
+      Effect.annotateLogs({ order_id: data.order_id, reservation_status: existing[0]!.status })
+    )
+    return
+  }
+  const ttl = data.reservation_ttl_minutes ?? DEFAULT_RESERVATION_TTL_MINUTES
+  const now = yield* nowDate
+  const expiresAt = new Date(now.getTime() + Duration.toMillis(Duration.minutes(ttl)))
+  yield* createReservation({ organization_id: org, event_id: eventId }, data.order_id, sumByVariant(data.items), "active", expiresAt)
+})
+
+/**
+ * What `order.placed` leaves behind when it fails for lack of stock: the reservation rolled
+ * back, but the order service must still hear `inventory.reservation.failed` (SPEC 4). Runs in
+ * its own unit of work, after the failed one.
+ */
+export const reservationFailed = Effect.fn("order.placed.failed")(function*(
+  event: OrderPlaced,
+  eventId: string,
+  error: InsufficientStock
+) {
+  yield* emit({ organization_id: event.organization_id, event_id: eventId }, `order/${event.data.order_id}`, [{
+    event: "inventory.reservation.failed",
+    data: {
+      order_id: event.data.order_id,
+      variant_id: error.variant_id,
+      requested: error.requested,
+      available: error.available,
+      reason: "insufficient_stock"
+    }
+  }])
+})
+
+export const orderConfirmed = Effect.fn("order.confirmed")(function*(event: OrderConfirmed, eventId: string) {
+  const org = event.organization_id
+  const { data } = event
+  const reservations = yield* Reservations
+  yield* reservations.lockOrder(org, data.order_id)
+  const found = yield* findReservation(org, data.order_id, data.reservation_id)
+  if (Option.isNone(found)) {
+    return yield* new ReservationNotFound({ organization_id: org, order_id: data.order_id, reservation_id: data.reservation_id ?? null })
+  }
+  const reservation = found.value
+  switch (reservation.status) {
+    case "active": {
+      yield* reservations.transition(org, reservation.reservation_id, ["active"], "confirmed", null)
+      yield* cancelTimerAfterCommit(reservation.reservation_id)
+      return
+    }
+    case "expired": {
+      // Payment arrived after the hold lapsed: hold the same goods again if stock allows.
+      yield* createReservation(
+        { organization_id: org, event_id: eventId },
+        data.order_id,
+        sumByVariant(reservation.items.map((i) => ({ ...i, preferred_warehouse_id: i.warehouse_id }))),
+        "confirmed",
+        null
+      )
+      return
+    }
+    case "confirmed":
+    case "fulfilled":
+    case "cancelled": {
+      yield* Effect.logWarning("order.confirmed for a reservation that is not active; nothing changed").pipe(
+        Effect.annotateLogs({ order_id: data.order_id, reservation_id: reservation.reservation_id, status: reservation.status })
+      )
+      return
+    }
+  }
+})
+
+export const orderCancelled = Effect.fn("order.cancelled")(function*(event: OrderCancelled, eventId: string) {
+  const org = event.organization_id
+  const { data } = event
+  const reservations = yield* Reservations
+  yield* reservations.lockOrder(org, data.order_id)
+  const found = yield* findReservation(org, data.order_id, data.reservation_id)
+  const reason = data.cancellation_reason ?? "cancelled"
+  if (Option.isNone(found)) {
+    // Cancelled before it was placed: leave a tombstone so a late `order.placed` reserves nothing.
+    yield* reservations.insert({
+      organization_id: org,
+      reservation_id: deriveId(eventId, "reservation"),
+      order_id: data.order_id,
+      status: "cancelled",
+      items: [],
+      expires_at: null,
+      created_at: yield* nowDate,
+      caused_by: eventId,
+      closed_reason: `cancelled_before_placed: ${reason}`
+    })
+    yield* Effect.logWarning("reservation not found for cancelled order; may be already released").pipe(
+      Effect.annotateLogs({ order_id: data.order_id, reservation_id: data.reservation_id ?? null })
+    )
+    return
+  }
+  const released = yield* releaseReservation(found.value, "cancelled", reason, { organization_id: org, event_id: eventId })
+  if (released) yield* cancelTimerAfterCommit(found.value.reservation_id)
+  else {
+    yield* Effect.logWarning("reservation already released; nothing changed").pipe(
+      Effect.annotateLogs({ order_id: data.order_id, reservation_id: found.value.reservation_id, status: found.value.status })
+    )
+  }
+})
+
+export const orderShipped = Effect.fn("order.shipped")(function*(event: OrderShipped, eventId: string) {
+  const org = event.organization_id
+  const { data } = event
+  const cause = { organization_id: org, event_id: eventId }
+  const reservations = yield* Reservations
+  yield* reservations.lockOrder(org, data.order_id)
+  const found = yield* findReservation(org, data.order_id, data.reservation_id)
+  if (Option.isNone(found)) {
+    return yield* new ReservationNotFound({ organization_id: org, order_id: data.order_id, reservation_id: data.reservation_id ?? null })
+  }
+  let reservation = found.value
+  switch (reservation.status) {
+    case "fulfilled": {
+      yield* Effect.logWarning("order already shipped; nothing changed").pipe(
+        Effect.annotateLogs({ order_id: data.order_id, reservation_id: reservation.reservation_id })
+      )
+      return
+    }
+    case "cancelled":
+      return yield* new ValidationError({ message: `Order ${data.order_id} was cancelled; it cannot be shipped` })
+    case "expired": {
+      // The goods left anyway: hold exactly what was shipped, where it was shipped from.
+      const shippedDemands = data.shipped_items.map((i) => ({ ...i, preferred_warehouse_id: i.warehouse_id }))
+      reservation = yield* createReservation(cause, data.order_id, sumByVariant(shippedDemands), "confirmed", null)
+      break
+    }
+    case "active":
+    case "confirmed":
+      break
+  }
+
+  const key = (variantId: string, warehouseId: string) => `${variantId}\u0000${warehouseId}`
+  const reserved = new Map<string, number>()
+  for (const item of reservation.items) {
+    reserved.set(key(item.variant_id, item.warehouse_id), (reserved.get(key(item.variant_id, item.warehouse_id)) ?? 0) + item.quantity)
+  }
+  const shipped = new Map<string, number>()
+  for (const item of data.shipped_items) {
+    shipped.set(key(item.variant_id, item.warehouse_id), (shipped.get(key(item.variant_id, item.warehouse_id)) ?? 0) + item.quantity)
+  }
+  for (const [k, quantity] of shipped) {
+    const held = reserved.get(k) ?? 0
+    if (quantity > held) {
+      const [variant, warehouse] = k.split("\u0000")
+      return yield* new ValidationError({
+        message: `Shipping more than was reserved: ${quantity} of variant ${variant} from warehouse ${warehouse}, reserved ${held}`
+      })
+    }
+  }
+
+  const stock = yield* Stock
+  const now = yield* nowDate
+  const movements: Array<Movement> = []
+  const reservedItems = [...reserved.entries()].map(([k, quantity]) => {
+    const [variant_id, warehouse_id] = k.split("\u0000") as [string, string]
+    return { variant_id, warehouse_id, quantity }
+  })
+  for (const item of sortedItems(org, reservedItems)) {
+    const k = key(item.variant_id, item.warehouse_id)
+    const out = shipped.get(k) ?? 0
+    const rest = item.quantity - out
+    if (out > 0) {
+      const change = yield* stock.ship(keyOf(org, item), out)
+      movements.push({
+        movement_id: deriveId(eventId, "movement", item.variant_id, item.warehouse_id),
+        organization_id: org,
+        variant_id: item.variant_id,
+        warehouse_id: item.warehouse_id,
+        movement_type: "out",
+        quantity_change: -out,
+        quantity_before: change.before.total,
+        quantity_after: change.after.total,
+        category: "available",
+        reason: "order_shipment",
+        reference_type: "order",
+        reference_id: data.order_id,
+        notes: `Shipped via ${data.shipment_id}`,
+        caused_by: eventId,
+        created_at: now
+      })
+    }
+    if (rest > 0) yield* stock.release(keyOf(org, item), rest)
+  }
+  yield* (yield* Movements).append(movements)
+  yield* reservations.transition(org, reservation.reservation_id, liveStatuses, "fulfilled", `shipped:${data.shipment_id}`)
+  yield* cancelTimerAfterCommit(reservation.reservation_id)
+  yield* emit(cause, `order/${data.order_id}`, movements.map((m) => ({
+    event: "inventory.movement.out" as const,
+    data: {
+      movement_id: m.movement_id,
+      variant_id: m.variant_id,
+      warehouse_id: m.warehouse_id,
+      quantity: -m.quantity_change,
+      reason: "order_shipment",
+      order_id: data.order_id,
+      reference_id: data.shipment_id
+    }
+  })))
+})

@@ -1,0 +1,112 @@
+import { Cause, Effect, Exit, Schedule } from "effect"
+import type { InventoryError, InventoryErrorTag } from "../domain/errors.ts"
+import { fateOf } from "../domain/fates.ts"
+import { afterRollback, handleEvent } from "../handlers/dispatch.ts"
+import { nowDate } from "../handlers/outbound.ts"
+import { EventLog, UnitOfWork } from "../stores/services.ts"
+import { type Decoded, decodeDelivery, type Delivery } from "./decode.ts"
+import { ProcessingPolicy } from "./policy.ts"
+
+/** Why a message could not be applied, as the DLQ headers and metrics name it. */
+export interface Failure {
+  /** The error's tag, or `Defect` for a bug that threw. */
+  readonly errorType: InventoryErrorTag | "Defect"
+  readonly message: string
+}
+
+/**
+ * The one result of a delivery; the runtime only acts on it:
+ * - `Ack`: applied and committed;
+ * - `Duplicate`: applied before (same `event_id`), nothing changed;
+ * - `Retry`: a transient failure outlived the in-process retries; give it back to the queue,
+ *   and when `pause` hold consumption until the database answers;
+ * - `DeadLetter`: permanent failure, or too many deliveries.
+ */
+export type Outcome =
+  | { readonly _tag: "Ack"; readonly decoded: Decoded }
+  | { readonly _tag: "Duplicate"; readonly decoded: Decoded }
+  | { readonly _tag: "Retry"; readonly decoded: Decoded; readonly failure: Failure; readonly pause: boolean }
+  | { readonly _tag: "DeadLetter"; readonly decoded: Decoded | null; readonly failure: Failure }
+
+const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: error.message })
+
+/** One event's unit of work: the event-log row, every effect, the outbox rows, or nothing (SPEC 6). */
+const applyOnce = (decoded: Decoded) =>
+  Effect.gen(function*() {
+    const uow = yield* UnitOfWork
+    const log = yield* EventLog
+    return yield* uow.transaction(Effect.gen(function*() {
+      const first = yield* log.record({
+        organization_id: decoded.event.organization_id,
+        event_id: decoded.eventId,
+        event_type: decoded.event.event,
+        processed_at: yield* nowDate
+      })
+      if (!first) return "duplicate" as const
+      yield* handleEvent(decoded.event, decoded.eventId)
+      return "applied" as const
+    }))
+  })
+
+/**
+ * Applies a decoded event: transient failures are retried in process (1 s, 2 s, 4 s by
+ * default), permanent ones are not; the fate of what still fails comes from the routing table.
+ */
+export const applyDecoded = (decoded: Decoded, deliveryCount: number) =>
+  Effect.gen(function*() {
+    const policy = yield* ProcessingPolicy
+    const schedule = Schedule.max([
+      Schedule.exponential(policy.retryBaseDelay, 2),
+      Schedule.recurs(policy.retries)
+    ])
+    const exit = yield* applyOnce(decoded).pipe(
+      Effect.retry({ schedule, while: (error: InventoryError) => fateOf(error) !== "dead_letter" }),
+      Effect.exit
+    )
+    if (Exit.isSuccess(exit)) {
+      return exit.value === "applied"
+        ? { _tag: "Ack", decoded } satisfies Outcome
+        : { _tag: "Duplicate", decoded } satisfies Outcome
+    }
+    const failed = exit.cause.reasons.find(Cause.isFailReason)
+    if (failed === undefined) {
+      // A defect is a bug, not the message's fault: give it more deliveries, then park it.
+      const failure: Failure = { errorType: "Defect", message: Cause.pretty(exit.cause).split("\n")[0]!.slice(0, 500) }
+      yield* Effect.logError("handler defect").pipe(Effect.annotateLogs({ cause: Cause.pretty(exit.cause) }))
+      return deliveryCount >= policy.maxDeliveries
+        ? { _tag: "DeadLetter", decoded, failure } satisfies Outcome
+        : { _tag: "Retry", decoded, failure, pause: false } satisfies Outcome
+    }
+    const error = failed.error
+    const failure = describe(error)
+    switch (fateOf(error)) {
+      case "dead_letter": {
+        // What the failure itself must announce is written first; if even that cannot be
+        // written, the message goes back rather than lose it.
+        const recorded = yield* Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error))).pipe(Effect.exit)
+        if (Exit.isFailure(recorded)) {
+          yield* Effect.logError("could not record the consequences of a failed event").pipe(
+            Effect.annotateLogs({ cause: Cause.pretty(recorded.cause) })
+          )
+          return { _tag: "Retry", decoded, failure, pause: true } satisfies Outcome
+        }
+        return { _tag: "DeadLetter", decoded, failure } satisfies Outcome
+      }
+      case "retry":
+        return deliveryCount >= policy.maxDeliveries
+          ? { _tag: "DeadLetter", decoded, failure: { ...failure, message: `${failure.message} (after ${deliveryCount} deliveries)` } } satisfies Outcome
+          : { _tag: "Retry", decoded, failure, pause: false } satisfies Outcome
+      case "retry_until_healthy":
+        // An outage is never the message's fault: it goes back however often it was delivered.
+        return { _tag: "Retry", decoded, failure, pause: true } satisfies Outcome
+    }
+  }).pipe(Effect.map((outcome): Outcome => outcome))
+
+/** Raw bytes and properties in, one outcome out: the whole broker-free pipeline. */
+export const processDelivery = (delivery: Delivery) =>
+  decodeDelivery(delivery).pipe(
+    Effect.matchEffect({
+      onFailure: (error) => Effect.succeed<Outcome>({ _tag: "DeadLetter", decoded: null, failure: describe(error) }),
+      onSuccess: (decoded) => applyDecoded(decoded, delivery.deliveryCount)
+    })
+  )

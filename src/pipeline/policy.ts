@@ -1,0 +1,30 @@
+import { Context, Duration } from "effect"
+
+/**
+ * How hard the pipeline tries before giving a message back (SPEC 5), and what one message may
+ * cost (issue 9). Defaults are the contract's; tests and operators override them.
+ */
+export interface ProcessingPolicy {
+  /** First in-process retry delay; each next one doubles (1 s, 2 s, 4 s). */
+  readonly retryBaseDelay: Duration.Duration
+  /** In-process retries of a transient failure before the message goes back to the queue. */
+  readonly retries: number
+  /** Deliveries after which a message that still fails transiently is dead-lettered. */
+  readonly maxDeliveries: number
+  /** Largest body accepted, checked before parsing. */
+  readonly maxBodyBytes: number
+  /** Most lines (items, variants) one event may carry. */
+  readonly maxLinesPerEvent: number
+}
+
+export const defaultProcessingPolicy: ProcessingPolicy = {
+  retryBaseDelay: Duration.seconds(1),
+  retries: 3,
+  maxDeliveries: 5,
+  maxBodyBytes: 1024 * 1024,
+  maxLinesPerEvent: 500
+}
+
+export const ProcessingPolicy = Context.Reference<ProcessingPolicy>("inventory/pipeline/ProcessingPolicy", {
+  defaultValue: () => defaultProcessingPolicy
+})

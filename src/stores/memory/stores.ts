@@ -1,0 +1,328 @@
+import { Effect, Layer, Option } from "effect"
+import {
+  compareStockKeys,
+  liveStatuses,
+  type Reservation,
+  type StockCategory,
+  type StockKey,
+  stockKeyString,
+  type StockRow
+} from "../model.ts"
+import {
+  EventLog,
+  FailedEvents,
+  Movements,
+  Outbox,
+  Reservations,
+  Stock,
+  UnitOfWork,
+  Variants,
+  Warehouses
+} from "../services.ts"
+import { MemoryDatabase } from "./MemoryDatabase.ts"
+
+const pair = (org: string, id: string) => `${org}\u0000${id}`
+
+/** A broken invariant is a bug in the caller, not a transient failure: it dies loudly. */
+const invariant = (condition: boolean, message: string) => {
+  if (!condition) throw new Error(`memory store invariant: ${message}`)
+}
+
+const newRow = (key: StockKey, levels = { min: 0, max: 999_999 }): StockRow => ({
+  ...key,
+  total: 0,
+  available: 0,
+  reserved: 0,
+  damaged: 0,
+  in_transit: 0,
+  min_stock: levels.min,
+  max_stock: levels.max,
+  stock_strategy: "FIFO",
+  archived_at: null
+})
+
+const matches = (row: StockKey, filter: { organization_id?: string; variant_id?: string; warehouse_id?: string }) =>
+  (filter.organization_id === undefined || row.organization_id === filter.organization_id) &&
+  (filter.variant_id === undefined || row.variant_id === filter.variant_id) &&
+  (filter.warehouse_id === undefined || row.warehouse_id === filter.warehouse_id)
+
+const UnitOfWorkMemory = Layer.effect(
+  UnitOfWork,
+  Effect.map(MemoryDatabase, (db) =>
+    UnitOfWork.of({
+      transaction: (effect) => db.transaction(effect),
+      afterCommit: (effect) => db.afterCommit(effect)
+    }))
+)
+
+const WarehousesMemory = Layer.effect(
+  Warehouses,
+  Effect.map(MemoryDatabase, ({ atomically }) =>
+    Warehouses.of({
+      upsert: (w) => atomically((t) => { t.warehouses.set(pair(w.organization_id, w.warehouse_id), w) }),
+      setActive: (org, id, active) =>
+        atomically((t) => {
+          const w = t.warehouses.get(pair(org, id))
+          if (w === undefined) return false
+          t.warehouses.set(pair(org, id), { ...w, active })
+          return true
+        }),
+      list: (org) =>
+        atomically((t) => [...t.warehouses.values()].filter((w) => w.organization_id === org).sort((a, b) => a.warehouse_id < b.warehouse_id ? -1 : 1)),
+      listActive: (org) =>
+        atomically((t) => [...t.warehouses.values()].filter((w) => w.organization_id === org && w.active).sort((a, b) => a.warehouse_id < b.warehouse_id ? -1 : 1))
+    }))
+)
+
+const VariantsMemory = Layer.effect(
+  Variants,
+  Effect.map(MemoryDatabase, ({ atomically }) =>
+    Variants.of({
+      get: (org, id) => atomically((t) => Option.fromNullishOr(t.variants.get(pair(org, id)))),
+      upsert: (v) => atomically((t) => { t.variants.set(pair(v.organization_id, v.variant_id), v) })
+    }))
+)
+
+const StockMemory = Layer.effect(
+  Stock,
+  Effect.map(MemoryDatabase, ({ atomically }) => {
+    const update = (t: ReturnType<MemoryDatabase["Service"]["tables"]>, row: StockRow) => {
+      invariant(
+        row.total === row.available + row.reserved + row.damaged &&
+          row.available >= 0 && row.reserved >= 0 && row.damaged >= 0 && row.in_transit >= 0,
+        `row ${stockKeyString(row)} would break total = available + reserved + damaged`
+      )
+      t.stock.set(stockKeyString(row), row)
+      return row
+    }
+    const add = (row: StockRow, quantity: number, category: StockCategory): StockRow =>
+      category === "available"
+        ? { ...row, available: row.available + quantity, total: row.total + quantity, archived_at: null }
+        : { ...row, damaged: row.damaged + quantity, total: row.total + quantity, archived_at: null }
+
+    return Stock.of({
+      forVariants: (org, variantIds) =>
+        atomically((t) => {
+          const wanted = new Set(variantIds)
+          return [...t.stock.values()]
+            .filter((row) => row.organization_id === org && wanted.has(row.variant_id))
+            .sort(compareStockKeys)
+        }),
+      initialize: (org, variantId, warehouseIds, levels) =>
+        atomically((t) => {
+          let created = 0
+          for (const warehouse_id of warehouseIds) {
+            const key = { organization_id: org, variant_id: variantId, warehouse_id }
+            const existing = t.stock.get(stockKeyString(key))
+            if (existing === undefined) {
+              update(t, newRow(key, levels))
+              created++
+            } else if (existing.archived_at !== null && existing.total === 0 && existing.in_transit === 0) {
+              update(t, { ...existing, archived_at: null })
+            }
+          }
+          return created
+        }),
+      reserve: (key, quantity) =>
+        atomically((t) => {
+          const row = t.stock.get(stockKeyString(key))
+          if (row === undefined || row.archived_at !== null || row.available < quantity) return Option.none()
+          return Option.some(update(t, { ...row, available: row.available - quantity, reserved: row.reserved + quantity }))
+        }),
+      release: (key, quantity) =>
+        atomically((t) => {
+          const row = t.stock.get(stockKeyString(key))
+          invariant(row !== undefined && row.reserved >= quantity, `release ${quantity} from ${stockKeyString(key)}`)
+          return update(t, { ...row!, available: row!.available + quantity, reserved: row!.reserved - quantity })
+        }),
+      ship: (key, quantity) =>
+        atomically((t) => {
+          const before = t.stock.get(stockKeyString(key))
+          invariant(before !== undefined && before.reserved >= quantity, `ship ${quantity} from ${stockKeyString(key)}`)
+          const after = update(t, { ...before!, reserved: before!.reserved - quantity, total: before!.total - quantity })
+          return { before: before!, after }
+        }),
+      receive: (key, quantity, category) =>
+        atomically((t) => {
+          const before = t.stock.get(stockKeyString(key)) ?? newRow(key)
+          const after = update(t, add(before, quantity, category))
+          return { before, after }
+        }),
+      adjust: (key, delta, category) =>
+        atomically((t) => {
+          const before = t.stock.get(stockKeyString(key)) ?? newRow(key)
+          const after = add(before, delta, category)
+          if (after.available < 0 || after.damaged < 0) return Option.none()
+          update(t, after)
+          return Option.some({ before, after })
+        }),
+      archive: (org, variantId) =>
+        Effect.flatMap(
+          Effect.clockWith((clock) => Effect.succeed(new Date(clock.currentTimeMillisUnsafe()))),
+          (now) =>
+            atomically((t) => {
+              let archived = 0
+              for (const row of t.stock.values()) {
+                if (row.organization_id === org && row.variant_id === variantId && row.archived_at === null) {
+                  invariant(row.total === 0 && row.in_transit === 0, `archive non-empty row ${stockKeyString(row)}`)
+                  update(t, { ...row, archived_at: now })
+                  archived++
+                }
+              }
+              return archived
+            })
+        ),
+      list: (filter) => atomically((t) => [...t.stock.values()].filter((row) => matches(row, filter)).sort(compareStockKeys))
+    })
+  })
+)
+
+const ReservationsMemory = Layer.effect(
+  Reservations,
+  Effect.map(MemoryDatabase, ({ atomically }) => {
+    const newestFirst = (a: Reservation, b: Reservation) => b.created_at.getTime() - a.created_at.getTime()
+    return Reservations.of({
+      // Units of work are serialised already: holding the order is implied.
+      lockOrder: () => Effect.void,
+      lockById: (org, id) => atomically((t) => Option.fromNullishOr(t.reservations.get(pair(org, id)))),
+      findById: (org, id) => atomically((t) => Option.fromNullishOr(t.reservations.get(pair(org, id)))),
+      findByOrder: (org, orderId) =>
+        atomically((t) =>
+          [...t.reservations.values()].filter((r) => r.organization_id === org && r.order_id === orderId).sort(newestFirst)
+        ),
+      insert: (reservation) =>
+        atomically((t) => {
+          const live = [...t.reservations.values()].some((r) =>
+            r.organization_id === reservation.organization_id && r.order_id === reservation.order_id &&
+            liveStatuses.includes(r.status)
+          )
+          if (live && liveStatuses.includes(reservation.status)) return false
+          const k = pair(reservation.organization_id, reservation.reservation_id)
+          if (t.reservations.has(k)) return false
+          t.reservations.set(k, reservation)
+          return true
+        }),
+      transition: (org, id, from, to, reason) =>
+        atomically((t) => {
+          const r = t.reservations.get(pair(org, id))
+          if (r === undefined || !from.includes(r.status)) return false
+          t.reservations.set(pair(org, id), { ...r, status: to, closed_reason: reason ?? r.closed_reason })
+          return true
+        }),
+      setItems: (org, id, items, expiresAt) =>
+        atomically((t) => {
+          const r = t.reservations.get(pair(org, id))
+          if (r !== undefined) t.reservations.set(pair(org, id), { ...r, items, expires_at: expiresAt })
+        }),
+      lockDue: (now, limit) =>
+        atomically((t) =>
+          [...t.reservations.values()]
+            .filter((r) => r.status === "active" && r.expires_at !== null && r.expires_at <= now)
+            .sort((a, b) => a.expires_at!.getTime() - b.expires_at!.getTime())
+            .slice(0, limit)
+        ),
+      activeSchedules: () =>
+        atomically((t) =>
+          [...t.reservations.values()]
+            .filter((r) => r.status === "active" && r.expires_at !== null)
+            .map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at! }))
+        ),
+      list: (filter) =>
+        atomically((t) =>
+          [...t.reservations.values()]
+            .filter((r) =>
+              r.organization_id === filter.organization_id &&
+              (filter.order_id === undefined || r.order_id === filter.order_id) &&
+              (filter.status === undefined || r.status === filter.status)
+            )
+            .sort(newestFirst)
+        )
+    })
+  })
+)
+
+const MovementsMemory = Layer.effect(
+  Movements,
+  Effect.map(MemoryDatabase, ({ atomically }) =>
+    Movements.of({
+      append: (movements) => atomically((t) => { t.movements.push(...movements) }),
+      list: (filter) => atomically((t) => t.movements.filter((m) => matches(m, filter)))
+    }))
+)
+
+const EventLogMemory = Layer.effect(
+  EventLog,
+  Effect.map(MemoryDatabase, ({ atomically }) =>
+    EventLog.of({
+      record: (entry) =>
+        atomically((t) => {
+          const k = pair(entry.organization_id, entry.event_id)
+          if (t.eventLog.has(k)) return false
+          t.eventLog.set(k, entry)
+          return true
+        }),
+      has: (org, eventId) => atomically((t) => t.eventLog.has(pair(org, eventId)))
+    }))
+)
+
+const OutboxMemory = Layer.effect(
+  Outbox,
+  Effect.map(MemoryDatabase, ({ atomically, nextOutboxPosition }) =>
+    Outbox.of({
+      append: (messages) =>
+        atomically((t) => {
+          for (const m of messages) {
+            if (t.outbox.some((o) => o.event_id === m.event_id)) continue
+            t.outbox.push({ ...m, position: nextOutboxPosition(), sent: false })
+          }
+        }),
+      pending: (limit) =>
+        atomically((t) => t.outbox.filter((m) => !m.sent).slice(0, limit).map(({ sent: _, ...m }) => m)),
+      markSent: (positions) =>
+        atomically((t) => {
+          const done = new Set(positions)
+          t.outbox.forEach((m, i) => { if (done.has(m.position)) t.outbox[i] = { ...m, sent: true } })
+        }),
+      pendingCount: () => atomically((t) => t.outbox.filter((m) => !m.sent).length)
+    }))
+)
+
+const FailedEventsMemory = Layer.effect(
+  FailedEvents,
+  Effect.map(MemoryDatabase, ({ atomically }) =>
+    FailedEvents.of({
+      record: (event) => atomically((t) => { t.failedEvents.set(event.id, event) }),
+      get: (id) => atomically((t) => Option.fromNullishOr(t.failedEvents.get(id))),
+      list: (filter) =>
+        atomically((t) =>
+          [...t.failedEvents.values()]
+            .filter((e) =>
+              (filter.event_type === undefined || e.event_type === filter.event_type) &&
+              (filter.error_type === undefined || e.error_type === filter.error_type)
+            )
+            .sort((a, b) => a.failed_at.getTime() - b.failed_at.getTime())
+        ),
+      markReplayed: (id, at) =>
+        atomically((t) => {
+          const e = t.failedEvents.get(id)
+          if (e !== undefined) t.failedEvents.set(id, { ...e, replay_count: e.replay_count + 1, last_replayed_at: at })
+        })
+    }))
+)
+
+/**
+ * Every store, in memory, sharing one `MemoryDatabase`. Swap it for the SQL layer in tests:
+ * `Effect.provide(MemoryStores.layer)`.
+ */
+export const layer = Layer.mergeAll(
+  UnitOfWorkMemory,
+  WarehousesMemory,
+  VariantsMemory,
+  StockMemory,
+  ReservationsMemory,
+  MovementsMemory,
+  EventLogMemory,
+  OutboxMemory,
+  FailedEventsMemory
+).pipe(Layer.provideMerge(MemoryDatabase.layer))
+

@@ -1,0 +1,140 @@
+import { Context, type Effect, type Option } from "effect"
+import type { DatabaseError } from "../domain/errors.ts"
+import type {
+  EventLogEntry,
+  FailedEvent,
+  Movement,
+  OutboxMessage,
+  PendingOutboxMessage,
+  Reservation,
+  ReservationSchedule,
+  ReservationStatus,
+  StockCategory,
+  StockKey,
+  StockRow,
+  Variant,
+  Warehouse
+} from "./model.ts"
+
+/**
+ * The store services handlers depend on. Two implementations sit behind them: `memory/`
+ * (for tests, including users' own) and `sql/` (PostgreSQL). Every operation may fail with
+ * `DatabaseError` only; domain decisions belong to the handlers.
+ */
+
+type Db<A> = Effect.Effect<A, DatabaseError>
+
+/**
+ * One event's whole effect as one unit: every store call made inside `transaction` commits
+ * together or not at all. Nested calls become savepoints, so a batch can roll back one event
+ * and keep the others. `afterCommit` work runs only once the outermost unit committed.
+ */
+export class UnitOfWork extends Context.Service<UnitOfWork, {
+  transaction<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DatabaseError, R>
+  afterCommit(effect: Effect.Effect<void>): Effect.Effect<void>
+}>()("inventory/stores/UnitOfWork") {}
+
+export class Warehouses extends Context.Service<Warehouses, {
+  upsert(warehouse: Warehouse): Db<void>
+  setActive(organizationId: string, warehouseId: string, active: boolean): Db<boolean>
+  list(organizationId: string): Db<ReadonlyArray<Warehouse>>
+  listActive(organizationId: string): Db<ReadonlyArray<Warehouse>>
+}>()("inventory/stores/Warehouses") {}
+
+export class Variants extends Context.Service<Variants, {
+  get(organizationId: string, variantId: string): Db<Option.Option<Variant>>
+  upsert(variant: Variant): Db<void>
+}>()("inventory/stores/Variants") {}
+
+export interface StockChange {
+  readonly before: StockRow
+  readonly after: StockRow
+}
+
+export interface StockFilter {
+  readonly organization_id?: string
+  readonly variant_id?: string
+  readonly warehouse_id?: string
+}
+
+export class Stock extends Context.Service<Stock, {
+  /**
+   * The rows of these variants, archived ones included, in primary-key order. With `lock`
+   * they are locked for the rest of the unit of work (in that order, so two units touching
+   * the same rows never deadlock).
+   */
+  forVariants(organizationId: string, variantIds: ReadonlyArray<string>, options: { readonly lock: boolean }): Db<ReadonlyArray<StockRow>>
+  /** Creates missing rows (zero quantities), un-archives archived empty ones; returns how many it created. */
+  initialize(organizationId: string, variantId: string, warehouseIds: ReadonlyArray<string>, levels: { readonly min: number; readonly max: number }): Db<number>
+  /** available -> reserved, only while `available >= quantity` and the row is live. None when refused. */
+  reserve(key: StockKey, quantity: number): Db<Option.Option<StockRow>>
+  /** reserved -> available. */
+  release(key: StockKey, quantity: number): Db<StockRow>
+  /** reserved and total both fall by `quantity` (goods left the warehouse). */
+  ship(key: StockKey, quantity: number): Db<StockChange>
+  /** Adds to `available` or `damaged` and to total, creating (or un-archiving) the row. */
+  receive(key: StockKey, quantity: number, category: StockCategory): Db<StockChange>
+  /**
+   * Signed change to `available` or `damaged` and total, creating the row if needed. None
+   * when it would take a quantity below zero.
+   */
+  adjust(key: StockKey, delta: number, category: StockCategory): Db<Option.Option<StockChange>>
+  /** Archives the variant's live rows; returns how many. */
+  archive(organizationId: string, variantId: string): Db<number>
+  list(filter: StockFilter): Db<ReadonlyArray<StockRow>>
+}>()("inventory/stores/Stock") {}
+
+export class Reservations extends Context.Service<Reservations, {
+  /** Serialises every order event of one order for the rest of the unit of work. */
+  lockOrder(organizationId: string, orderId: string): Db<void>
+  /** The reservation, locked for the rest of the unit of work. */
+  lockById(organizationId: string, reservationId: string): Db<Option.Option<Reservation>>
+  findById(organizationId: string, reservationId: string): Db<Option.Option<Reservation>>
+  /** Every reservation of the order, newest first. */
+  findByOrder(organizationId: string, orderId: string): Db<ReadonlyArray<Reservation>>
+  /** False when the order already has a live reservation (nothing written). */
+  insert(reservation: Reservation): Db<boolean>
+  /** Moves the reservation to `to` only from one of `from`; false when it was elsewhere. */
+  transition(organizationId: string, reservationId: string, from: ReadonlyArray<ReservationStatus>, to: ReservationStatus, reason: string | null): Db<boolean>
+  /** Replaces the items of a reservation (re-reservation after expiry). */
+  setItems(organizationId: string, reservationId: string, items: Reservation["items"], expiresAt: Date | null): Db<void>
+  /** Active reservations past due, locked, skipping any another process holds. */
+  lockDue(now: Date, limit: number): Db<ReadonlyArray<Reservation>>
+  /** Every active reservation's expiry, for rescheduling timers at start-up. */
+  activeSchedules(): Db<ReadonlyArray<ReservationSchedule>>
+  list(filter: { readonly organization_id: string; readonly order_id?: string; readonly status?: ReservationStatus }): Db<ReadonlyArray<Reservation>>
+}>()("inventory/stores/Reservations") {}
+
+export class Movements extends Context.Service<Movements, {
+  append(movements: ReadonlyArray<Movement>): Db<void>
+  list(filter: StockFilter): Db<ReadonlyArray<Movement>>
+}>()("inventory/stores/Movements") {}
+
+export class EventLog extends Context.Service<EventLog, {
+  /** Records a processed event; false when it was recorded before (a duplicate). */
+  record(entry: EventLogEntry): Db<boolean>
+  has(organizationId: string, eventId: string): Db<boolean>
+}>()("inventory/stores/EventLog") {}
+
+export class Outbox extends Context.Service<Outbox, {
+  append(messages: ReadonlyArray<OutboxMessage>): Db<void>
+  /** Unsent messages in write order. */
+  pending(limit: number): Db<ReadonlyArray<PendingOutboxMessage>>
+  markSent(positions: ReadonlyArray<number>): Db<void>
+  pendingCount(): Db<number>
+}>()("inventory/stores/Outbox") {}
+
+export interface FailedEventFilter {
+  readonly event_type?: string
+  readonly error_type?: string
+}
+
+export class FailedEvents extends Context.Service<FailedEvents, {
+  record(event: FailedEvent): Db<void>
+  get(id: string): Db<Option.Option<FailedEvent>>
+  list(filter: FailedEventFilter): Db<ReadonlyArray<FailedEvent>>
+  markReplayed(id: string, at: Date): Db<void>
+}>()("inventory/stores/FailedEvents") {}
+
+/** Every store a handler may need, as one requirement. */
+export type Stores = UnitOfWork | Warehouses | Variants | Stock | Reservations | Movements | EventLog | Outbox | FailedEvents
