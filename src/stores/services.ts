@@ -136,5 +136,40 @@ export class FailedEvents extends Context.Service<FailedEvents, {
   markReplayed(id: string, at: Date): Db<void>
 }>()("inventory/stores/FailedEvents") {}
 
-/** Every store a handler may need, as one requirement. */
-export type Stores = UnitOfWork | Warehouses | Variants | Stock | Reservations | Movements | EventLog | Outbox | FailedEvents
+/** One broken invariant of SPEC 3, found on one row or reservation. */
+export interface Violation {
+  readonly invariant: "I1" | "I2" | "I3" | "I8" | "I9"
+  readonly organization_id: string
+  readonly variant_id: string | null
+  readonly warehouse_id: string | null
+  readonly reservation_id: string | null
+  readonly detail: string
+}
+
+/**
+ * The books-balance check (SPEC 3): every violation of I1 (quantities >= 0), I2 (total =
+ * available + reserved + damaged), I3 (reserved = live reservation items), I8 (movements sum
+ * to total) and I9 (archived only when empty), per row.
+ */
+export class Reconciliation extends Context.Service<Reconciliation, {
+  check(organizationId?: string): Db<ReadonlyArray<Violation>>
+}>()("inventory/stores/Reconciliation") {}
+
+/** Whether the store answers at all: the circuit breaker and `/readyz` ask it. */
+export class StoreHealth extends Context.Service<StoreHealth, {
+  readonly ping: Db<void>
+}>()("inventory/stores/StoreHealth") {}
+
+/** Every store service, as one requirement. */
+export type Stores =
+  | UnitOfWork
+  | Warehouses
+  | Variants
+  | Stock
+  | Reservations
+  | Movements
+  | EventLog
+  | Outbox
+  | FailedEvents
+  | Reconciliation
+  | StoreHealth

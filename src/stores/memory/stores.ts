@@ -13,11 +13,14 @@ import {
   FailedEvents,
   Movements,
   Outbox,
+  Reconciliation,
   Reservations,
   Stock,
+  StoreHealth,
   UnitOfWork,
   Variants,
-  Warehouses
+  Warehouses,
+  type Violation
 } from "../services.ts"
 import { MemoryDatabase } from "./MemoryDatabase.ts"
 
@@ -310,6 +313,58 @@ const FailedEventsMemory = Layer.effect(
     }))
 )
 
+const ReconciliationMemory = Layer.effect(
+  Reconciliation,
+  Effect.map(MemoryDatabase, ({ atomically }) =>
+    Reconciliation.of({
+      check: (organizationId) =>
+        atomically((t) => {
+          const violations: Array<Violation> = []
+          const at = (row: StockRow, invariant: Violation["invariant"], detail: string) =>
+            violations.push({
+              invariant,
+              organization_id: row.organization_id,
+              variant_id: row.variant_id,
+              warehouse_id: row.warehouse_id,
+              reservation_id: null,
+              detail
+            })
+          const held = new Map<string, number>()
+          for (const r of t.reservations.values()) {
+            if (!liveStatuses.includes(r.status)) continue
+            for (const item of r.items) {
+              const k = stockKeyString({ organization_id: r.organization_id, ...item })
+              held.set(k, (held.get(k) ?? 0) + item.quantity)
+            }
+          }
+          const moved = new Map<string, number>()
+          for (const m of t.movements) moved.set(stockKeyString(m), (moved.get(stockKeyString(m)) ?? 0) + m.quantity_change)
+          for (const row of [...t.stock.values()].sort(compareStockKeys)) {
+            if (organizationId !== undefined && row.organization_id !== organizationId) continue
+            const k = stockKeyString(row)
+            const negative = (["total", "available", "reserved", "damaged", "in_transit"] as const).filter((f) => row[f] < 0 || !Number.isInteger(row[f]))
+            if (negative.length > 0) at(row, "I1", `not a whole number >= 0: ${negative.join(", ")}`)
+            if (row.total !== row.available + row.reserved + row.damaged) {
+              at(row, "I2", `total ${row.total} <> available ${row.available} + reserved ${row.reserved} + damaged ${row.damaged}`)
+            }
+            if (row.reserved !== (held.get(k) ?? 0)) at(row, "I3", `reserved ${row.reserved} <> live reservation items ${held.get(k) ?? 0}`)
+            if (row.total !== (moved.get(k) ?? 0)) at(row, "I8", `total ${row.total} <> sum of movements ${moved.get(k) ?? 0}`)
+            if (row.archived_at !== null && (row.total !== 0 || row.in_transit !== 0)) at(row, "I9", `archived with total ${row.total}`)
+          }
+          for (const [k, quantity] of held) {
+            if (!t.stock.has(k)) {
+              const [organization_id, variant_id, warehouse_id] = k.split("\u0000") as [string, string, string]
+              if (organizationId !== undefined && organization_id !== organizationId) continue
+              violations.push({ invariant: "I3", organization_id, variant_id, warehouse_id, reservation_id: null, detail: `live reservation items hold ${quantity} of a missing stock row` })
+            }
+          }
+          return violations
+        })
+    }))
+)
+
+const StoreHealthMemory = Layer.succeed(StoreHealth, StoreHealth.of({ ping: Effect.void }))
+
 /**
  * Every store, in memory, sharing one `MemoryDatabase`. Swap it for the SQL layer in tests:
  * `Effect.provide(MemoryStores.layer)`.
@@ -323,6 +378,8 @@ export const layer = Layer.mergeAll(
   MovementsMemory,
   EventLogMemory,
   OutboxMemory,
-  FailedEventsMemory
+  FailedEventsMemory,
+  ReconciliationMemory,
+  StoreHealthMemory
 ).pipe(Layer.provideMerge(MemoryDatabase.layer))
 
