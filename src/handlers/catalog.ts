@@ -141,7 +141,8 @@ const archiveVariants = Effect.fnUntraced(function*(
   for (const variantId of unique) {
     const records_archived = yield* stock.archive(org, variantId)
     const existing = yield* variants.get(org, variantId)
-    yield* variants.upsert(variantRecord(existing, org, variantId, { deleted_at: now }))
+    // Only a known variant is marked deleted: recording an unknown one would invent its tracking state.
+    if (Option.isSome(existing)) yield* variants.upsert({ ...existing.value, deleted_at: now })
     archived.push({ variant_id: variantId, records_archived })
   }
   yield* emit(cause, aggregateKey, archived.map((data) => ({ event: "inventory.stock.archived" as const, data })))
