@@ -1,12 +1,17 @@
 import { Effect } from "effect"
 import type { InboundEvent } from "../domain/events.ts"
 import type { InventoryError } from "../domain/errors.ts"
+import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
+import type { Stores } from "../stores/services.ts"
 import { productDeleted, variantCreated, variantDeleted, variantUpdated } from "./catalog.ts"
 import { orderCancelled, orderConfirmed, orderPlaced, orderShipped, reservationFailed } from "./orders.ts"
 import { returnReceived } from "./returns.ts"
 
 /** Runs the handler of the event's type. Exhaustive: a new event type without a handler does not compile. */
-export const handleEvent = (event: InboundEvent, eventId: string) => {
+export const handleEvent = (
+  event: InboundEvent,
+  eventId: string
+): Effect.Effect<void, InventoryError, Stores | ReservationTimers> => {
   switch (event.event) {
     case "catalog.variant.created":
       return variantCreated(event, eventId)
