@@ -225,7 +225,7 @@ export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | Re
     test("order placed: the warehouse with most available when the preferred cannot serve; inactive never", () =>
       Effect.gen(function*() {
         const org = yield* world
-        yield* addWarehouse(org, "wh_d")
+        yield* addWarehouse(org, "wh_d").pipe(Effect.orDie)
         yield* putStock(org, "v1", "wh_a", 2)
         yield* putStock(org, "v1", "wh_b", 6)
         yield* putStock(org, "v1", "wh_d", 4)
