@@ -1,0 +1,53 @@
+import { PgClient } from "@effect/sql-pg"
+import { Config, Effect, Layer, Redacted } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
+import type { SqlError } from "effect/sql/SqlError"
+import { migrate } from "./migrations.ts"
+
+export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+export interface DatabaseOptions {
+  readonly url: Redacted.Redacted | string
+  /** Every table lives here; it is the connections' `search_path`. */
+  readonly schema: string
+  readonly poolSize?: number | undefined
+}
+
+/** `DATABASE_URL`, `DATABASE_POOL_SIZE` and `DATABASE_SCHEMA`, with local-development defaults. */
+export const databaseConfig = Config.all({
+  url: Config.Redacted("DATABASE_URL").pipe(Config.withDefault(Redacted.make(DEFAULT_DATABASE_URL))),
+  poolSize: Config.Int("DATABASE_POOL_SIZE").pipe(Config.withDefault(10)),
+  schema: Config.String("DATABASE_SCHEMA").pipe(Config.withDefault("public"))
+})
+
+// A plain identifier keeps the search_path value and CREATE SCHEMA free of quoting games.
+const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
+
+/**
+ * The pool behind every SQL store. Each physical connection starts with `search_path` set to
+ * the schema, so unqualified table names resolve there (tests give each file its own schema).
+ */
+export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | SqlClient, SqlError> =>
+  Layer.unwrap(Effect.suspend(() =>
+    schemaName.test(options.schema)
+      ? Effect.succeed(PgClient.layer({
+        url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
+        maxConnections: options.poolSize ?? 10,
+        connectTimeout: "10 seconds",
+        applicationName: "inventory-event-consumer",
+        startupParameters: { search_path: options.schema }
+      }))
+      : Effect.die(new Error(`DATABASE_SCHEMA must be a lower-case identifier, got ${JSON.stringify(options.schema)}`))
+  ))
+
+/** Creates the schema if it is missing and applies pending migrations; re-running is a no-op. */
+export const prepareSchema = (schema: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    if (schema !== "public") yield* sql.unsafe(`CREATE SCHEMA IF NOT EXISTS ${schema}`)
+    return yield* migrate
+  })
+
+/** A migrated database: the client, once the schema is current. */
+export const migratedClientLayer = (options: DatabaseOptions) =>
+  Layer.effectDiscard(prepareSchema(options.schema)).pipe(Layer.provideMerge(clientLayer(options)))

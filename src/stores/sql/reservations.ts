@@ -1,0 +1,181 @@
+import { Effect, Layer, Option } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
+import type { SqlError } from "effect/sql/SqlError"
+import type { DatabaseError } from "../../domain/errors.ts"
+import type { Reservation, ReservationItem, ReservationStatus } from "../model.ts"
+import { Reservations } from "../services.ts"
+import { orDatabaseError } from "./errors.ts"
+import { atomically } from "./unitOfWork.ts"
+
+interface ReservationRecord {
+  readonly organization_id: string
+  readonly reservation_id: string
+  readonly order_id: string
+  readonly status: ReservationStatus
+  readonly expires_at: Date | null
+  readonly created_at: Date
+  readonly caused_by: string
+  readonly closed_reason: string | null
+}
+
+interface ItemRecord extends ReservationItem {
+  readonly organization_id: string
+  readonly reservation_id: string
+}
+
+const columns = "organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason"
+
+/** Newest first; reservations created in the same millisecond keep their write order. */
+const newestFirst = "created_at DESC, seq ASC"
+
+export const ReservationsSql = Layer.effect(
+  Reservations,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+
+    /** The items of each reservation, in the order they were written. */
+    const withItems = (records: ReadonlyArray<ReservationRecord>): Effect.Effect<ReadonlyArray<Reservation>, DatabaseError> => {
+      if (records.length === 0) return Effect.succeed([])
+      return Effect.map(
+        orDatabaseError(sql<ItemRecord>`
+          SELECT organization_id, reservation_id, variant_id, warehouse_id, quantity FROM reservation_items
+          WHERE (organization_id, reservation_id) IN (
+            SELECT * FROM unnest(${records.map((r) => r.organization_id)}::text[], ${records.map((r) => r.reservation_id)}::text[]))
+          ORDER BY organization_id, reservation_id, position`),
+        (items) => {
+          const byReservation = new Map<string, Array<ReservationItem>>()
+          for (const item of items) {
+            const k = `${item.organization_id}\u0000${item.reservation_id}`
+            const list = byReservation.get(k) ?? []
+            list.push({ variant_id: item.variant_id, warehouse_id: item.warehouse_id, quantity: item.quantity })
+            byReservation.set(k, list)
+          }
+          return records.map((r): Reservation => ({
+            organization_id: r.organization_id,
+            reservation_id: r.reservation_id,
+            order_id: r.order_id,
+            status: r.status,
+            items: byReservation.get(`${r.organization_id}\u0000${r.reservation_id}`) ?? [],
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+            caused_by: r.caused_by,
+            closed_reason: r.closed_reason
+          }))
+        }
+      )
+    }
+    const load = (statement: Effect.Effect<ReadonlyArray<ReservationRecord>, SqlError>) =>
+      Effect.flatMap(orDatabaseError(statement), withItems)
+    const first = (statement: Effect.Effect<ReadonlyArray<ReservationRecord>, SqlError>) =>
+      Effect.map(load(statement), (found) => Option.fromNullishOr(found[0]))
+
+    /** One advisory key per (organization, order); a hash collision only serialises two orders. */
+    const orderKey = (org: string, orderId: string) => sql`hashtextextended(${`inventory.order ${org} ${orderId}`}, 0)`
+    const lockOrder = (org: string, orderId: string) =>
+      Effect.asVoid(orDatabaseError(sql`SELECT pg_advisory_xact_lock(${orderKey(org, orderId)})`))
+
+    const insertItems = (org: string, reservationId: string, items: ReadonlyArray<ReservationItem>) =>
+      sql`
+        INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
+        SELECT ${org}, ${reservationId}, i.position, i.variant_id, i.warehouse_id, i.quantity
+        FROM unnest(${items.map((i) => i.variant_id)}::text[], ${items.map((i) => i.warehouse_id)}::text[], ${items.map((i) => i.quantity)}::integer[])
+          WITH ORDINALITY AS i(variant_id, warehouse_id, quantity, position)`
+
+    return Reservations.of({
+      lockOrder,
+
+      // The order's lock first, then the row: an expiry is serialised with that order's
+      // events exactly as they are with one another, so it never interleaves with a ship or
+      // a confirm half-way (and cannot deadlock against one).
+      lockById: (org, id) =>
+        Effect.gen(function*() {
+          const owner = yield* orDatabaseError(sql<{ readonly order_id: string }>`
+            SELECT order_id FROM reservations WHERE organization_id = ${org} AND reservation_id = ${id}`)
+          if (owner[0] === undefined) return Option.none()
+          yield* lockOrder(org, owner[0].order_id)
+          return yield* first(sql<ReservationRecord>`
+            SELECT ${sql.literal(columns)} FROM reservations
+            WHERE organization_id = ${org} AND reservation_id = ${id} FOR UPDATE`)
+        }),
+
+      findById: (org, id) =>
+        first(sql<ReservationRecord>`
+          SELECT ${sql.literal(columns)} FROM reservations WHERE organization_id = ${org} AND reservation_id = ${id}`),
+
+      findByOrder: (org, orderId) =>
+        load(sql<ReservationRecord>`
+          SELECT ${sql.literal(columns)} FROM reservations WHERE organization_id = ${org} AND order_id = ${orderId}
+          ORDER BY ${sql.literal(newestFirst)}`),
+
+      // One statement: the reservation and its items, or nothing when the order already has
+      // a live one (the partial unique index) or the id exists.
+      insert: (r) =>
+        Effect.map(
+          orDatabaseError(sql<{ readonly inserted: number }>`
+            WITH r AS (
+              INSERT INTO reservations (${sql.literal(columns)})
+              VALUES (${r.organization_id}, ${r.reservation_id}, ${r.order_id}, ${r.status}, ${r.expires_at}, ${r.created_at}, ${r.caused_by}, ${r.closed_reason})
+              ON CONFLICT DO NOTHING
+              RETURNING organization_id, reservation_id
+            ), items AS (
+              INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
+              SELECT r.organization_id, r.reservation_id, i.position, i.variant_id, i.warehouse_id, i.quantity
+              FROM r, unnest(${r.items.map((i) => i.variant_id)}::text[], ${r.items.map((i) => i.warehouse_id)}::text[], ${r.items.map((i) => i.quantity)}::integer[])
+                WITH ORDINALITY AS i(variant_id, warehouse_id, quantity, position)
+            )
+            SELECT count(*)::integer AS inserted FROM r`),
+          (rows) => (rows[0]?.inserted ?? 0) > 0
+        ),
+
+      transition: (org, id, from, to, reason) =>
+        Effect.map(
+          orDatabaseError(sql`
+            UPDATE reservations SET status = ${to}, closed_reason = COALESCE(${reason}::text, closed_reason)
+            WHERE organization_id = ${org} AND reservation_id = ${id} AND status = ANY(${[...from]}::text[])
+            RETURNING 1`),
+          (rows) => rows.length > 0
+        ),
+
+      setItems: (org, id, items, expiresAt) =>
+        atomically(sql, orDatabaseError(Effect.gen(function*() {
+          const found = yield* sql`
+            UPDATE reservations SET expires_at = ${expiresAt}
+            WHERE organization_id = ${org} AND reservation_id = ${id} RETURNING 1`
+          if (found.length === 0) return
+          yield* sql`DELETE FROM reservation_items WHERE organization_id = ${org} AND reservation_id = ${id}`
+          if (items.length > 0) yield* insertItems(org, id, items)
+        }))),
+
+      // Skips rows another process holds, and orders whose events are being handled right
+      // now (their advisory lock is taken), so a sweep never waits on, or deadlocks with, them.
+      lockDue: (now, limit) =>
+        load(sql<ReservationRecord>`
+          SELECT ${sql.literal(columns)} FROM reservations
+          WHERE status = 'active' AND expires_at <= ${now}
+            AND pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
+          ORDER BY expires_at, seq
+          LIMIT ${limit}
+          FOR UPDATE SKIP LOCKED`),
+
+      activeSchedules: () =>
+        Effect.map(
+          orDatabaseError(sql<{ readonly organization_id: string; readonly reservation_id: string; readonly expires_at: Date }>`
+            SELECT organization_id, reservation_id, expires_at FROM reservations
+            WHERE status = 'active' AND expires_at IS NOT NULL ORDER BY seq`),
+          (rows) => rows.map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at }))
+        ),
+
+      list: (filter) =>
+        load(sql<ReservationRecord>`
+          SELECT ${sql.literal(columns)} FROM reservations
+          WHERE ${
+          sql.and([
+            sql`organization_id = ${filter.organization_id}`,
+            ...(filter.order_id !== undefined ? [sql`order_id = ${filter.order_id}`] : []),
+            ...(filter.status !== undefined ? [sql`status = ${filter.status}`] : [])
+          ])
+        }
+          ORDER BY ${sql.literal(newestFirst)}`)
+    })
+  })
+)

@@ -1,0 +1,227 @@
+import { PgClient } from "@effect/sql-pg"
+import { Array as Arr, Clock, Effect, Layer, Option } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
+import type { FailedEvent, Movement, OutboxMessage, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
+import { EventLog, FailedEvents, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
+import { orDatabaseError } from "./errors.ts"
+import { filterClause, whole } from "./stock.ts"
+
+export const WarehousesSql = Layer.effect(
+  Warehouses,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return Warehouses.of({
+      upsert: (w) =>
+        Effect.asVoid(orDatabaseError(sql`
+          INSERT INTO warehouses (organization_id, warehouse_id, name, active)
+          VALUES (${w.organization_id}, ${w.warehouse_id}, ${w.name}, ${w.active})
+          ON CONFLICT (organization_id, warehouse_id) DO UPDATE SET name = EXCLUDED.name, active = EXCLUDED.active`)),
+      setActive: (org, id, active) =>
+        Effect.map(
+          orDatabaseError(sql`
+            UPDATE warehouses SET active = ${active} WHERE organization_id = ${org} AND warehouse_id = ${id} RETURNING 1`),
+          (rows) => rows.length > 0
+        ),
+      list: (org) =>
+        orDatabaseError(sql<Warehouse>`
+          SELECT organization_id, warehouse_id, name, active FROM warehouses
+          WHERE organization_id = ${org} ORDER BY warehouse_id`),
+      listActive: (org) =>
+        orDatabaseError(sql<Warehouse>`
+          SELECT organization_id, warehouse_id, name, active FROM warehouses
+          WHERE organization_id = ${org} AND active ORDER BY warehouse_id`)
+    })
+  })
+)
+
+export const VariantsSql = Layer.effect(
+  Variants,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return Variants.of({
+      get: (org, id) =>
+        Effect.map(
+          orDatabaseError(sql<Variant>`
+            SELECT organization_id, variant_id, product_id, sku, tracked, deleted_at FROM variants
+            WHERE organization_id = ${org} AND variant_id = ${id}`),
+          (rows) => Option.fromNullishOr(rows[0])
+        ),
+      upsert: (v) =>
+        Effect.asVoid(orDatabaseError(sql`
+          INSERT INTO variants (organization_id, variant_id, product_id, sku, tracked, deleted_at)
+          VALUES (${v.organization_id}, ${v.variant_id}, ${v.product_id}, ${v.sku}, ${v.tracked}, ${v.deleted_at})
+          ON CONFLICT (organization_id, variant_id) DO UPDATE SET
+            product_id = EXCLUDED.product_id, sku = EXCLUDED.sku, tracked = EXCLUDED.tracked, deleted_at = EXCLUDED.deleted_at`))
+    })
+  })
+)
+
+interface MovementRecord extends Omit<Movement, "quantity_change" | "quantity_before" | "quantity_after"> {
+  readonly quantity_change: bigint | number
+  readonly quantity_before: bigint | number
+  readonly quantity_after: bigint | number
+}
+
+const movementColumns = "movement_id, organization_id, variant_id, warehouse_id, movement_type, quantity_change, " +
+  "quantity_before, quantity_after, category, reason, reference_type, reference_id, notes, caused_by, created_at"
+
+export const MovementsSql = Layer.effect(
+  Movements,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return Movements.of({
+      append: (movements) =>
+        !Arr.isReadonlyArrayNonEmpty(movements) ? Effect.void : Effect.asVoid(orDatabaseError(sql`
+          INSERT INTO stock_movements ${
+          sql.insert(Arr.map(movements, (m): Record<string, unknown> => ({
+            movement_id: m.movement_id,
+            organization_id: m.organization_id,
+            variant_id: m.variant_id,
+            warehouse_id: m.warehouse_id,
+            movement_type: m.movement_type,
+            quantity_change: m.quantity_change,
+            quantity_before: m.quantity_before,
+            quantity_after: m.quantity_after,
+            category: m.category,
+            reason: m.reason,
+            reference_type: m.reference_type,
+            reference_id: m.reference_id,
+            notes: m.notes,
+            caused_by: m.caused_by,
+            created_at: m.created_at
+          })))
+        }`)),
+      list: (filter) =>
+        Effect.map(
+          orDatabaseError(sql<MovementRecord>`
+            SELECT ${sql.literal(movementColumns)} FROM stock_movements WHERE ${filterClause(sql, filter)} ORDER BY position`),
+          (rows) =>
+            rows.map((m): Movement => ({
+              ...m,
+              quantity_change: whole(m.quantity_change),
+              quantity_before: whole(m.quantity_before),
+              quantity_after: whole(m.quantity_after)
+            }))
+        )
+    })
+  })
+)
+
+export const EventLogSql = Layer.effect(
+  EventLog,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return EventLog.of({
+      // A concurrent twin waits on the first one's uncommitted row, then sees the conflict.
+      record: (entry) =>
+        Effect.map(
+          orDatabaseError(sql`
+            INSERT INTO event_log (organization_id, event_id, event_type, processed_at)
+            VALUES (${entry.organization_id}, ${entry.event_id}, ${entry.event_type}, ${entry.processed_at})
+            ON CONFLICT DO NOTHING RETURNING 1`),
+          (rows) => rows.length > 0
+        ),
+      has: (org, eventId) =>
+        Effect.map(
+          orDatabaseError(sql`SELECT 1 FROM event_log WHERE organization_id = ${org} AND event_id = ${eventId}`),
+          (rows) => rows.length > 0
+        )
+    })
+  })
+)
+
+interface OutboxRecord extends Omit<PendingOutboxMessage, "position"> {
+  readonly position: bigint | number
+}
+
+export const OutboxSql = Layer.effect(
+  Outbox,
+  Effect.gen(function*() {
+    const sql = yield* PgClient.PgClient
+    return Outbox.of({
+      append: (messages) =>
+        !Arr.isReadonlyArrayNonEmpty(messages) ? Effect.void : Effect.asVoid(orDatabaseError(sql`
+          INSERT INTO outbox ${
+          sql.insert(Arr.map(messages, (m: OutboxMessage): Record<string, unknown> => ({
+            event_id: m.event_id,
+            organization_id: m.organization_id,
+            event_type: m.event_type,
+            aggregate_key: m.aggregate_key,
+            payload: sql.json(m.payload),
+            traceparent: m.traceparent,
+            created_at: m.created_at
+          })))
+        }
+          ON CONFLICT (event_id) DO NOTHING`)),
+      pending: (limit) =>
+        Effect.map(
+          orDatabaseError(sql<OutboxRecord>`
+            SELECT position, event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at
+            FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT ${limit}`),
+          (rows) => rows.map((m): PendingOutboxMessage => ({ ...m, position: whole(m.position) }))
+        ),
+      // The relay's own clock: `sent_at` is bookkeeping, never compared with event times.
+      markSent: (positions) =>
+        positions.length === 0 ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.asVoid(orDatabaseError(sql`
+            UPDATE outbox SET sent_at = ${new Date(now)}
+            WHERE position = ANY(${positions.map((p) => BigInt(p))}::bigint[]) AND sent_at IS NULL`))),
+      pendingCount: () =>
+        Effect.map(
+          orDatabaseError(sql<{ readonly n: bigint }>`SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL`),
+          (rows) => whole(rows[0]?.n ?? 0)
+        )
+    })
+  })
+)
+
+const failedColumns = "id, event_id, event_type, organization_id, error_type, error_message, body, content_type, " +
+  "original_exchange, original_routing_key, attempts, failed_at, replay_count, last_replayed_at"
+
+export const FailedEventsSql = Layer.effect(
+  FailedEvents,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return FailedEvents.of({
+      // Recording an id again replaces the record but keeps its place in the list.
+      record: (e) =>
+        Effect.asVoid(orDatabaseError(sql`
+          INSERT INTO failed_events (${sql.literal(failedColumns)})
+          VALUES (${e.id}, ${e.event_id}, ${e.event_type}, ${e.organization_id}, ${e.error_type}, ${e.error_message},
+            ${e.body}, ${e.content_type}, ${e.original_exchange}, ${e.original_routing_key}, ${e.attempts}, ${e.failed_at},
+            ${e.replay_count}, ${e.last_replayed_at})
+          ON CONFLICT (id) DO UPDATE SET
+            event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, organization_id = EXCLUDED.organization_id,
+            error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message, body = EXCLUDED.body,
+            content_type = EXCLUDED.content_type, original_exchange = EXCLUDED.original_exchange,
+            original_routing_key = EXCLUDED.original_routing_key, attempts = EXCLUDED.attempts,
+            failed_at = EXCLUDED.failed_at, replay_count = EXCLUDED.replay_count, last_replayed_at = EXCLUDED.last_replayed_at`)),
+      get: (id) =>
+        Effect.map(
+          orDatabaseError(sql<FailedEvent>`SELECT ${sql.literal(failedColumns)} FROM failed_events WHERE id = ${id}`),
+          (rows) => Option.fromNullishOr(rows[0])
+        ),
+      list: (filter) =>
+        orDatabaseError(sql<FailedEvent>`
+          SELECT ${sql.literal(failedColumns)} FROM failed_events
+          WHERE ${
+          sql.and([
+            ...(filter.event_type !== undefined ? [sql`event_type = ${filter.event_type}`] : []),
+            ...(filter.error_type !== undefined ? [sql`error_type = ${filter.error_type}`] : [])
+          ])
+        }
+          ORDER BY failed_at, seq`),
+      markReplayed: (id, at) =>
+        Effect.asVoid(orDatabaseError(sql`
+          UPDATE failed_events SET replay_count = replay_count + 1, last_replayed_at = ${at} WHERE id = ${id}`))
+    })
+  })
+)
+
+export const StoreHealthSql = Layer.effect(
+  StoreHealth,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return StoreHealth.of({ ping: Effect.asVoid(orDatabaseError(sql`SELECT 1`)) })
+  })
+)

@@ -1,0 +1,60 @@
+import { Context, Effect, Exit, Layer } from "effect"
+import { isSqlError, type SqlError } from "effect/sql/SqlError"
+import { SqlClient } from "effect/sql/SqlClient"
+import type { DatabaseError } from "../../domain/errors.ts"
+import { UnitOfWork } from "../services.ts"
+import { fromSqlError } from "./errors.ts"
+
+interface Unit {
+  readonly afterCommit: Array<Effect.Effect<void>>
+}
+
+/** The outermost unit of work the current fiber runs in, if any (as in `MemoryDatabase`). */
+const CurrentUnit = Context.Reference<Unit | undefined>("inventory/stores/sql/CurrentUnit", {
+  defaultValue: () => undefined
+})
+
+const translate = <A, E, R>(effect: Effect.Effect<A, E | SqlError, R>): Effect.Effect<A, E | DatabaseError, R> =>
+  Effect.catch(effect, (error): Effect.Effect<never, E | DatabaseError> => isSqlError(error) ? fromSqlError(error) : Effect.fail(error as E))
+
+/**
+ * Runs several statements of one store call atomically: inside a unit of work they already
+ * are (and no savepoint is spent on them); outside one they get their own transaction.
+ */
+export const atomically = <A, R>(sql: SqlClient, effect: Effect.Effect<A, DatabaseError, R>): Effect.Effect<A, DatabaseError, R> =>
+  Effect.flatMap(CurrentUnit, (unit) => unit === undefined ? translate(sql.withTransaction(effect)) : effect)
+
+/**
+ * `sql.withTransaction` is the unit of work: the outermost call is BEGIN/COMMIT on one pooled
+ * connection, nested calls are SAVEPOINTs (rolled back alone on failure). After-commit work
+ * is kept here, not in `sql.afterCommit`, so it behaves exactly as the memory store: queued
+ * in order, dropped with a rolled-back savepoint, run after the outermost COMMIT, and run at
+ * once outside a unit of work.
+ */
+export const UnitOfWorkSql = Layer.effect(
+  UnitOfWork,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    return UnitOfWork.of({
+      transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Effect.flatMap(CurrentUnit, (outer): Effect.Effect<A, E | DatabaseError, R> => {
+          if (outer !== undefined) {
+            return Effect.suspend(() => {
+              const hooks = outer.afterCommit.length
+              return translate(sql.withTransaction(effect)).pipe(
+                Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => { outer.afterCommit.length = hooks }))
+              )
+            })
+          }
+          return Effect.suspend(() => {
+            const unit: Unit = { afterCommit: [] }
+            return translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit))).pipe(
+              Effect.tap(() => Effect.forEach(unit.afterCommit, (hook) => hook, { discard: true }))
+            )
+          })
+        }),
+      afterCommit: (effect) =>
+        Effect.flatMap(CurrentUnit, (unit) => unit === undefined ? effect : Effect.sync(() => { unit.afterCommit.push(effect) }))
+    })
+  })
+)
