@@ -46,7 +46,7 @@ const applyOnce = (decoded: Decoded) =>
       yield* handleEvent(decoded.event, decoded.eventId)
       return "applied" as const
     }))
-  })
+  }).pipe(Effect.withSpan("inventory.apply", { attributes: { "inventory.event_type": decoded.event.event } }))
 
 /**
  * Applies a decoded event: transient failures are retried in process (1 s, 2 s, 4 s by
@@ -105,6 +105,7 @@ export const applyDecoded = (decoded: Decoded, deliveryCount: number) =>
 /** Raw bytes and properties in, one outcome out: the whole broker-free pipeline. */
 export const processDelivery = (delivery: Delivery) =>
   decodeDelivery(delivery).pipe(
+    Effect.withSpan("inventory.decode"),
     Effect.matchEffect({
       onFailure: (error) => Effect.succeed<Outcome>({ _tag: "DeadLetter", decoded: null, failure: describe(error) }),
       onSuccess: (decoded) => applyDecoded(decoded, delivery.deliveryCount)
