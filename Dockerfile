@@ -1,0 +1,19 @@
+# The consumer runs its TypeScript directly on Node 24 (type stripping): no build stage.
+FROM node:24-slim
+
+ENV NODE_ENV=production
+WORKDIR /app
+
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+COPY src ./src
+
+USER node
+EXPOSE 9464
+
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.HTTP_PORT || 9464) + '/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+
+# Exec form: node is PID 1's only process and receives SIGTERM itself, so the consumer drains.
+CMD ["node", "src/main.ts"]
