@@ -1,7 +1,7 @@
-import { Context, Effect, Exit, Layer } from "effect"
+import { Cause, Context, Effect, Exit, Layer } from "effect"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
-import type { DatabaseError } from "../../domain/errors.ts"
+import { DatabaseError } from "../../domain/errors.ts"
 import { UnitOfWork } from "../services.ts"
 import { fromSqlError } from "./errors.ts"
 
@@ -14,8 +14,21 @@ const CurrentUnit = Context.Reference<Unit | undefined>("inventory/stores/sql/Cu
   defaultValue: () => undefined
 })
 
+/**
+ * SQL failures of the transaction itself (BEGIN, SAVEPOINT, COMMIT) are translated like any
+ * statement's. When the connection dies mid-unit, effect/sql's ROLLBACK dies too; the server
+ * has rolled the work back already, so that is an outage (retryable), not a bug.
+ */
 const translate = <A, E, R>(effect: Effect.Effect<A, E | SqlError, R>): Effect.Effect<A, E | DatabaseError, R> =>
-  Effect.catch(effect, (error): Effect.Effect<never, E | DatabaseError> => isSqlError(error) ? fromSqlError(error) : Effect.fail(error as E))
+  Effect.catchCause(effect, (cause): Effect.Effect<never, E | DatabaseError> => {
+    const lost = cause.reasons.some((reason) =>
+      Cause.isDieReason(reason) && isSqlError(reason.defect) && reason.defect.reason._tag === "ConnectionError"
+    )
+    if (lost) return Effect.fail(new DatabaseError({ reason: "connection", message: "database connection lost during a unit of work; it was rolled back" }))
+    const failed = cause.reasons.find(Cause.isFailReason)
+    if (failed !== undefined && isSqlError(failed.error)) return fromSqlError(failed.error)
+    return Effect.failCause(cause as Cause.Cause<E>)
+  })
 
 /**
  * Runs several statements of one store call atomically: inside a unit of work they already
