@@ -1,0 +1,199 @@
+import { Config, ConfigProvider, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { catalogEventTypes, type InboundEventType, orderEventTypes } from "./domain/events.ts"
+import { defaultProcessingPolicy, type ProcessingPolicy } from "./pipeline/policy.ts"
+
+/**
+ * Every runtime setting, read once from environment variables with the SPEC's defaults. A bad
+ * value stops start-up with a message naming the variable; credentials only leave here redacted.
+ */
+
+export type QueueType = "quorum" | "classic"
+
+/** One inbound queue: its exchange, the event types bound to it (and accepted on it), its prefetch. */
+export interface ConsumerQueue {
+  readonly queue: string
+  readonly exchange: string
+  readonly eventTypes: ReadonlyArray<InboundEventType>
+  readonly prefetch: number
+}
+
+/** The broker objects of SPEC 1. */
+export interface Topology {
+  readonly catalog: ConsumerQueue
+  readonly orders: ConsumerQueue
+  /** Where every `inventory.*` event goes, routing key = event name. */
+  readonly eventsExchange: string
+  readonly deadLetterExchange: string
+  readonly deadLetterQueue: string
+  readonly deadLetterTtlMs: number
+  readonly deadLetterMaxLength: number
+  readonly queueType: QueueType
+}
+
+export interface BrokerSettings {
+  readonly url: Redacted.Redacted<string>
+  readonly heartbeatSeconds: number
+  /** Reconnect backoff: first delay and cap; each attempt doubles, with jitter. */
+  readonly reconnectInitialDelayMs: number
+  readonly reconnectMaxDelayMs: number
+  /** Failed attempts after which the very first connection gives up (0: keep trying). */
+  readonly connectAttempts: number
+  /** Longest wait for a publisher confirm, including waiting for the broker to come back. */
+  readonly publishTimeout: Duration.Duration
+}
+
+export interface RelaySettings {
+  /** How often the outbox is polled when nothing nudges the relay. */
+  readonly pollInterval: Duration.Duration
+  readonly batchSize: number
+}
+
+export interface ReservationSettings {
+  readonly sweepInterval: Duration.Duration
+  readonly sweepBatch: number
+}
+
+export interface RuntimeSettings {
+  readonly broker: BrokerSettings
+  readonly topology: Topology
+  readonly processing: ProcessingPolicy
+  readonly relay: RelaySettings
+  readonly reservations: ReservationSettings
+  /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
+  readonly shutdownTimeout: Duration.Duration
+}
+
+const int = (variable: string, fallback: number, min = 1) =>
+  Config.schema(
+    Schema.Int.check(Schema.isGreaterThanOrEqualTo(min, { message: `${variable} must be a whole number >= ${min}` })),
+    variable
+  ).pipe(Config.withDefault(fallback))
+
+const brokerName = (variable: string, fallback: string) =>
+  Config.schema(
+    Schema.String.check(
+      Schema.isPattern(/^[A-Za-z0-9_.:-]{1,255}$/, { message: `${variable} must be 1 to 255 of A-Z a-z 0-9 _ . : -` })
+    ),
+    variable
+  ).pipe(Config.withDefault(fallback))
+
+const millis = (variable: string, fallback: number, min = 1) => Config.map(int(variable, fallback, min), Duration.millis)
+
+/** `60 seconds`, `5 minutes`, or a plain number of milliseconds. */
+const duration = (variable: string, fallback: Duration.Duration) =>
+  Config.schema(
+    Schema.String.check(Schema.makeFilter((raw: string) => parseDuration(raw) !== undefined, {
+      message: `${variable} must be a positive duration such as "60 seconds" or a number of milliseconds`
+    })),
+    variable
+  ).pipe(Config.map((raw) => parseDuration(raw)!), Config.withDefault(fallback))
+
+const parseDuration = (raw: string): Duration.Duration | undefined => {
+  const text = raw.trim()
+  const parsed = /^\d+$/.test(text) ? Option.some(Duration.millis(Number(text))) : Duration.fromInput(text as Duration.Input)
+  return Option.match(parsed, {
+    onNone: () => undefined,
+    onSome: (d) => Duration.isFinite(d) && Duration.toMillis(d) > 0 ? d : undefined
+  })
+}
+
+const amqpUrl = Config.schema(
+  Schema.Redacted(Schema.String.check(Schema.makeFilter((url: string) => {
+    try {
+      const protocol = new URL(url).protocol
+      return protocol === "amqp:" || protocol === "amqps:"
+    } catch {
+      return false
+    }
+  }, { message: "AMQP_URL must be an amqp:// or amqps:// URL" }))),
+  "AMQP_URL"
+).pipe(Config.withDefault(Redacted.make("amqp://guest:guest@127.0.0.1:5672")))
+
+const queueType = Config.schema(
+  Schema.Literals(["quorum", "classic"]).annotate({ message: "QUEUE_TYPE must be quorum or classic" }),
+  "QUEUE_TYPE"
+).pipe(Config.withDefault("quorum" as const))
+
+/** The whole configuration, as one `Config`. */
+export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
+  url: amqpUrl,
+  heartbeatSeconds: int("AMQP_HEARTBEAT_SECONDS", 30, 0),
+  reconnectInitialDelayMs: int("AMQP_RECONNECT_INITIAL_DELAY_MS", 200),
+  reconnectMaxDelayMs: int("AMQP_RECONNECT_MAX_DELAY_MS", 30_000),
+  connectAttempts: int("AMQP_CONNECT_ATTEMPTS", 10, 0),
+  publishTimeout: millis("PUBLISH_TIMEOUT_MS", 10_000),
+  catalogExchange: brokerName("CATALOG_EXCHANGE", "catalog_events"),
+  orderExchange: brokerName("ORDER_EXCHANGE", "order_events"),
+  catalogQueue: brokerName("CATALOG_QUEUE", "inventory_catalog_consumer"),
+  orderQueue: brokerName("ORDER_QUEUE", "inventory_order_consumer"),
+  catalogPrefetch: int("CATALOG_PREFETCH", 10),
+  orderPrefetch: int("ORDER_PREFETCH", 20),
+  eventsExchange: brokerName("INVENTORY_EXCHANGE", "inventory_events"),
+  deadLetterExchange: brokerName("DLQ_EXCHANGE", "inventory_dlq"),
+  deadLetterQueue: brokerName("DLQ_QUEUE", "inventory_failed_events"),
+  deadLetterTtlMs: int("DLQ_MESSAGE_TTL_MS", 86_400_000),
+  deadLetterMaxLength: int("DLQ_MAX_LENGTH", 10_000),
+  queueType,
+  retryBaseDelay: millis("RETRY_BASE_DELAY_MS", Duration.toMillis(defaultProcessingPolicy.retryBaseDelay)),
+  retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
+  maxDeliveries: int("MAX_DELIVERIES", defaultProcessingPolicy.maxDeliveries),
+  maxBodyBytes: int("MAX_BODY_BYTES", defaultProcessingPolicy.maxBodyBytes),
+  maxLinesPerEvent: int("MAX_LINES_PER_EVENT", defaultProcessingPolicy.maxLinesPerEvent),
+  relayPollInterval: millis("OUTBOX_POLL_INTERVAL_MS", 1_000),
+  relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
+  sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
+  sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
+  shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000)
+}).pipe(Config.map((c): RuntimeSettings => ({
+  broker: {
+    url: c.url,
+    heartbeatSeconds: c.heartbeatSeconds,
+    reconnectInitialDelayMs: c.reconnectInitialDelayMs,
+    reconnectMaxDelayMs: Math.max(c.reconnectMaxDelayMs, c.reconnectInitialDelayMs),
+    connectAttempts: c.connectAttempts,
+    publishTimeout: c.publishTimeout
+  },
+  topology: {
+    catalog: { queue: c.catalogQueue, exchange: c.catalogExchange, eventTypes: catalogEventTypes, prefetch: c.catalogPrefetch },
+    orders: { queue: c.orderQueue, exchange: c.orderExchange, eventTypes: orderEventTypes, prefetch: c.orderPrefetch },
+    eventsExchange: c.eventsExchange,
+    deadLetterExchange: c.deadLetterExchange,
+    deadLetterQueue: c.deadLetterQueue,
+    deadLetterTtlMs: c.deadLetterTtlMs,
+    deadLetterMaxLength: c.deadLetterMaxLength,
+    queueType: c.queueType
+  },
+  processing: {
+    retryBaseDelay: c.retryBaseDelay,
+    retries: c.retries,
+    maxDeliveries: c.maxDeliveries,
+    maxBodyBytes: c.maxBodyBytes,
+    maxLinesPerEvent: c.maxLinesPerEvent
+  },
+  relay: { pollInterval: c.relayPollInterval, batchSize: c.relayBatchSize },
+  reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
+  shutdownTimeout: c.shutdownTimeout
+})))
+
+/** The URL with any password replaced, fit for logs and error messages. */
+export const displayUrl = (url: Redacted.Redacted<string>): string => {
+  try {
+    const parsed = new URL(Redacted.value(url))
+    if (parsed.password !== "") parsed.password = "***"
+    return parsed.toString()
+  } catch {
+    return "<invalid AMQP_URL>"
+  }
+}
+
+/** The settings this process runs with. */
+export class RuntimeConfig extends Context.Service<RuntimeConfig, RuntimeSettings>()("inventory/config/RuntimeConfig") {
+  /** From the process environment (or whatever `ConfigProvider` is current). */
+  static readonly layer = Layer.effect(RuntimeConfig, Effect.gen(function*() {
+    return yield* runtimeSettings
+  }))
+
+  /** From explicit variables, as tests and tools pass them. */
+  static readonly layerFrom = (env: Record<string, string>) =>
+    Layer.effect(RuntimeConfig, runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
+}

@@ -1,0 +1,24 @@
+import { NodeRuntime } from "@effect/platform-node"
+import { Cause, Effect, Exit, Layer } from "effect"
+import { defaultTeardown } from "effect/Runtime"
+import { RuntimeConfig } from "./config.ts"
+import * as Messaging from "./messaging/index.ts"
+import * as Scheduler from "./reservations/scheduler.ts"
+import * as SqlStores from "./stores/sql/index.ts"
+
+const Stores = SqlStores.layer
+
+const Reservations = Layer.unwrap(
+  Effect.map(RuntimeConfig, (config) => Scheduler.layer(config.reservations))
+).pipe(Layer.provideMerge(Stores))
+
+const App = Messaging.layer.pipe(
+  Layer.provide(Reservations),
+  Layer.provide(RuntimeConfig.layer)
+)
+
+// SIGTERM/SIGINT interrupt the app; a clean shutdown after a signal exits 0, not 130.
+NodeRuntime.runMain(Layer.launch(App), {
+  teardown: (exit, onExit) =>
+    Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause) ? onExit(0) : defaultTeardown(exit, onExit)
+})

@@ -1,0 +1,84 @@
+import type amqp from "amqplib"
+import { randomUUID } from "node:crypto"
+import { Effect, Metric } from "effect"
+import type { Topology } from "../config.ts"
+import { type Decoded, peek } from "../pipeline/decode.ts"
+import type { Failure } from "../pipeline/pipeline.ts"
+import { eventsDeadLettered } from "../observability/metrics.ts"
+import { FailedEvents } from "../stores/services.ts"
+import type { InboundMessage } from "./inbound.ts"
+import { Publisher } from "./publisher.ts"
+
+/** The headers SPEC 5 adds to a dead-lettered message. */
+export const deadLetterHeaders = {
+  errorType: "x-error-type",
+  errorMessage: "x-error-message",
+  originalExchange: "x-original-exchange",
+  originalRoutingKey: "x-original-routing-key",
+  failedAt: "x-failed-at",
+  attempts: "x-attempts"
+} as const
+
+/** Properties carried over unchanged (not `expiration`, which would age it out of the DLQ, nor `userId`, which the broker checks against our login). */
+const carriedProperties = (p: amqp.MessageProperties): amqp.Options.Publish => {
+  const options: amqp.Options.Publish = {}
+  if (p.contentType !== undefined) options.contentType = p.contentType
+  if (p.contentEncoding !== undefined) options.contentEncoding = p.contentEncoding
+  if (p.correlationId !== undefined) options.correlationId = p.correlationId
+  if (p.replyTo !== undefined) options.replyTo = p.replyTo
+  if (p.messageId !== undefined) options.messageId = p.messageId
+  if (p.timestamp !== undefined) options.timestamp = p.timestamp
+  if (p.type !== undefined) options.type = p.type
+  if (p.appId !== undefined) options.appId = p.appId
+  if (p.priority !== undefined) options.priority = p.priority
+  return options
+}
+
+/**
+ * Moves a message that failed for good to the dead-letter exchange, byte for byte, with the
+ * failure in its headers; waits for the publisher confirm; then stores it in `FailedEvents`,
+ * so the DLQ's TTL and length cap never lose it. The caller acks only after both succeeded.
+ */
+export const deadLetter = (topology: Topology, message: InboundMessage, failure: Failure, decoded: Decoded | null) =>
+  Effect.gen(function*() {
+    const publisher = yield* Publisher
+    const failedEvents = yield* FailedEvents
+    const failedAt = new Date()
+    const errorMessage = failure.message.slice(0, 2000)
+    yield* publisher.publish({
+      exchange: topology.deadLetterExchange,
+      routingKey: message.routingKey,
+      body: message.delivery.body,
+      options: {
+        ...carriedProperties(message.properties),
+        persistent: true,
+        headers: {
+          ...message.headers,
+          [deadLetterHeaders.errorType]: failure.errorType,
+          [deadLetterHeaders.errorMessage]: errorMessage,
+          [deadLetterHeaders.originalExchange]: message.exchange,
+          [deadLetterHeaders.originalRoutingKey]: message.routingKey,
+          [deadLetterHeaders.failedAt]: failedAt.toISOString(),
+          [deadLetterHeaders.attempts]: message.delivery.deliveryCount
+        }
+      }
+    })
+    const seen = peek(message.delivery.body, message.delivery.messageId)
+    yield* failedEvents.record({
+      id: randomUUID(),
+      event_id: decoded?.eventId ?? seen.eventId,
+      event_type: decoded?.event.event ?? seen.eventType,
+      organization_id: decoded?.event.organization_id ?? seen.organizationId,
+      error_type: failure.errorType,
+      error_message: errorMessage,
+      body: message.delivery.body,
+      content_type: typeof message.properties.contentType === "string" ? message.properties.contentType : null,
+      original_exchange: message.exchange,
+      original_routing_key: message.routingKey,
+      attempts: message.delivery.deliveryCount,
+      failed_at: failedAt,
+      replay_count: 0,
+      last_replayed_at: null
+    })
+    yield* Metric.update(Metric.withAttributes(eventsDeadLettered, { queue: message.delivery.queue, error_type: failure.errorType }), 1)
+  })

@@ -1,0 +1,80 @@
+import type amqp from "amqplib"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Schedule, Schema } from "effect"
+import { RuntimeConfig } from "../config.ts"
+import { Broker } from "./connection.ts"
+
+/** A publish the broker did not confirm in time, refused, or could not take at all. */
+export class PublishError extends Schema.TaggedError<PublishError>()("PublishError", {
+  exchange: Schema.String,
+  routingKey: Schema.String,
+  message: Schema.String
+}) {}
+
+export interface OutgoingMessage {
+  readonly exchange: string
+  readonly routingKey: string
+  readonly body: Uint8Array
+  readonly options: amqp.Options.Publish
+}
+
+/**
+ * Publishing with publisher confirms on one shared confirm channel, kept open by a background
+ * fiber across broker outages. `publish` succeeds only once the broker confirmed the message;
+ * while the broker is away it waits at most the configured publish timeout, then fails with
+ * `PublishError` (never hangs).
+ */
+export class Publisher extends Context.Service<Publisher, {
+  publish(message: OutgoingMessage): Effect.Effect<void, PublishError>
+}>()("inventory/messaging/Publisher") {
+  static readonly layer = Layer.effect(
+    Publisher,
+    Effect.gen(function*() {
+      const broker = yield* Broker
+      const config = yield* RuntimeConfig
+      let current = Deferred.makeUnsafe<amqp.ConfirmChannel>()
+
+      const keepOpen = Effect.scoped(Effect.gen(function*() {
+        const channel = yield* broker.confirmChannel
+        const closed = Deferred.makeUnsafe<void>()
+        channel.once("close", () => {
+          // Swapped at once, so no publish picks up a channel known to be dead.
+          current = Deferred.makeUnsafe()
+          Deferred.doneUnsafe(closed, Exit.void)
+        })
+        Deferred.doneUnsafe(current, Exit.succeed(channel))
+        yield* Deferred.await(closed)
+      }))
+      yield* keepOpen.pipe(
+        Effect.catchCause((cause) => Effect.logWarning("publisher channel failed").pipe(Effect.annotateLogs({ cause: String(cause) }))),
+        Effect.repeat(Schedule.spaced("250 millis")),
+        Effect.forkScoped
+      )
+
+      const timeout = config.broker.publishTimeout
+      const publish = (message: OutgoingMessage) => {
+        const fail = (reason: string) =>
+          new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason })
+        return Effect.gen(function*() {
+          const channel = yield* Deferred.await(current)
+          yield* Effect.callback<void, PublishError>((resume) => {
+            try {
+              const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
+              channel.publish(message.exchange, message.routingKey, content, message.options, (error: unknown) => {
+                resume(error ? Effect.fail(fail(`broker did not confirm: ${error instanceof Error ? error.message : String(error)}`)) : Effect.void)
+              })
+            } catch (error) {
+              resume(Effect.fail(fail(error instanceof Error ? error.message : String(error))))
+            }
+          })
+        }).pipe(
+          Effect.timeoutOrElse({
+            duration: timeout,
+            orElse: () => Effect.fail(fail(`no publisher confirm within ${Duration.format(timeout)} (broker unavailable?)`))
+          })
+        )
+      }
+
+      return Publisher.of({ publish })
+    })
+  )
+}

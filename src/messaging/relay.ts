@@ -1,0 +1,142 @@
+import { Cause, Context, Duration, Effect, Layer, Metric, Option, Queue, Semaphore } from "effect"
+import { RuntimeConfig } from "../config.ts"
+import { outboxPending } from "../observability/metrics.ts"
+import type { PendingOutboxMessage } from "../stores/model.ts"
+import { Outbox } from "../stores/services.ts"
+import { Publisher } from "./publisher.ts"
+
+export interface RelayRound {
+  /** Rows confirmed by the broker and marked sent. */
+  readonly published: number
+  /** Rows that stay pending for the next round (broker away, or behind one that failed). */
+  readonly held: number
+}
+
+/**
+ * The outbox relay (SPEC 6): publishes pending rows to the events exchange with publisher
+ * confirms, then marks them sent. Rows of one aggregate go out strictly one after another, each
+ * confirmed before the next is sent; different aggregates in parallel. Nothing is lost to a
+ * broker outage: unconfirmed rows stay pending and go out once it is back. Delivery is at least
+ * once (a crash between confirm and `markSent` republishes; `messageId` = `event_id` lets
+ * consumers deduplicate).
+ *
+ * It polls; `nudge` wakes it right after a commit, but nothing depends on the nudge.
+ */
+export class OutboxRelay extends Context.Service<OutboxRelay, {
+  /** Wake the relay now (cheap, never blocks). */
+  readonly nudge: Effect.Effect<void>
+  /** One publish round, as the loop runs it. */
+  readonly publishPending: Effect.Effect<RelayRound>
+}>()("inventory/messaging/OutboxRelay") {
+  static readonly layer = Layer.effect(
+    OutboxRelay,
+    Effect.gen(function*() {
+      const config = yield* RuntimeConfig
+      const publisher = yield* Publisher
+      const outbox = yield* Outbox
+      const { eventsExchange } = config.topology
+      const wake = yield* Queue.sliding<void>(1)
+
+      const publishRow = (row: PendingOutboxMessage) =>
+        publisher.publish({
+          exchange: eventsExchange,
+          routingKey: row.event_type,
+          body: new TextEncoder().encode(JSON.stringify(row.payload)),
+          options: {
+            persistent: true,
+            messageId: row.event_id,
+            contentType: "application/json",
+            type: row.event_type,
+            timestamp: Math.floor(row.created_at.getTime() / 1000),
+            appId: "inventory-service",
+            headers: row.traceparent === null ? {} : { traceparent: row.traceparent }
+          }
+        })
+
+      const publishPending: Effect.Effect<RelayRound> = Effect.gen(function*() {
+        const rows = yield* outbox.pending(config.relay.batchSize)
+        if (rows.length === 0) {
+          yield* Metric.update(outboxPending, 0)
+          return { published: 0, held: 0 }
+        }
+        const aggregates = new Map<string, Array<PendingOutboxMessage>>()
+        for (const row of rows) {
+          const list = aggregates.get(row.aggregate_key)
+          if (list) list.push(row)
+          else aggregates.set(row.aggregate_key, [row])
+        }
+        const sent: Array<number> = []
+        yield* Effect.forEach(aggregates.values(), (list) =>
+          Effect.gen(function*() {
+            for (const row of list) {
+              const published = yield* publishRow(row).pipe(
+                Effect.as(true),
+                Effect.catch((error) =>
+                  Effect.logWarning("outbox row not published; it stays pending").pipe(
+                    Effect.annotateLogs({ event_id: row.event_id, event_type: row.event_type, error: error.message }),
+                    Effect.as(false)
+                  )
+                )
+              )
+              // A later row of the aggregate never goes out before an earlier one is confirmed.
+              if (!published) return
+              sent.push(row.position)
+            }
+          }), { concurrency: 16, discard: true })
+        if (sent.length > 0) yield* outbox.markSent(sent)
+        yield* outbox.pendingCount().pipe(Effect.flatMap((n) => Metric.update(outboxPending, n)), Effect.ignore)
+        return { published: sent.length, held: rows.length - sent.length }
+      }).pipe(
+        Effect.catchCause((cause) =>
+          Effect.logWarning("outbox relay round failed; rows stay pending").pipe(
+            Effect.annotateLogs({ cause: Cause.pretty(cause) }),
+            Effect.as({ published: 0, held: 1 })
+          )
+        )
+      )
+
+      const lock = yield* Semaphore.make(1)
+      const round = lock.withPermit(publishPending)
+
+      /** Rounds until the outbox is empty or a round makes no progress. */
+      const drain = Effect.gen(function*() {
+        while (true) {
+          const result = yield* round
+          if (result.held > 0 || result.published < config.relay.batchSize) return result
+        }
+      })
+
+      yield* Effect.gen(function*() {
+        let failures = 0
+        while (true) {
+          const result = yield* drain
+          failures = result.held > 0 ? failures + 1 : 0
+          const wait = failures === 0
+            ? config.relay.pollInterval
+            : Duration.min(Duration.times(config.relay.pollInterval, 2 ** Math.min(failures, 5)), Duration.seconds(30))
+          // A nudge cuts the wait short unless the broker is failing.
+          if (failures === 0) yield* Queue.take(wake).pipe(Effect.timeoutOption(wait))
+          else yield* Effect.sleep(wait)
+        }
+      }).pipe(Effect.forkScoped)
+
+      // On shutdown (after the consumers stopped): one last drain, bounded by the deadline.
+      yield* Effect.addFinalizer(() =>
+        drain.pipe(
+          Effect.timeoutOption(config.shutdownTimeout),
+          Effect.flatMap((result) =>
+            Option.match(result, {
+              onNone: () => Effect.logWarning("outbox not drained before the shutdown deadline; rows stay pending"),
+              onSome: (r) => Effect.logInfo("outbox drained").pipe(Effect.annotateLogs({ published: r.published, pending: r.held }))
+            })
+          )
+        )
+      )
+
+      return OutboxRelay.of({
+        nudge: Queue.offer(wake, undefined).pipe(Effect.asVoid),
+        publishPending: round
+      })
+    })
+  )
+}

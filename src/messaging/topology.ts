@@ -1,0 +1,39 @@
+import type { Channel } from "amqplib"
+import type { ConsumerQueue, Topology } from "../config.ts"
+
+/** Both inbound queues, in declaration order. */
+export const consumerQueues = (topology: Topology): ReadonlyArray<ConsumerQueue> => [topology.catalog, topology.orders]
+
+/** Arguments shared by every queue we declare; a queue type that differs from an existing queue's is refused by the broker. */
+const queueArguments = (topology: Topology) => ({ "x-queue-type": topology.queueType })
+
+/**
+ * Declares SPEC 1's exchanges, queues and bindings. Every call is idempotent, so it runs on each
+ * (re)connection; a queue that exists with other arguments makes the broker close the channel,
+ * which surfaces as a failed (re)connection with the broker's reason.
+ */
+export const declareTopology = async (channel: Channel, topology: Topology): Promise<void> => {
+  await channel.assertExchange(topology.deadLetterExchange, "topic", { durable: true })
+  await channel.assertQueue(topology.deadLetterQueue, {
+    durable: true,
+    arguments: {
+      ...queueArguments(topology),
+      "x-message-ttl": topology.deadLetterTtlMs,
+      "x-max-length": topology.deadLetterMaxLength
+    }
+  })
+  await channel.bindQueue(topology.deadLetterQueue, topology.deadLetterExchange, "#")
+
+  await channel.assertExchange(topology.eventsExchange, "topic", { durable: true })
+
+  for (const consumer of consumerQueues(topology)) {
+    await channel.assertExchange(consumer.exchange, "topic", { durable: true })
+    await channel.assertQueue(consumer.queue, {
+      durable: true,
+      arguments: { ...queueArguments(topology), "x-dead-letter-exchange": topology.deadLetterExchange }
+    })
+    for (const routingKey of consumer.eventTypes) {
+      await channel.bindQueue(consumer.queue, consumer.exchange, routingKey)
+    }
+  }
+}
