@@ -43,7 +43,7 @@ const defectOf = <A, E>(exit: Exit.Exit<A, E>): unknown =>
 const failureOf = <A, E>(exit: Exit.Exit<A, E>): E | undefined =>
   Exit.isFailure(exit) ? exit.cause.reasons.find(Cause.isFailReason)?.error : undefined
 
-layer(sqlStoresLayer("stores"), { timeout: "60 seconds" })("SQL stores", (it) => {
+layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL stores", (it) => {
   it.effect("a nested unit that fails rolls back to its savepoint; the outer unit keeps its work", () =>
     Effect.gen(function*() {
       const org = freshOrg()
@@ -318,7 +318,7 @@ layer(sqlStoresLayer("stores"), { timeout: "60 seconds" })("SQL stores", (it) =>
     }))
 })
 
-layer(sqlStoresLayer("reconciliation"), { timeout: "60 seconds" })("SQL reconciliation", (it) => {
+layer(sqlStoresLayer("reconciliation", { poolSize: 2 }), { timeout: "60 seconds" })("SQL reconciliation", (it) => {
   it.effect("finds nothing on a clean database, and each kind of violation on rows corrupted by hand", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient
