@@ -1,0 +1,81 @@
+/**
+ * npm run bench:ttl — what the fiber-based TTL scheduler costs at scale (issue 5):
+ *  1. 100,000 pending timers: time to schedule them and the resident memory they hold;
+ *  2. start-up recovery of 100,000 active reservations from PostgreSQL: the time from building
+ *     the scheduler (query + one timer each) to every timer pending.
+ * Prints figures; asserts nothing. `--count N` changes the size.
+ */
+import { Context, Effect, Layer } from "effect"
+import { spawnSync } from "node:child_process"
+import { SqlClient } from "effect/sql/SqlClient"
+import { ReservationTimers } from "../src/reservations/ReservationTimers.ts"
+import * as Scheduler from "../src/reservations/scheduler.ts"
+import * as MemoryStores from "../src/stores/memory/stores.ts"
+import * as SqlStores from "../src/stores/sql/index.ts"
+
+const count = Number(process.argv[process.argv.indexOf("--count") + 1] ?? NaN) || 100_000
+const url = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres"
+const schema = `bench_ttl_${process.pid}`
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`
+const gc = () => (globalThis as { gc?: () => void }).gc?.()
+const rss = () => {
+  gc()
+  return process.memoryUsage().rss
+}
+const schedulerOptions = { sweepInterval: "1000 days", sweepBatch: 1000 } as const
+
+const timers = Effect.scoped(Effect.gen(function*() {
+  const context = yield* Layer.build(Scheduler.layer(schedulerOptions).pipe(Layer.provideMerge(MemoryStores.layer)))
+  const scheduler = Context.get(context, ReservationTimers)
+  const before = rss()
+  const start = performance.now()
+  const expiresAt = new Date(Date.now() + 3_600_000)
+  for (let i = 0; i < count; i++) {
+    yield* scheduler.schedule({ organization_id: "bench", reservation_id: `r${i}`, expires_at: expiresAt })
+  }
+  const elapsed = performance.now() - start
+  const after = rss()
+  console.log(`timers: scheduled ${yield* scheduler.pending} in ${elapsed.toFixed(0)} ms (${(count / elapsed * 1000).toFixed(0)}/s)`)
+  console.log(`timers: resident memory ${mb(after)} (+${mb(after - before)} for ${count} timers, ${((after - before) / count).toFixed(0)} B each)`)
+}))
+
+const recovery = Effect.scoped(Effect.gen(function*() {
+  const stores = yield* Layer.build(SqlStores.layerWithClient({ url, schema, poolSize: 4 }))
+  const sql = Context.get(stores, SqlClient)
+  yield* Effect.addFinalizer(() => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).pipe(Effect.ignore))
+  const seeded = performance.now()
+  yield* sql.unsafe(`
+    INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by)
+    SELECT 'bench', 'r' || g, 'o' || g, 'active', now() + interval '1 hour', now(), 'bench'
+    FROM generate_series(1, ${count}) AS g`)
+  console.log(`recovery: seeded ${count} active reservations in ${(performance.now() - seeded).toFixed(0)} ms`)
+  const before = rss()
+  const start = performance.now()
+  const context = yield* Layer.build(Scheduler.layer(schedulerOptions).pipe(Layer.provide(Layer.succeedContext(stores))))
+  const elapsed = performance.now() - start
+  const pending = yield* Context.get(context, ReservationTimers).pending
+  console.log(`recovery: ${pending} timers rescheduled in ${elapsed.toFixed(0)} ms; resident memory ${mb(rss())} (+${mb(process.memoryUsage().rss - before)})`)
+}))
+
+const phase = process.argv[process.argv.indexOf("--phase") + 1]
+
+if (phase === "timers" || phase === "recovery") {
+  Effect.runPromise(phase === "timers" ? timers : recovery).then(
+    () => console.log(`${phase}: peak resident memory of the process ${mb(process.resourceUsage().maxRSS * 1024)}`),
+    (error) => {
+      console.error(error)
+      process.exit(1)
+    }
+  )
+} else {
+  // Each phase in its own process, so each memory figure is its own.
+  console.log(`bench:ttl  count=${count}  node ${process.version}`)
+  for (const p of ["timers", "recovery"]) {
+    const child = spawnSync(process.execPath, ["--expose-gc", import.meta.filename, "--phase", p, "--count", String(count)], {
+      stdio: ["ignore", "pipe", "inherit"],
+      encoding: "utf8"
+    })
+    process.stdout.write(child.stdout.split("\n").filter((line) => !line.includes("INFO")).join("\n"))
+    if (child.status !== 0) process.exit(child.status ?? 1)
+  }
+}
