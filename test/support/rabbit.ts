@@ -1,0 +1,185 @@
+import amqp from "amqplib"
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
+import { Effect, Layer, ManagedRuntime } from "effect"
+import { RuntimeConfig } from "../../src/config.ts"
+import * as Messaging from "../../src/messaging/index.ts"
+
+/**
+ * Integration helpers against the real RabbitMQ on 127.0.0.1:5672 (guest/guest). Each test file
+ * gets its own vhost, created with `rabbitmqctl` and deleted at the end, so files never see
+ * each other's queues and may run in parallel.
+ */
+
+const run = promisify(execFile)
+
+export const rabbitmqctl = async (...args: ReadonlyArray<string>): Promise<string> =>
+  (await run("rabbitmqctl", ["-q", ...args], { timeout: 60_000 })).stdout
+
+export const uniqueVhost = (file: string) => `test_${file}_${process.pid.toString(36)}_${Math.random().toString(36).slice(2, 8)}`
+
+export const createVhost = async (vhost: string): Promise<void> => {
+  await rabbitmqctl("add_vhost", vhost)
+  await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+}
+
+export const deleteVhost = async (vhost: string): Promise<void> => {
+  await rabbitmqctl("delete_vhost", vhost).catch(() => undefined)
+}
+
+/** Kills every client connection of the vhost, as a broker restart or a network cut would. */
+export const closeConnections = (vhost: string) => rabbitmqctl("close_all_connections", "-p", vhost, "test")
+
+export const connectionCount = async (vhost: string): Promise<number> =>
+  (await rabbitmqctl("list_connections", "vhost")).split("\n").filter((line) => line.trim() === vhost).length
+
+/** Every queue of the vhost with its ready and unacknowledged message counts, as the broker sees them. */
+export const queueCounts = async (vhost: string): Promise<Record<string, { ready: number; unacked: number }>> => {
+  const out: Record<string, { ready: number; unacked: number }> = {}
+  for (const line of (await rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "messages_ready", "messages_unacknowledged")).split("\n")) {
+    const [name, ready, unacked] = line.trim().split(/\s+/)
+    if (name && ready !== undefined && unacked !== undefined) out[name] = { ready: Number(ready), unacked: Number(unacked) }
+  }
+  return out
+}
+
+/** True once the named queues hold nothing, neither ready nor delivered-but-unacknowledged. */
+export const queuesSettled = async (vhost: string, queues: ReadonlyArray<string>): Promise<boolean> => {
+  const counts = await queueCounts(vhost)
+  return queues.every((q) => counts[q] !== undefined && counts[q].ready === 0 && counts[q].unacked === 0)
+}
+
+export const vhostUrl = (vhost: string) => `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`
+
+/** Runtime settings for tests: the vhost, short retries and timeouts, anything else overridable. */
+export const testEnv = (vhost: string, overrides: Record<string, string> = {}): Record<string, string> => ({
+  AMQP_URL: vhostUrl(vhost),
+  RETRY_BASE_DELAY_MS: "10",
+  OUTBOX_POLL_INTERVAL_MS: "100",
+  PUBLISH_TIMEOUT_MS: "3000",
+  SHUTDOWN_TIMEOUT_MS: "5000",
+  AMQP_RECONNECT_INITIAL_DELAY_MS: "100",
+  AMQP_RECONNECT_MAX_DELAY_MS: "1000",
+  AMQP_HEARTBEAT_SECONDS: "5",
+  ...overrides
+})
+
+/**
+ * The whole messaging runtime on the given stores, as one `ManagedRuntime`: building it starts
+ * the consumers; `dispose` shuts it down as SIGTERM would.
+ */
+export const startRuntime = <S, E>(stores: Layer.Layer<S, E>, env: Record<string, string>) => {
+  const layer = Messaging.layer.pipe(
+    Layer.provideMerge(stores),
+    Layer.provideMerge(RuntimeConfig.layerFrom(env))
+  )
+  return ManagedRuntime.make(layer as Layer.Layer<Layer.Success<typeof layer>, unknown>)
+}
+
+export interface Captured {
+  readonly routingKey: string
+  readonly body: Buffer
+  readonly json: unknown
+  readonly properties: amqp.MessageProperties
+  readonly headers: Record<string, unknown>
+}
+
+const capture = (message: amqp.Message): Captured => {
+  let json: unknown = undefined
+  try {
+    json = JSON.parse(message.content.toString("utf8"))
+  } catch {
+    json = undefined
+  }
+  return {
+    routingKey: message.fields.routingKey,
+    body: message.content,
+    json,
+    properties: message.properties,
+    headers: (message.properties.headers ?? {}) as Record<string, unknown>
+  }
+}
+
+/** A plain amqplib client for the test side: publish as the upstream services do, and look at queues. */
+export class TestClient {
+  readonly connection: amqp.ChannelModel
+  readonly channel: amqp.ConfirmChannel
+
+  private constructor(connection: amqp.ChannelModel, channel: amqp.ConfirmChannel) {
+    this.connection = connection
+    this.channel = channel
+  }
+
+  static async connect(vhost: string): Promise<TestClient> {
+    const connection = await amqp.connect(vhostUrl(vhost))
+    connection.on("error", () => undefined)
+    const channel = await connection.createConfirmChannel()
+    channel.on("error", () => undefined)
+    return new TestClient(connection, channel)
+  }
+
+  /** Publishes and waits for the broker's confirm. */
+  async publish(exchange: string, routingKey: string, body: Buffer | string | object, options: amqp.Options.Publish = {}) {
+    const content = Buffer.isBuffer(body) ? body : Buffer.from(typeof body === "string" ? body : JSON.stringify(body))
+    await new Promise<void>((resolve, reject) =>
+      this.channel.publish(exchange, routingKey, content, { persistent: true, contentType: "application/json", ...options }, (error: unknown) =>
+        error ? reject(error) : resolve())
+    )
+  }
+
+  /** Everything published to `exchange` from now on (routing `pattern`), collected into an array. */
+  async bindCapture(exchange: string, pattern = "#"): Promise<Array<Captured>> {
+    const received: Array<Captured> = []
+    await this.channel.assertExchange(exchange, "topic", { durable: true })
+    const { queue } = await this.channel.assertQueue("", { exclusive: true, autoDelete: true })
+    await this.channel.bindQueue(queue, exchange, pattern)
+    await this.channel.consume(queue, (message) => {
+      if (message) received.push(capture(message))
+    }, { noAck: true })
+    return received
+  }
+
+  /** Takes every message currently in a queue (acked: they leave the queue). */
+  async drain(queue: string): Promise<Array<Captured>> {
+    const out: Array<Captured> = []
+    while (true) {
+      const message = await this.channel.get(queue, { noAck: true })
+      if (message === false) return out
+      out.push(capture(message))
+    }
+  }
+
+  async depth(queue: string): Promise<number> {
+    return (await this.channel.checkQueue(queue)).messageCount
+  }
+
+  async close(): Promise<void> {
+    await this.connection.close().catch(() => undefined)
+  }
+}
+
+/** Polls until `check` returns a value other than `undefined`/`false`, or fails after `timeoutMs`. */
+export const eventually = async <A>(
+  what: string,
+  check: () => Promise<A | undefined | false> | A | undefined | false,
+  timeoutMs = 30_000,
+  intervalMs = 100
+): Promise<A> => {
+  const deadline = Date.now() + timeoutMs
+  let last: unknown
+  while (true) {
+    try {
+      const value = await check()
+      if (value !== undefined && value !== false) return value
+      last = value
+    } catch (error) {
+      last = error
+    }
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`)
+    await new Promise((r) => setTimeout(r, intervalMs))
+  }
+}
+
+/** Runs an Effect against a started runtime (stores and all). */
+export const runWith = <R, ER>(runtime: ManagedRuntime.ManagedRuntime<R, ER>) => <A, E>(effect: Effect.Effect<A, E, R>) =>
+  runtime.runPromise(effect)
