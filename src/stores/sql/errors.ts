@@ -64,6 +64,16 @@ export const fromSqlError = (error: SqlError): Effect.Effect<never, DatabaseErro
   return Effect.die(new UnexpectedDatabaseError(describe(error.reason._tag, fields)))
 }
 
+/**
+ * Whether the session is gone: the socket failed, or the server ended it (admin shutdown,
+ * crash, not accepting connections, out of connections). The work in flight was rolled back.
+ */
+export const isConnectionLoss = (error: SqlError): boolean => {
+  if (error.reason._tag === "ConnectionError") return true
+  const code = fieldsOf(error).code ?? ""
+  return code.startsWith("08") || code.startsWith("57P") || code.startsWith("53")
+}
+
 /** Integrity (23), missing objects (42, except syntax errors) and RAISE (P0) messages carry no data. */
 const safeMessage = (fields: PgFields): string | undefined => {
   const code = fields.code ?? ""

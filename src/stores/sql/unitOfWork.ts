@@ -3,7 +3,7 @@ import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
 import { UnitOfWork } from "../services.ts"
-import { fromSqlError } from "./errors.ts"
+import { fromSqlError, isConnectionLoss } from "./errors.ts"
 
 interface Unit {
   readonly afterCommit: Array<Effect.Effect<void>>
@@ -22,7 +22,7 @@ const CurrentUnit = Context.Reference<Unit | undefined>("inventory/stores/sql/Cu
 const translate = <A, E, R>(effect: Effect.Effect<A, E | SqlError, R>): Effect.Effect<A, E | DatabaseError, R> =>
   Effect.catchCause(effect, (cause): Effect.Effect<never, E | DatabaseError> => {
     const lost = cause.reasons.some((reason) =>
-      Cause.isDieReason(reason) && isSqlError(reason.defect) && reason.defect.reason._tag === "ConnectionError"
+      Cause.isDieReason(reason) && isSqlError(reason.defect) && isConnectionLoss(reason.defect)
     )
     if (lost) return Effect.fail(new DatabaseError({ reason: "connection", message: "database connection lost during a unit of work; it was rolled back" }))
     const failed = cause.reasons.find(Cause.isFailReason)
