@@ -43,10 +43,31 @@ export const queueCounts = async (vhost: string): Promise<Record<string, { ready
   return out
 }
 
-/** True once the named queues hold nothing, neither ready nor delivered-but-unacknowledged. */
+/** The broker emits quorum-queue statistics every few seconds (5 s by default); they lag by that much. */
+const statisticsLag = 6_000
+
+/**
+ * True once the named queues hold nothing, neither ready nor delivered-but-unacknowledged.
+ * `messages_ready` is read exactly (queue.declare-ok); the unacknowledged count only exists in
+ * the lagging statistics, so it must read 0 at both ends of a window longer than their lag.
+ */
 export const queuesSettled = async (vhost: string, queues: ReadonlyArray<string>): Promise<boolean> => {
-  const counts = await queueCounts(vhost)
-  return queues.every((q) => counts[q] !== undefined && counts[q].ready === 0 && counts[q].unacked === 0)
+  const client = await TestClient.connect(vhost)
+  try {
+    const quiet = async () => {
+      const counts = await queueCounts(vhost)
+      for (const q of queues) {
+        if ((await client.depth(q)) !== 0) return false
+        if (counts[q] === undefined || counts[q].unacked !== 0 || counts[q].ready !== 0) return false
+      }
+      return true
+    }
+    if (!(await quiet())) return false
+    await new Promise((r) => setTimeout(r, statisticsLag))
+    return await quiet()
+  } finally {
+    await client.close()
+  }
 }
 
 export const vhostUrl = (vhost: string) => `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`
