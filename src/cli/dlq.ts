@@ -1,0 +1,273 @@
+import { Console, Duration, Effect, Option, Schema } from "effect"
+import { Argument, Command, Flag } from "effect/cli"
+import { Id } from "../domain/primitives.ts"
+import { Publisher } from "../messaging/publisher.ts"
+import type { FailedEvent } from "../stores/model.ts"
+import { FailedEvents } from "../stores/services.ts"
+import { BrokerPublisher, Database } from "./environment.ts"
+import * as Flags from "./flags.ts"
+import { failure, iso, print, printJson, renderRecord, renderTable, usage } from "./output.ts"
+
+/**
+ * `inventory dlq list|show|replay`: dead-lettered events as the database keeps them (after the
+ * queue's TTL and length cap would have dropped them), and their replay to where they came from.
+ */
+
+export interface FailedEventJson {
+  readonly id: string
+  readonly event_id: string | null
+  readonly event_type: string | null
+  readonly organization_id: string | null
+  readonly error_type: string
+  readonly error_message: string
+  readonly original_exchange: string
+  readonly original_routing_key: string
+  readonly attempts: number
+  readonly failed_at: string
+  readonly replay_count: number
+  readonly last_replayed_at: string | null
+}
+
+export interface FailedEventDetailJson extends FailedEventJson {
+  readonly content_type: string | null
+  /** The body as UTF-8 text, or base64 when it is not valid UTF-8 (see `body_encoding`). */
+  readonly body: string
+  readonly body_encoding: "utf8" | "base64"
+}
+
+export const failedEventJson = (e: FailedEvent): FailedEventJson => ({
+  id: e.id,
+  event_id: e.event_id,
+  event_type: e.event_type,
+  organization_id: e.organization_id,
+  error_type: e.error_type,
+  error_message: e.error_message,
+  original_exchange: e.original_exchange,
+  original_routing_key: e.original_routing_key,
+  attempts: e.attempts,
+  failed_at: e.failed_at.toISOString(),
+  replay_count: e.replay_count,
+  last_replayed_at: iso(e.last_replayed_at)
+})
+
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+const bodyText = (body: Uint8Array): { readonly body: string; readonly body_encoding: "utf8" | "base64" } => {
+  try {
+    return { body: utf8.decode(body), body_encoding: "utf8" }
+  } catch {
+    return { body: Buffer.from(body).toString("base64"), body_encoding: "base64" }
+  }
+}
+
+const detailJson = (e: FailedEvent): FailedEventDetailJson => ({
+  ...failedEventJson(e),
+  content_type: e.content_type,
+  ...bodyText(e.body)
+})
+
+const shorten = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max - 1)}…`)
+
+const failedTable = (rows: ReadonlyArray<FailedEvent>, empty: string) =>
+  renderTable(rows, [
+    { header: "ID", value: (e) => e.id },
+    { header: "EVENT_TYPE", value: (e) => e.event_type },
+    { header: "ORG", value: (e) => e.organization_id },
+    { header: "ERROR_TYPE", value: (e) => e.error_type },
+    { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
+    { header: "FAILED_AT", value: (e) => e.failed_at.toISOString() },
+    { header: "EXCHANGE", value: (e) => e.original_exchange },
+    { header: "ROUTING_KEY", value: (e) => e.original_routing_key },
+    { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
+    { header: "LAST_REPLAYED_AT", value: (e) => iso(e.last_replayed_at) },
+    { header: "REASON", value: (e) => shorten(e.error_message, 80) }
+  ], empty)
+
+const filterFlags = {
+  eventType: Flag.String("event-type").pipe(Flag.withDescription("Only this event type, e.g. order.placed"), Flag.optional),
+  errorType: Flag.String("error-type").pipe(Flag.withDescription("Only this error type, e.g. InsufficientStock"), Flag.optional)
+}
+
+const filterOf = (eventType: Option.Option<string>, errorType: Option.Option<string>) => ({
+  ...Option.match(eventType, { onNone: () => ({}), onSome: (event_type) => ({ event_type }) }),
+  ...Option.match(errorType, { onNone: () => ({}), onSome: (error_type) => ({ error_type }) })
+})
+
+const list = Command.make(
+  "list",
+  { ...filterFlags, json: Flags.json },
+  ({ eventType, errorType, json }) =>
+    Effect.gen(function*() {
+      const rows = yield* (yield* FailedEvents).list(filterOf(eventType, errorType))
+      yield* print(json, rows, failedEventJson, () => failedTable(rows, "No dead-lettered events for this filter."))
+    })
+).pipe(
+  Command.withDescription("List dead-lettered events, oldest first, with reason, attempts, time, origin and replays"),
+  Command.withExamples([{ command: "inventory dlq list --error-type InsufficientStock", description: "Events refused for lack of stock" }]),
+  Command.provide(Database)
+)
+
+const failedEventId = Argument.String("id").pipe(Argument.withSchema(Id), Argument.withDescription("Dead-letter id (from dlq list)"))
+
+const findOrFail = (id: string) =>
+  Effect.gen(function*() {
+    const found = yield* (yield* FailedEvents).get(id)
+    if (Option.isNone(found)) return yield* failure(`No dead-lettered event with id ${id}.`)
+    return found.value
+  })
+
+const show = Command.make(
+  "show",
+  { id: failedEventId, json: Flags.json },
+  ({ id, json }) =>
+    Effect.gen(function*() {
+      const event = yield* findOrFail(id)
+      if (json) return yield* printJson(detailJson(event))
+      const detail = detailJson(event)
+      yield* Console.log(renderRecord([
+        ["id", event.id],
+        ["event_id", event.event_id],
+        ["event_type", event.event_type],
+        ["organization_id", event.organization_id],
+        ["error_type", event.error_type],
+        ["error_message", event.error_message],
+        ["attempts", event.attempts],
+        ["failed_at", event.failed_at.toISOString()],
+        ["original_exchange", event.original_exchange],
+        ["original_routing_key", event.original_routing_key],
+        ["content_type", event.content_type],
+        ["replay_count", event.replay_count],
+        ["last_replayed_at", iso(event.last_replayed_at)],
+        ["body_encoding", detail.body_encoding]
+      ]))
+      yield* Console.log(`\n${detail.body}`)
+    })
+).pipe(
+  Command.withDescription("Show one dead-lettered event, body included"),
+  Command.provide(Database)
+)
+
+export interface ReplayJson {
+  readonly id: string
+  readonly event_id: string | null
+  readonly event_type: string | null
+  readonly original_exchange: string
+  readonly original_routing_key: string
+  /** false on `--dry-run`. */
+  readonly replayed: boolean
+  readonly replay_count: number
+}
+
+/** Headers a replayed message carries, so the consumer's logs and traces can tell it apart. */
+export const replayHeaders = { replayOf: "x-replay-of", replayCount: "x-replay-count" } as const
+
+/** The original body to its original exchange and routing key, persistent, confirmed by the broker. */
+const republish = (event: FailedEvent) =>
+  Effect.gen(function*() {
+    yield* (yield* Publisher).publish({
+      exchange: event.original_exchange,
+      routingKey: event.original_routing_key,
+      body: event.body,
+      options: {
+        persistent: true,
+        // The event's id as its messageId: decoding gives it the same event_id as the first time
+        // (SPEC 2), so a replay of an event that has since succeeded is a duplicate and changes nothing.
+        ...(event.event_id !== null ? { messageId: event.event_id } : {}),
+        ...(event.content_type !== null ? { contentType: event.content_type } : {}),
+        headers: { [replayHeaders.replayOf]: event.id, [replayHeaders.replayCount]: event.replay_count + 1 }
+      }
+    })
+    yield* (yield* FailedEvents).markReplayed(event.id, new Date())
+  })
+
+const PositiveRate = Schema.Number.check(Schema.isGreaterThanOrEqualTo(1, { message: "must be at least 1 (messages per second)" }))
+
+const replay = Command.make(
+  "replay",
+  {
+    id: Flags.id("id", "Replay this dead-lettered event").pipe(Flag.optional),
+    all: Flag.Boolean("all").pipe(
+      Flag.withDescription("Replay every dead-lettered event not replayed yet (narrowed by the filters)"),
+      Flag.withDefault(false)
+    ),
+    includeReplayed: Flag.Boolean("include-replayed").pipe(
+      Flag.withDescription("With --all: also events replayed before"),
+      Flag.withDefault(false)
+    ),
+    ...filterFlags,
+    dryRun: Flag.Boolean("dry-run").pipe(Flag.withDescription("Only list what would be replayed"), Flag.withDefault(false)),
+    rate: Flag.Int("rate").pipe(
+      Flag.withSchema(PositiveRate),
+      Flag.withDescription("At most N messages per second (default: no limit)"),
+      Flag.optional
+    ),
+    json: Flags.json
+  },
+  ({ id, all, includeReplayed, eventType, errorType, dryRun, rate, json }) =>
+    Effect.gen(function*() {
+      if (Option.isSome(id) === all) return yield* usage("give exactly one of --id ID or --all")
+      if (Option.isSome(id) && (Option.isSome(eventType) || Option.isSome(errorType) || includeReplayed)) {
+        return yield* usage("--event-type, --error-type and --include-replayed go with --all, not with --id")
+      }
+      const store = yield* FailedEvents
+      const chosen: ReadonlyArray<FailedEvent> = Option.isSome(id)
+        ? [yield* findOrFail(id.value)]
+        : (yield* store.list(filterOf(eventType, errorType))).filter((e) => includeReplayed || e.replay_count === 0)
+
+      const outcome = (e: FailedEvent, replayed: boolean): ReplayJson => ({
+        id: e.id,
+        event_id: e.event_id,
+        event_type: e.event_type,
+        original_exchange: e.original_exchange,
+        original_routing_key: e.original_routing_key,
+        replayed,
+        replay_count: e.replay_count + (replayed ? 1 : 0)
+      })
+      const report = (rows: ReadonlyArray<ReplayJson>, empty: string) =>
+        json ? printJson(rows) : Console.log(renderTable(rows, [
+          { header: "ID", value: (r) => r.id },
+          { header: "EVENT_TYPE", value: (r) => r.event_type },
+          { header: "EXCHANGE", value: (r) => r.original_exchange },
+          { header: "ROUTING_KEY", value: (r) => r.original_routing_key },
+          { header: "REPLAYED", value: (r) => (r.replayed ? "yes" : "no (dry run)") },
+          { header: "REPLAYS", value: (r) => r.replay_count, align: "right" }
+        ], empty))
+
+      if (dryRun || chosen.length === 0) {
+        return yield* report(chosen.map((e) => outcome(e, false)), "Nothing to replay.")
+      }
+
+      const spacing = Option.map(rate, (n) => Duration.millis(1000 / n))
+      const done: Array<ReplayJson> = []
+      yield* Effect.forEach(chosen, (event, i) =>
+        Effect.gen(function*() {
+          if (i > 0 && Option.isSome(spacing)) yield* Effect.sleep(spacing.value)
+          yield* republish(event)
+          done.push(outcome(event, true))
+        }), { discard: true }).pipe(
+          Effect.provide(BrokerPublisher),
+          Effect.catchCause((cause) =>
+            // What went out is marked; say so before failing, so the operator knows where it stopped.
+            Effect.andThen(
+              done.length > 0 ? report(done, "") : Effect.void,
+              Effect.failCause(cause)
+            ))
+        )
+      yield* report(done, "Nothing to replay.")
+    })
+).pipe(
+  Command.withDescription(
+    "Republish dead-lettered events to their original exchange and routing key (publisher confirms) and mark them replayed"
+  ),
+  Command.withExamples([
+    { command: "inventory dlq replay --id 3f0c...", description: "Replay one event" },
+    { command: "inventory dlq replay --all --error-type InsufficientStock --rate 10", description: "Replay a class of failures, 10 per second" },
+    { command: "inventory dlq replay --all --dry-run", description: "See what --all would replay" }
+  ]),
+  Command.provide(Database)
+)
+
+export const dlq = Command.make("dlq").pipe(
+  Command.withDescription("Review and replay dead-lettered events"),
+  Command.withSubcommands([list, show, replay])
+)

@@ -1,0 +1,57 @@
+import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { readFileSync } from "node:fs"
+import { Cause, Effect, Logger, References, Runtime, Schema } from "effect"
+import { CliError, Command } from "effect/cli"
+import { check } from "./check.ts"
+import { dlq } from "./dlq.ts"
+import { describeFailure } from "./environment.ts"
+import { migrate } from "./migrate.ts"
+import { exitCodes } from "./output.ts"
+import { reservations } from "./reservations.ts"
+import { stock } from "./stock.ts"
+import { warehouse } from "./warehouse.ts"
+
+/**
+ * `npm run -s inventory -- <command>`: the operator CLI, against the consumer's database and
+ * broker (same environment variables). Data goes to stdout; every failure is one line on
+ * stderr, exit 1 (2 for bad usage), never a stack trace.
+ */
+
+const version: string = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version
+
+export const inventory = Command.make("inventory").pipe(
+  Command.withDescription("Operate the inventory consumer: warehouses, stock, reservations, dead letters, reconciliation"),
+  Command.withSubcommands([migrate, warehouse, stock, reservations, dlq, check])
+)
+
+/** The process outcome once everything worth saying has been said. */
+class Finished extends Schema.TaggedError<Finished>()("Finished", { code: Schema.Number }) {
+  override readonly [Runtime.errorReported] = false
+  override get [Runtime.errorExitCode]() {
+    return this.code
+  }
+}
+
+const reportFailure = (cause: Cause.Cause<unknown>) => {
+  if (Cause.hasInterruptsOnly(cause)) return Effect.failCause(cause)
+  const error = Cause.squash(cause)
+  // effect/cli has already printed help and the parse error: only the exit code is left to set.
+  if (CliError.isCliError(error)) {
+    return Effect.fail(new Finished({ code: error._tag === "ShowHelp" && error.errors.length === 0 ? 0 : exitCodes.usage }))
+  }
+  const { message, exitCode } = describeFailure(cause)
+  return Effect.andThen(
+    Effect.sync(() => process.stderr.write(`inventory: ${message}\n`)),
+    Effect.fail(new Finished({ code: exitCode }))
+  )
+}
+
+Command.run(inventory, { version }).pipe(
+  Effect.catchCause(reportFailure),
+  // stdout carries the data (tables, JSON): library logs go to stderr, warnings and worse only,
+  // unless --log-level asks for more.
+  Effect.provideService(Logger.LogToStderr, true),
+  Effect.provideService(References.MinimumLogLevel, "Warn"),
+  Effect.provide(NodeServices.layer),
+  NodeRuntime.runMain
+)
