@@ -1,0 +1,61 @@
+import { ConfigProvider, Duration, Effect, Exit, Redacted } from "effect"
+import { describe, expect, it } from "vitest"
+import { displayUrl, runtimeSettings } from "../../src/config.ts"
+
+const parse = (env: Record<string, string>) => Effect.runSyncExit(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
+const failureText = (env: Record<string, string>) => {
+  const exit = parse(env)
+  return Exit.isFailure(exit) ? String(exit.cause) : "no failure"
+}
+
+describe("runtime configuration", () => {
+  it("has the SPEC's defaults", () => {
+    const exit = parse({})
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+    const c = exit.value
+    expect(Redacted.value(c.broker.url)).toBe("amqp://guest:guest@127.0.0.1:5672")
+    expect(c.topology.catalog).toMatchObject({ queue: "inventory_catalog_consumer", exchange: "catalog_events", prefetch: 10 })
+    expect(c.topology.orders).toMatchObject({ queue: "inventory_order_consumer", exchange: "order_events", prefetch: 20 })
+    expect(c.topology).toMatchObject({
+      eventsExchange: "inventory_events",
+      deadLetterExchange: "inventory_dlq",
+      deadLetterQueue: "inventory_failed_events",
+      deadLetterTtlMs: 86_400_000,
+      deadLetterMaxLength: 10_000,
+      queueType: "quorum"
+    })
+    expect(Duration.toMillis(c.processing.retryBaseDelay)).toBe(1000)
+    expect(c.processing.maxDeliveries).toBe(5)
+    expect(Duration.toMillis(c.reservations.sweepInterval)).toBe(60_000)
+  })
+
+  it("reads overrides, amqps URLs and durations", () => {
+    const exit = parse({
+      AMQP_URL: "amqps://user:secret@broker.example:5671/prod",
+      QUEUE_TYPE: "classic",
+      ORDER_PREFETCH: "50",
+      RESERVATION_SWEEP_INTERVAL: "5 minutes",
+      SHUTDOWN_TIMEOUT_MS: "1500"
+    })
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+    expect(Redacted.value(exit.value.broker.url)).toBe("amqps://user:secret@broker.example:5671/prod")
+    expect(exit.value.topology.queueType).toBe("classic")
+    expect(exit.value.topology.orders.prefetch).toBe(50)
+    expect(Duration.toMillis(exit.value.reservations.sweepInterval)).toBe(300_000)
+    expect(Duration.toMillis(exit.value.shutdownTimeout)).toBe(1500)
+  })
+
+  it("refuses bad values with a message naming the variable, never echoing credentials", () => {
+    expect(failureText({ CATALOG_PREFETCH: "ten" })).toContain("CATALOG_PREFETCH")
+    expect(failureText({ ORDER_PREFETCH: "0" })).toContain("ORDER_PREFETCH")
+    expect(failureText({ QUEUE_TYPE: "stream" })).toContain("QUEUE_TYPE")
+    expect(failureText({ RESERVATION_SWEEP_INTERVAL: "soon" })).toContain("RESERVATION_SWEEP_INTERVAL")
+    const bad = failureText({ AMQP_URL: "http://user:hunter2@host" })
+    expect(bad).toContain("AMQP_URL")
+    expect(bad).not.toContain("hunter2")
+  })
+
+  it("shows the broker URL with its password masked", () => {
+    expect(displayUrl(Redacted.make("amqp://guest:guest@127.0.0.1:5672/v"))).toBe("amqp://guest:***@127.0.0.1:5672/v")
+  })
+})
