@@ -1,7 +1,7 @@
 import { Effect, Option } from "effect"
 import { deriveId } from "../domain/ids.ts"
 import type { Reservation } from "../stores/model.ts"
-import { Reservations } from "../stores/services.ts"
+import { Reservations, Stock } from "../stores/services.ts"
 import { nowDate } from "./outbound.ts"
 import { releaseReservation } from "./orders.ts"
 
@@ -32,6 +32,18 @@ export const expireReservation = Effect.fn("reservation.expire")(function*(organ
  */
 export const expireOverdue = Effect.fn("reservation.expire_overdue")(function*(limit: number) {
   const due = yield* (yield* Reservations).lockDue(yield* nowDate, limit)
+  // Lock every stock row the batch will touch up front, in key order, as every other unit of
+  // work does: releasing reservation by reservation would take them out of order.
+  const variantsByOrg = new Map<string, Set<string>>()
+  for (const r of due) {
+    const set = variantsByOrg.get(r.organization_id) ?? new Set<string>()
+    for (const item of r.items) set.add(item.variant_id)
+    variantsByOrg.set(r.organization_id, set)
+  }
+  const stock = yield* Stock
+  for (const org of [...variantsByOrg.keys()].sort()) {
+    yield* stock.forVariants(org, [...variantsByOrg.get(org)!].sort(), { lock: true })
+  }
   let expired = 0
   for (const reservation of due) {
     if (yield* expire(reservation)) expired++

@@ -11,4 +11,6 @@ export class ReservationTimers extends Context.Service<ReservationTimers, {
   cancel(reservationId: string): Effect.Effect<void>
   /** How many timers are pending. */
   readonly pending: Effect.Effect<number>
+  /** Completes once every timer due by now has fired and its expiry has finished. */
+  readonly settled: Effect.Effect<void>
 }>()("inventory/reservations/ReservationTimers") {}

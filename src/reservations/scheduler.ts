@@ -90,6 +90,8 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       const timers = new Map<string, Timer>()
       const heap = new TimerHeap()
       let seq = 0
+      /** Timers handed to the workers whose expiry has not finished yet. */
+      let inFlight = 0
       let wake = Deferred.makeUnsafe<void>()
       const due = yield* Queue.unbounded<Timer>()
 
@@ -107,7 +109,17 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
             if (heap.top === timer) Deferred.doneUnsafe(wake, Effect.void)
           }),
         cancel: (reservationId) => Effect.sync(() => { timers.delete(reservationId) }),
-        pending: Effect.sync(() => timers.size)
+        pending: Effect.sync(() => timers.size),
+        settled: Effect.gen(function*() {
+          for (;;) {
+            const now = yield* Clock.currentTimeMillis
+            const top = heap.top
+            const due = top !== undefined && top.at <= now
+            if (!due && inFlight === 0) return
+            // Real time, not the test clock: this waits for work, not for a deadline.
+            yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 2)))
+          }
+        })
       })
 
       const expire = (timer: Timer) =>
@@ -138,6 +150,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
           if (top.at > now) return top.at - now
           heap.pop()
           timers.delete(top.reservation_id)
+          inFlight++
           yield* Queue.offer(due, top)
         }
       })
@@ -152,7 +165,8 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         }
       })
 
-      const worker = Effect.forever(Effect.flatMap(Queue.take(due), expire))
+      const worker = Effect.forever(Effect.flatMap(Queue.take(due), (timer) =>
+        expire(timer).pipe(Effect.ensuring(Effect.sync(() => { inFlight-- })))))
 
       const sweep = uow.transaction(expireOverdue(options.sweepBatch)).pipe(
         Effect.provideService(ReservationTimers, service),

@@ -1,5 +1,5 @@
 import { assert, layer } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { type Duration, Effect, Layer, Option } from "effect"
 import { TestClock } from "effect/testing"
 import type { Outcome } from "../../src/pipeline/pipeline.ts"
 import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
@@ -31,6 +31,9 @@ export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | Re
         Effect.orDie,
         Effect.map((violations) => assert.deepStrictEqual(violations, []))
       )
+    /** Moves the clock, then waits until every timer now due has done its (possibly remote) work. */
+    const advance = (duration: Duration.Input) =>
+      TestClock.adjust(duration).pipe(Effect.andThen(Effect.flatMap(ReservationTimers, (t) => t.settled)))
     const test = (title: string, body: () => Effect.Effect<void, never, Stores | ReservationTimers>) =>
       it.effect(title, () => noRetries(body()))
 
@@ -312,7 +315,7 @@ export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | Re
         expectTag(yield* send(org, "order.confirmed", { order_id: "o1" }), "Ack")
         assert.strictEqual((yield* reservationsOf(org, "o1"))[0]!.status, "confirmed")
         // A confirmed reservation never expires.
-        yield* TestClock.adjust("1 day")
+        yield* advance("1 day")
         assert.deepStrictEqual(yield* quantities(org, "v1", "wh_a"), { total: 10, available: 8, reserved: 2, damaged: 0 })
         yield* clean(org)
       }))
@@ -344,7 +347,7 @@ export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | Re
         yield* putStock(org, "v1", "wh_a", 3)
         expectTag(yield* send(org, "order.placed", { order_id: "o1", items: [{ variant_id: "v1", quantity: 2 }], reservation_ttl_minutes: 1 }), "Ack")
         expectTag(yield* send(org, "order.placed", { order_id: "o2", items: [{ variant_id: "v1", quantity: 1 }], reservation_ttl_minutes: 1 }), "Ack")
-        yield* TestClock.adjust("2 minutes")
+        yield* advance("2 minutes")
         assert.strictEqual((yield* reservationsOf(org, "o1"))[0]!.status, "expired")
         assert.deepStrictEqual(yield* quantities(org, "v1", "wh_a"), { total: 3, available: 3, reserved: 0, damaged: 0 })
 
@@ -454,7 +457,7 @@ export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | Re
         const org = yield* world
         yield* putStock(org, "v1", "wh_a", 10)
         expectTag(yield* send(org, "order.placed", { order_id: "o1", items: [{ variant_id: "v1", quantity: 2 }], reservation_ttl_minutes: 1 }), "Ack")
-        yield* TestClock.adjust("5 minutes")
+        yield* advance("5 minutes")
         expectTag(yield* send(org, "order.shipped", {
           order_id: "o1", shipment_id: "s1", shipped_items: [{ variant_id: "v1", quantity: 2, warehouse_id: "wh_a" }]
         }), "Ack")
@@ -505,9 +508,9 @@ export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | Re
         const org = yield* world
         yield* putStock(org, "v1", "wh_a", 10)
         expectTag(yield* send(org, "order.placed", { order_id: "o1", items: [{ variant_id: "v1", quantity: 4 }], reservation_ttl_minutes: 10 }), "Ack")
-        yield* TestClock.adjust("9 minutes")
+        yield* advance("9 minutes")
         assert.strictEqual((yield* reservationsOf(org, "o1"))[0]!.status, "active")
-        yield* TestClock.adjust("2 minutes")
+        yield* advance("2 minutes")
         assert.strictEqual((yield* reservationsOf(org, "o1"))[0]!.status, "expired")
         assert.deepStrictEqual(yield* quantities(org, "v1", "wh_a"), { total: 10, available: 10, reserved: 0, damaged: 0 })
         const released = (yield* outboxOf(org)).filter((m) => m.event_type === "inventory.stock.released")

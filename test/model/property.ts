@@ -4,7 +4,7 @@ import { TestClock } from "effect/testing"
 import { inboundEventTypes } from "../../src/domain/events.ts"
 import { expireOverdue } from "../../src/handlers/expiry.ts"
 import { type Outcome, processDelivery } from "../../src/pipeline/pipeline.ts"
-import type { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
+import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
 import { Reconciliation, Reservations, Stock, type Stores, UnitOfWork } from "../../src/stores/services.ts"
 import { addWarehouse, envelopeBytes, putStock } from "../support/events.ts"
 import { activeWarehouses, type Command, orgs, type Scenario, variants, warehouses } from "./commands.ts"
@@ -17,8 +17,14 @@ interface Sent {
   acked: boolean
 }
 
-const body = (command: Exclude<Command, { _tag: "Stock" | "Advance" | "Redeliver" }>, step: number, eventId: string, shipLines: ReadonlyArray<Item>) => {
-  const e = (type: string, data: unknown) => envelopeBytes(command.org, type, data, eventId)
+const body = (
+  command: Exclude<Command, { _tag: "Stock" | "Advance" | "Redeliver" }>,
+  tenant: (org: string) => string,
+  step: number,
+  eventId: string,
+  shipLines: ReadonlyArray<Item>
+) => {
+  const e = (type: string, data: unknown) => envelopeBytes(tenant(command.org), type, data, eventId)
   switch (command._tag) {
     case "VariantCreated":
       return e("catalog.variant.created", { variant_id: command.variant, product_id: "p1" })
@@ -62,19 +68,19 @@ const describeOutcome = (o: Outcome) =>
   o._tag === "DeadLetter" || o._tag === "Retry" ? `${o._tag}(${o.failure.errorType}: ${o.failure.message})` : o._tag
 
 /** The consumer's state, in the model's terms. */
-const observe = Effect.gen(function*() {
+const observe = (tenant: (org: string) => string) => Effect.gen(function*() {
   const stock = yield* Stock
   const reservations = yield* Reservations
   const rows: Record<string, unknown> = {}
   const statuses: Record<string, ReadonlyArray<string>> = {}
   for (const org of orgs) {
-    for (const r of yield* stock.list({ organization_id: org })) {
+    for (const r of yield* stock.list({ organization_id: tenant(org) })) {
       rows[Model.key(org, r.variant_id, r.warehouse_id)] = {
         total: r.total, available: r.available, reserved: r.reserved, damaged: r.damaged, archived: r.archived_at !== null
       }
     }
     for (const order of ["o1", "o2", "o3", "o4"]) {
-      const list = yield* reservations.findByOrder(org, order)
+      const list = yield* reservations.findByOrder(tenant(org), order)
       if (list.length > 0) statuses[Model.key(org, order)] = list.map((r) => r.status).sort()
     }
   }
@@ -96,15 +102,17 @@ const expected = (model: Model) => {
  */
 export const runModel = ({ commands, initialStock }: Scenario, prefix: string) =>
   Effect.gen(function*() {
+    // Each run works in its own tenants, so runs can share one store.
+    const tenant = (org: string) => `${prefix}-${org}`
     const model = new Model()
     const sent: Array<Sent> = []
     for (const org of orgs) {
-      for (const w of warehouses) yield* addWarehouse(org, w, { active: w !== "w3" }).pipe(Effect.orDie)
+      for (const w of warehouses) yield* addWarehouse(tenant(org), w, { active: w !== "w3" }).pipe(Effect.orDie)
       if (initialStock === 0) continue
       for (const variant of variants) {
         for (const warehouse of activeWarehouses) {
           const command: Command = { _tag: "Stock", org, variant, warehouse, quantity: initialStock }
-          yield* putStock(org, variant, warehouse, initialStock)
+          yield* putStock(tenant(org), variant, warehouse, initialStock)
           model.apply(command, [])
         }
       }
@@ -118,23 +126,27 @@ export const runModel = ({ commands, initialStock }: Scenario, prefix: string) =
             assert.strictEqual(outcome.failure.errorType, want.error, `${where}: got ${describeOutcome(outcome)}`)
           }
         }
-        const actual = yield* observe
+        const actual = yield* observe(tenant)
         assert.deepStrictEqual(actual, expected(model), `${where}: state differs from the model`)
-        const violations = yield* Effect.flatMap(Reconciliation, (r) => r.check()).pipe(Effect.orDie)
+        const violations = yield* Effect.forEach(orgs, (org) => Effect.flatMap(Reconciliation, (r) => r.check(tenant(org)))).pipe(
+          Effect.map((all) => all.flat()),
+          Effect.orDie
+        )
         assert.deepStrictEqual(violations, [], `${where}: invariants broken`)
       })
 
     for (const [step, command] of commands.entries()) {
       switch (command._tag) {
         case "Stock": {
-          yield* putStock(command.org, command.variant, command.warehouse, command.quantity)
+          yield* putStock(tenant(command.org), command.variant, command.warehouse, command.quantity)
           model.apply(command, [])
           yield* check(step, command, null, null)
           break
         }
         case "Advance": {
           yield* TestClock.adjust(`${command.minutes} minutes`)
-          // Timers fire on the clock; the sweep makes "everything overdue is expired" exact.
+          // Timers fire on the clock; once they are done, a sweep makes "everything overdue is expired" exact.
+          yield* Effect.flatMap(ReservationTimers, (t) => t.settled)
           yield* Effect.flatMap(UnitOfWork, (u) => u.transaction(expireOverdue(1000))).pipe(Effect.orDie)
           model.advance(command.minutes)
           yield* check(step, command, null, null)
@@ -151,7 +163,7 @@ export const runModel = ({ commands, initialStock }: Scenario, prefix: string) =
         }
         default: {
           const shipLines = command._tag === "Ship" ? model.shipLines(command.org, command.order, command.part) : []
-          const bytes = body(command, step, `${prefix}-${step}`, shipLines)
+          const bytes = body(command, tenant, step, `${prefix}-${step}`, shipLines)
           const want = model.apply(command, shipLines)
           const outcome = yield* deliver(bytes)
           sent.push({ command, shipLines, body: bytes, acked: outcome._tag === "Ack" })

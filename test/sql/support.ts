@@ -16,13 +16,15 @@ export const uniqueSchema = (file: string) =>
  * `layer(sqlStoresLayer("contract"))(...)` from @effect/vitest shares it between tests.
  */
 export const sqlStoresLayer = (file: string, options: { readonly poolSize?: number } = {}) => {
+  // Tests move the Effect clock (TestClock) by minutes or days at a time; a connection being
+  // opened at that moment must not count that as its connect timeout.
   const schema = uniqueSchema(file)
   const dropOnRelease = Layer.effectDiscard(Effect.gen(function*() {
     const sql = yield* SqlClient
     yield* Effect.addFinalizer(() => Effect.ignore(sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)))
   }))
   return dropOnRelease.pipe(
-    Layer.provideMerge(SqlStores.layerWithClient({ url: testDatabaseUrl, schema, poolSize: options.poolSize ?? 10 }))
+    Layer.provideMerge(SqlStores.layerWithClient({ url: testDatabaseUrl, schema, poolSize: options.poolSize ?? 10, connectTimeout: "3650 days" }))
   )
 }
 

@@ -1,5 +1,5 @@
 import { PgClient } from "@effect/sql-pg"
-import { Config, Effect, Layer, Redacted } from "effect"
+import { Config, type Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { migrate } from "./migrations.ts"
@@ -11,6 +11,8 @@ export interface DatabaseOptions {
   /** Every table lives here; it is the connections' `search_path`. */
   readonly schema: string
   readonly poolSize?: number | undefined
+  /** How long opening a connection may take (default 10 s); measured on the Effect clock. */
+  readonly connectTimeout?: Duration.Input | undefined
 }
 
 /** `DATABASE_URL`, `DATABASE_POOL_SIZE` and `DATABASE_SCHEMA`, with local-development defaults. */
@@ -33,7 +35,7 @@ export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgCl
       ? Effect.succeed(PgClient.layer({
         url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
         maxConnections: options.poolSize ?? 10,
-        connectTimeout: "10 seconds",
+        connectTimeout: options.connectTimeout ?? "10 seconds",
         applicationName: "inventory-event-consumer",
         startupParameters: { search_path: options.schema }
       }))
