@@ -79,8 +79,10 @@ const main = async () => {
     handleOrderPlaced(event).then(
       () => channel.ack(message),
       () => channel.nack(message, false, false)
-    )
+    ).catch(() => undefined) // the channel closed under us at shutdown
   })
+  channel.on("error", () => undefined)
+  connection.on("error", () => undefined)
   const stop = async () => {
     await channel.close().catch(() => undefined)
     await connection.close().catch(() => undefined)
