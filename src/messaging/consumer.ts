@@ -12,7 +12,7 @@ import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import { type Stores, StoreHealth } from "../stores/services.ts"
 import { Broker, BrokerError, brokerError } from "./connection.ts"
 import { deadLetter } from "./deadLetter.ts"
-import { deliveryChannel, type DeliveryChannel, type InboundMessage, isSettled, settle } from "./inbound.ts"
+import { deliveryChannel, type DeliveryChannel, type InboundMessage, settle, type Settlement } from "./inbound.ts"
 import type { Publisher } from "./publisher.ts"
 import { OutboxRelay } from "./relay.ts"
 
@@ -172,7 +172,7 @@ export const consume = (
       const lanes = new Map<string, Array<Work>>()
       const fibers = yield* FiberSet.make<void, never>()
 
-      const finish = (message: InboundMessage, how: "ack" | "requeue") => {
+      const finish = (message: InboundMessage, how: Settlement) => {
         held.delete(message.deliveryTag)
         if (how === "ack") counter.forget(message.raw)
         settle(message, how)
@@ -215,7 +215,8 @@ export const consume = (
                 })
               )
               if (outcome.pause) current.pausing = true
-              finish(message, "requeue")
+              // An outage is not the message's fault; a failure that may pass is, and counts.
+              finish(message, outcome.pause ? "requeue" : "retry")
               return "requeued" as const
           }
         }).pipe(

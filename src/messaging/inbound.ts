@@ -34,8 +34,13 @@ export interface InboundMessage {
   readonly raw: amqp.ConsumeMessage
 }
 
-/** How a message ended for this delivery; each message is settled once. */
-export type Settlement = "ack" | "requeue"
+/**
+ * How a message ended for this delivery; each message is settled once. `retry` (basic.reject)
+ * counts as a failed delivery in a quorum queue's `x-delivery-count` on every RabbitMQ version;
+ * `requeue` (basic.nack) is for messages that did nothing wrong (shutdown, pause, order kept
+ * behind a retried one), which RabbitMQ 4 does not count.
+ */
+export type Settlement = "ack" | "retry" | "requeue"
 
 const settled = new WeakSet<InboundMessage>()
 
@@ -49,6 +54,7 @@ export const settle = (message: InboundMessage, how: Settlement): boolean => {
   if (!message.via.isOpen()) return false
   try {
     if (how === "ack") message.via.channel.ack(message.raw)
+    else if (how === "retry") message.via.channel.reject(message.raw, true)
     else message.via.channel.nack(message.raw, false, true)
     return true
   } catch {
