@@ -260,7 +260,7 @@ const replay = Command.make(
     "Republish dead-lettered events to their original exchange and routing key (publisher confirms) and mark them replayed"
   ),
   Command.withExamples([
-    { command: "inventory dlq replay --id 3f0c...", description: "Replay one event" },
+    { command: "inventory dlq replay --id 0b7d2c1e-5f7a-4c3b-9e1d-2a6f8c4b9d10", description: "Replay one event" },
     { command: "inventory dlq replay --all --error-type InsufficientStock --rate 10", description: "Replay a class of failures, 10 per second" },
     { command: "inventory dlq replay --all --dry-run", description: "See what --all would replay" }
   ]),

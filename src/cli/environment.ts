@@ -61,7 +61,6 @@ export const describeFailure = (cause: Cause.Cause<unknown>): { readonly message
   const one = (text: string) => redact(text.replace(/\s*\n\s*/g, "; ").trim())
   switch (tagOf(error)) {
     case "SqlError":
-      return { message: one(`database ${databaseWhere()}: ${messageOf(error)}`), exitCode: 1 }
     case "DatabaseError":
       return { message: one(`database ${databaseWhere()}: ${messageOf(error)}`), exitCode: 1 }
     case "MigrationError":
@@ -71,8 +70,7 @@ export const describeFailure = (cause: Cause.Cause<unknown>): { readonly message
     case "BrokerError":
     case "PublishError":
       return { message: one(`broker: ${messageOf(error)}`), exitCode: 1 }
-    case "ValidationError":
-      return { message: one(messageOf(error)), exitCode: 1 }
   }
+  // Refusals (ValidationError) and defects alike: their message, on one line.
   return { message: one(messageOf(error)), exitCode: 1 }
 }
