@@ -3,6 +3,10 @@ import { Cause, Effect, Exit, Layer } from "effect"
 import { defaultTeardown } from "effect/Runtime"
 import { RuntimeConfig } from "./config.ts"
 import * as Messaging from "./messaging/index.ts"
+import * as DlqMonitor from "./observability/dlqMonitor.ts"
+import { httpLayer, Readiness } from "./observability/health.ts"
+import * as Logging from "./observability/logging.ts"
+import * as Tracing from "./observability/tracing.ts"
 import * as Scheduler from "./reservations/scheduler.ts"
 import * as SqlStores from "./stores/sql/index.ts"
 
@@ -12,9 +16,14 @@ const Reservations = Layer.unwrap(
   Effect.map(RuntimeConfig, (config) => Scheduler.layer(config.reservations))
 ).pipe(Layer.provideMerge(Stores))
 
-const App = Messaging.layer.pipe(
-  Layer.provide(Reservations),
-  Layer.provide(RuntimeConfig.layer)
+const Health = Readiness.layer.pipe(Layer.provideMerge(Reservations))
+
+const App = Layer.mergeAll(DlqMonitor.layer, httpLayer).pipe(
+  Layer.provideMerge(Messaging.layer),
+  Layer.provide(Health),
+  Layer.provide(RuntimeConfig.layer),
+  Layer.provide(Tracing.layer),
+  Layer.provide(Logging.layer)
 )
 
 // SIGTERM/SIGINT interrupt the app; a clean shutdown after a signal exits 0, not 130.

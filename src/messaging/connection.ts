@@ -1,5 +1,6 @@
 import amqp from "amqplib"
-import { Context, Effect, FiberSet, Layer, Redacted, Schema, type Scope } from "effect"
+import { Context, Effect, FiberSet, Layer, Option, Redacted, Schema, type Scope } from "effect"
+import { Readiness } from "../observability/health.ts"
 import { type BrokerSettings, displayUrl, RuntimeConfig, type Topology } from "../config.ts"
 import { declareTopology } from "./topology.ts"
 
@@ -23,12 +24,19 @@ export class Broker extends Context.Service<Broker, {
   readonly channel: Effect.Effect<amqp.Channel, BrokerError, Scope.Scope>
   /** A confirm-mode channel, as `channel`. */
   readonly confirmChannel: Effect.Effect<amqp.ConfirmChannel, BrokerError, Scope.Scope>
+  /** Whether the connection is up right now (false while recovery is under way). */
+  readonly connected: Effect.Effect<boolean>
 }>()("inventory/messaging/Broker") {
   static readonly layer = Layer.effect(
     Broker,
     Effect.gen(function*() {
       const config = yield* RuntimeConfig
-      return yield* make(config.broker, config.topology)
+      const broker = yield* make(config.broker, config.topology)
+      const readiness = yield* Effect.serviceOption(Readiness)
+      if (Option.isSome(readiness)) {
+        yield* readiness.value.register("broker", Effect.map(broker.connected, (up) => (up ? true : "connection down; recovering")))
+      }
+      return broker
     })
   )
 }
@@ -46,6 +54,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
     run(effect)
   }
   const where = displayUrl(settings.url)
+  let connected = false
 
   const connection = yield* Effect.acquireRelease(
     Effect.tryPromise({
@@ -71,6 +80,12 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
             }
           }
         })
+        model.on("connect", () => {
+          connected = true
+        })
+        model.on("disconnect", () => {
+          connected = false
+        })
         model.on("connect", () => log(Effect.logInfo("broker connected; topology declared").pipe(Effect.annotateLogs({ broker: where }))))
         model.on("disconnect", (error: Error) =>
           log(Effect.logWarning("broker connection lost").pipe(Effect.annotateLogs({ broker: where, reason: error.message }))))
@@ -85,6 +100,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
         // Errors also arrive as `disconnect`; a listener keeps them from crashing the process.
         model.on("error", () => undefined)
         await model.waitForConnect()
+        connected = true
         return model
       },
       catch: (cause) => new BrokerError({ message: `Cannot connect to ${where}: ${brokerError(cause).message}` })
@@ -114,6 +130,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
   return Broker.of({
     topology,
     channel: scopedChannel(() => connection.createChannel()),
-    confirmChannel: scopedChannel(() => connection.createConfirmChannel())
+    confirmChannel: scopedChannel(() => connection.createConfirmChannel()),
+    connected: Effect.sync(() => connected)
   })
 })

@@ -1,9 +1,11 @@
 import type amqp from "amqplib"
-import { Cause, Deferred, Duration, Effect, Exit, FiberSet, Metric, Queue, Schedule, type Scope, Stream } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, FiberSet, Metric, Option, Queue, Schedule, type Scope, Stream } from "effect"
 import type { ConsumerQueue, QueueType, Topology } from "../config.ts"
 import { RuntimeConfig } from "../config.ts"
 import { orderingKey } from "../domain/events.ts"
 import { bodyDigest } from "../domain/ids.ts"
+import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, within } from "../observability/consumer.ts"
+import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { type Decoded, decodeDelivery } from "../pipeline/decode.ts"
 import { applyDecoded, type Outcome } from "../pipeline/pipeline.ts"
@@ -116,7 +118,13 @@ export const deliveries = (
     })
   )
 
-type Work = { readonly message: InboundMessage; readonly decoded: Decoded | null; readonly failure: Outcome | null }
+type Work = {
+  readonly message: InboundMessage
+  readonly decoded: Decoded | null
+  readonly failure: Outcome | null
+  /** The message's consumer span, open from arrival to settlement. */
+  readonly trace: DeliveryTrace
+}
 
 interface Round {
   /** Set when a message asked consumption to hold until the database answers. */
@@ -150,6 +158,15 @@ export const consume = (
     const health = yield* StoreHealth
     const counter = deliveryCounter(config.topology.queueType)
     const paused = Metric.withAttributes(consumerPaused, { queue: spec.queue })
+    let isPaused = false
+    yield* Metric.update(paused, 0)
+    const readiness = yield* Effect.serviceOption(Readiness)
+    if (Option.isSome(readiness)) {
+      yield* readiness.value.register(
+        `consumer ${spec.queue}`,
+        Effect.sync(() => (isPaused ? "paused until the database answers" : true))
+      )
+    }
     const logged = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.annotateLogs(effect, { queue: spec.queue })
 
     const shutdown = Deferred.makeUnsafe<void>()
@@ -185,15 +202,21 @@ export const consume = (
           switch (outcome._tag) {
             case "Ack":
               finish(message, "ack")
+              yield* finishDelivery(work.trace, outcome)
               yield* relay.nudge
               return "done" as const
             case "Duplicate":
               finish(message, "ack")
+              yield* finishDelivery(work.trace, outcome)
               return "done" as const
             case "DeadLetter": {
-              const moved = yield* deadLetter(config.topology, message, outcome.failure, outcome.decoded).pipe(Effect.exit)
+              const moved = yield* deadLetter(config.topology, message, outcome.failure, outcome.decoded).pipe(
+                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": outcome.failure.errorType } }),
+                Effect.exit
+              )
               if (Exit.isSuccess(moved)) {
                 finish(message, "ack")
+                yield* finishDelivery(work.trace, outcome)
                 return "done" as const
               }
               // Not in the DLQ, or not recorded: keep the message rather than lose it.
@@ -203,6 +226,7 @@ export const consume = (
               const storeDown = moved.cause.reasons.some((r) => Cause.isFailReason(r) && r.error._tag === "DatabaseError")
               if (storeDown) current.pausing = true
               finish(message, "requeue")
+              yield* abandonDelivery(work.trace, `dead-lettering failed (${outcome.failure.errorType})`)
               return "requeued" as const
             }
             case "Retry":
@@ -217,14 +241,17 @@ export const consume = (
               if (outcome.pause) current.pausing = true
               // An outage is not the message's fault; a failure that may pass is, and counts.
               finish(message, outcome.pause ? "requeue" : "retry")
+              yield* finishDelivery(work.trace, outcome)
               return "requeued" as const
           }
         }).pipe(
+          within(work.trace),
           Effect.catchCause((cause) =>
             // A bug in the runtime itself: the message goes back, the consumer goes on.
             Effect.logError("message handling failed unexpectedly").pipe(
               Effect.annotateLogs({ cause: Cause.pretty(cause) }),
               Effect.andThen(Effect.sync(() => finish(work.message, "requeue"))),
+              Effect.andThen(abandonDelivery(work.trace, "runtime defect")),
               Effect.as("requeued" as const)
             )
           )
@@ -238,11 +265,15 @@ export const consume = (
             const work = lane[0]!
             if (!via.isOpen()) {
               // The broker has taken them back already; acking elsewhere is impossible.
-              for (const w of lane) held.delete(w.message.deliveryTag)
+              for (const w of lane) {
+                held.delete(w.message.deliveryTag)
+                yield* abandonDelivery(w.trace, "channel closed")
+              }
               break
             }
             if (current.pausing) {
               finish(work.message, "requeue")
+              yield* abandonDelivery(work.trace, "consumption paused")
               lane.shift()
               continue
             }
@@ -250,7 +281,10 @@ export const consume = (
             lane.shift()
             if (result === "requeued") {
               // Later messages of the key go back behind it, so they never overtake it.
-              for (const w of lane.splice(0)) finish(w.message, "requeue")
+              for (const w of lane.splice(0)) {
+                finish(w.message, "requeue")
+                yield* abandonDelivery(w.trace, "kept behind a requeued message of its key")
+              }
             }
             if (current.pausing) Deferred.doneUnsafe(current.stop, Exit.void)
           }
@@ -260,13 +294,25 @@ export const consume = (
       const dispatch = (message: InboundMessage, current: Round) =>
         Effect.gen(function*() {
           held.set(message.deliveryTag, message)
-          const decoded = yield* decodeDelivery(message.delivery).pipe(Effect.result)
+          const trace = yield* startDelivery({
+            queue: spec.queue,
+            exchange: message.exchange,
+            routingKey: message.routingKey,
+            messageId: message.delivery.messageId,
+            headers: message.headers
+          })
+          const decoded = yield* decodeDelivery(message.delivery).pipe(
+            Effect.withSpan("inventory.decode"),
+            within(trace),
+            Effect.result
+          )
           const work: Work = decoded._tag === "Success"
-            ? { message, decoded: decoded.success, failure: null }
+            ? { message, decoded: decoded.success, failure: null, trace }
             : {
               message,
               decoded: null,
-              failure: { _tag: "DeadLetter", decoded: null, failure: { errorType: decoded.failure._tag, message: decoded.failure.message } }
+              failure: { _tag: "DeadLetter", decoded: null, failure: { errorType: decoded.failure._tag, message: decoded.failure.message } },
+              trace
             }
           // Messages that cannot be decoded have no key: each gets its own lane.
           const key = work.decoded ? orderingKey(work.decoded.event) : `undecodable:${message.deliveryTag}`
@@ -291,12 +337,14 @@ export const consume = (
           if (via.isOpen()) yield* logged(Effect.logWarning("subscription cancelled by the broker"))
           return
         }
+        isPaused = true
         yield* Metric.update(paused, 1)
         yield* logged(Effect.logWarning("database unavailable: consumption paused"))
         yield* Effect.raceFirst(
           health.ping.pipe(Effect.retry(storeBackoff), Effect.orDie),
           Deferred.await(shutdown)
         )
+        isPaused = false
         yield* Metric.update(paused, 0)
         if (Deferred.isDoneUnsafe(shutdown)) return
         yield* logged(Effect.logInfo("database answers again: consumption resumed"))

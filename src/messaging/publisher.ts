@@ -1,5 +1,6 @@
 import type amqp from "amqplib"
-import { Context, Deferred, Duration, Effect, Exit, Layer, Schedule, Schema } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, Schema } from "effect"
+import { formatTraceparent, parseTraceparent } from "../observability/tracing.ts"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "./connection.ts"
 
@@ -15,6 +16,11 @@ export interface OutgoingMessage {
   readonly routingKey: string
   readonly body: Uint8Array
   readonly options: amqp.Options.Publish
+  /**
+   * W3C traceparent of the work that caused this message when it is not the current span
+   * (the outbox relay publishes rows written by earlier transactions).
+   */
+  readonly causedBy?: string | null | undefined
 }
 
 /**
@@ -55,11 +61,16 @@ export class Publisher extends Context.Service<Publisher, {
         const fail = (reason: string) =>
           new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason })
         return Effect.gen(function*() {
+          // The message carries the producer span's traceparent, so its consumers join the trace.
+          const span = yield* Effect.currentSpan.pipe(Effect.option)
+          const headers = { ...message.options.headers }
+          if (span._tag === "Some") headers["traceparent"] = formatTraceparent(span.value)
+          const options = { ...message.options, headers }
           const channel = yield* Deferred.await(current)
           yield* Effect.callback<void, PublishError>((resume) => {
             try {
               const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
-              channel.publish(message.exchange, message.routingKey, content, message.options, (error: unknown) => {
+              channel.publish(message.exchange, message.routingKey, content, options, (error: unknown) => {
                 resume(error ? Effect.fail(fail(`broker did not confirm: ${error instanceof Error ? error.message : String(error)}`)) : Effect.void)
               })
             } catch (error) {
@@ -70,6 +81,18 @@ export class Publisher extends Context.Service<Publisher, {
           Effect.timeoutOrElse({
             duration: timeout,
             orElse: () => Effect.fail(fail(`no publisher confirm within ${Duration.format(timeout)} (broker unavailable?)`))
+          }),
+          Effect.withSpan(`${message.exchange} publish`, {
+            kind: "producer",
+            ...Option.match(parseTraceparent(message.causedBy), { onNone: () => ({}), onSome: (parent) => ({ parent }) }),
+            attributes: {
+              "messaging.system": "rabbitmq",
+              "messaging.operation": "publish",
+              "messaging.operation.type": "send",
+              "messaging.destination.name": message.exchange,
+              "messaging.rabbitmq.destination.routing_key": message.routingKey,
+              "messaging.message.id": typeof message.options.messageId === "string" ? message.options.messageId : ""
+            }
           })
         )
       }

@@ -48,9 +48,9 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
             contentType: "application/json",
             type: row.event_type,
             timestamp: Math.floor(row.created_at.getTime() / 1000),
-            appId: "inventory-service",
-            headers: row.traceparent === null ? {} : { traceparent: row.traceparent }
-          }
+            appId: "inventory-service"
+          },
+          causedBy: row.traceparent
         })
 
       const publishPending: Effect.Effect<RelayRound> = Effect.gen(function*() {

@@ -1,4 +1,4 @@
-import { Clock, Effect, Metric, Option } from "effect"
+import { Clock, Effect, Exit, Metric, Option, type Tracer } from "effect"
 import { sourceService } from "../domain/events.ts"
 import type { Outcome } from "../pipeline/pipeline.ts"
 import { eventErrors, eventProcessingSeconds, eventsConsumed } from "./metrics.ts"
@@ -26,49 +26,21 @@ export const outcomeLabel = (outcome: Outcome): "ack" | "duplicate" | "retry" | 
   }
 }
 
-/**
- * Runs the handling of one message inside its consumer span (a child of the message's W3C
- * `traceparent` when it has one), then records the outcome on the span, in the metrics of
- * SPEC 7 and in one structured log line.
- */
-export const observeDelivery = <R>(meta: MessageMeta, handle: Effect.Effect<Outcome, never, R>): Effect.Effect<Outcome, never, R> =>
-  Effect.gen(function*() {
-    const started = yield* Clock.currentTimeNanos
-    const outcome = yield* handle
-    const seconds = Number((yield* Clock.currentTimeNanos) - started) / 1e9
-    const decoded = outcome._tag === "DeadLetter" ? outcome.decoded : outcome.decoded
-    const eventType = decoded?.event.event ?? "unknown"
-    const source = decoded === null ? "unknown" : sourceService(decoded.event.event)
-    const label = outcomeLabel(outcome)
-    const failure = outcome._tag === "Retry" || outcome._tag === "DeadLetter" ? outcome.failure : undefined
+/** One message's consumer span and clock, from its arrival to its settlement. */
+export interface DeliveryTrace {
+  readonly span: Tracer.Span
+  readonly startedNanos: bigint
+  readonly meta: MessageMeta
+}
 
-    yield* Effect.annotateCurrentSpan({
-      "inventory.event_type": eventType,
-      "inventory.event_id": decoded?.eventId ?? "",
-      "inventory.organization_id": decoded?.event.organization_id ?? "",
-      "inventory.outcome": label,
-      ...(failure === undefined ? {} : { "error.type": failure.errorType, "inventory.error_message": failure.message })
-    })
-    yield* Metric.update(Metric.withAttributes(eventsConsumed, { event_type: eventType, source_service: source }), 1)
-    yield* Metric.update(Metric.withAttributes(eventProcessingSeconds, { event_type: eventType }), seconds)
-    if (failure !== undefined) {
-      yield* Metric.update(Metric.withAttributes(eventErrors, { event_type: eventType, error_type: failure.errorType }), 1)
-    }
-    const log = failure === undefined ? Effect.logInfo : outcome._tag === "DeadLetter" ? Effect.logError : Effect.logWarning
-    yield* log(failure === undefined ? "event consumed" : `event ${label}: ${failure.message}`).pipe(
-      Effect.annotateLogs({
-        event_type: eventType,
-        event_id: decoded?.eventId ?? meta.messageId ?? null,
-        source,
-        organization_id: decoded?.event.organization_id ?? null,
-        processing_time_ms: Math.round(seconds * 1e5) / 100,
-        outcome: label,
-        ...(failure === undefined ? {} : { error_type: failure.errorType })
-      })
-    )
-    return outcome
-  }).pipe(
-    Effect.withSpan(`${meta.queue} process`, {
+/**
+ * Opens the consumer span of one message (kind consumer, child of its W3C `traceparent` when it
+ * carries one) with the messaging semantic-convention attributes. Work for the message runs
+ * inside it with `within`; `finish` records the outcome and closes it.
+ */
+export const startDelivery = (meta: MessageMeta): Effect.Effect<DeliveryTrace> =>
+  Effect.gen(function*() {
+    const span = yield* Effect.makeSpan(`${meta.queue} process`, {
       kind: "consumer",
       ...Option.match(parseTraceparent(meta.headers["traceparent"]), { onNone: () => ({}), onSome: (parent) => ({ parent }) }),
       attributes: {
@@ -81,4 +53,61 @@ export const observeDelivery = <R>(meta: MessageMeta, handle: Effect.Effect<Outc
         "messaging.consumer.group.name": meta.queue
       }
     })
-  )
+    return { span, startedNanos: yield* Clock.currentTimeNanos, meta }
+  })
+
+/** Runs work for the message as a child of its consumer span. */
+export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.withParentSpan(effect, trace.span)
+
+/**
+ * Records what became of the message: on its span (outcome, event attributes, the error's
+ * tag), in the metrics of SPEC 7, and in one structured log line; then closes the span.
+ */
+export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const now = yield* Clock.currentTimeNanos
+    const seconds = Number(now - trace.startedNanos) / 1e9
+    const decoded = outcome.decoded
+    const eventType = decoded?.event.event ?? "unknown"
+    const source = decoded === null ? "unknown" : sourceService(decoded.event.event)
+    const label = outcomeLabel(outcome)
+    const failure = outcome._tag === "Retry" || outcome._tag === "DeadLetter" ? outcome.failure : undefined
+    const span = trace.span
+    span.attribute("inventory.event_type", eventType)
+    span.attribute("inventory.event_id", decoded?.eventId ?? "")
+    span.attribute("inventory.organization_id", decoded?.event.organization_id ?? "")
+    span.attribute("inventory.outcome", label)
+    if (failure !== undefined) {
+      span.attribute("error.type", failure.errorType)
+      span.event("inventory.error", now, { "error.type": failure.errorType, "exception.message": failure.message })
+    }
+    yield* Metric.update(Metric.withAttributes(eventsConsumed, { event_type: eventType, source_service: source }), 1)
+    yield* Metric.update(Metric.withAttributes(eventProcessingSeconds, { event_type: eventType }), seconds)
+    if (failure !== undefined) {
+      yield* Metric.update(Metric.withAttributes(eventErrors, { event_type: eventType, error_type: failure.errorType }), 1)
+    }
+    const log = failure === undefined ? Effect.logInfo : outcome._tag === "DeadLetter" ? Effect.logError : Effect.logWarning
+    yield* log(failure === undefined ? "event consumed" : `event ${label}: ${failure.message}`).pipe(
+      Effect.annotateLogs({
+        event_type: eventType,
+        event_id: decoded?.eventId ?? trace.meta.messageId ?? null,
+        source,
+        organization_id: decoded?.event.organization_id ?? null,
+        processing_time_ms: Math.round(seconds * 1e5) / 100,
+        outcome: label,
+        ...(failure === undefined ? {} : { error_type: failure.errorType })
+      }),
+      within(trace)
+    )
+    span.end(now, failure === undefined ? Exit.void : Exit.fail(failure))
+  })
+
+/** Closes the span of a message given back to the queue without being worked on (pause, order kept, shutdown). */
+export const abandonDelivery = (trace: DeliveryTrace, reason: string): Effect.Effect<void> =>
+  Effect.flatMap(Clock.currentTimeNanos, (now) =>
+    Effect.sync(() => {
+      trace.span.attribute("inventory.outcome", "retry")
+      trace.span.attribute("inventory.requeue_reason", reason)
+      trace.span.end(now, Exit.void)
+    }))

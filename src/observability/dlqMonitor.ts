@@ -1,0 +1,72 @@
+import { Cause, Config, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
+import { RuntimeConfig } from "../config.ts"
+import { Broker } from "../messaging/connection.ts"
+import { dlqDepth } from "./metrics.ts"
+
+export interface DlqMonitorSettings {
+  readonly interval: Duration.Duration
+  readonly threshold: number
+  readonly webhook: Option.Option<Redacted.Redacted<URL>>
+  readonly webhookTimeout: Duration.Duration
+}
+
+/** `DLQ_CHECK_INTERVAL` (default 60 s), `DLQ_ALERT_THRESHOLD` (100), `ALERT_WEBHOOK_URL` (none). */
+export const dlqMonitorSettings: Config.Config<DlqMonitorSettings> = Config.all({
+  interval: Config.Duration("DLQ_CHECK_INTERVAL").pipe(Config.withDefault(Duration.seconds(60))),
+  threshold: Config.Int("DLQ_ALERT_THRESHOLD").pipe(Config.withDefault(100)),
+  webhook: Config.option(Config.URL("ALERT_WEBHOOK_URL").pipe(Config.map(Redacted.make))),
+  webhookTimeout: Config.Duration("ALERT_WEBHOOK_TIMEOUT").pipe(Config.withDefault(Duration.seconds(5)))
+})
+
+/**
+ * The DLQ monitor (SPEC 5): reads the dead-letter queue's depth every interval into the
+ * `inventory_dlq_depth` gauge; above the threshold it logs a critical line and, when a webhook
+ * is configured, POSTs one JSON alert per check (bounded by a timeout, never retried in a loop;
+ * a failed POST is logged, not fatal).
+ */
+export const layer = Layer.effectDiscard(Effect.gen(function*() {
+  const settings = yield* dlqMonitorSettings
+  const broker = yield* Broker
+  const queue = (yield* RuntimeConfig).topology.deadLetterQueue
+
+  const alert = (depth: number) =>
+    Effect.gen(function*() {
+      const body = {
+        level: "critical",
+        message: `Inventory DLQ has ${depth} failed events`,
+        queue,
+        depth,
+        threshold: settings.threshold,
+        action_required: "Review and reprocess failed events (inventory dlq list / dlq replay)",
+        at: new Date().toISOString()
+      }
+      yield* Effect.logError(body.message).pipe(Effect.annotateLogs({ alert: "critical", queue, depth, threshold: settings.threshold }))
+      if (Option.isNone(settings.webhook)) return
+      const url = Redacted.value(settings.webhook.value)
+      yield* Effect.tryPromise({
+        try: (signal) =>
+          fetch(url, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify(body),
+            signal: AbortSignal.any([signal, AbortSignal.timeout(Duration.toMillis(settings.webhookTimeout))])
+          }).then((response) => {
+            if (!response.ok) throw new Error(`webhook answered ${response.status}`)
+          }),
+        catch: (cause) => (cause instanceof Error ? cause.message : String(cause))
+      }).pipe(
+        Effect.catch((reason) => Effect.logWarning("DLQ alert webhook failed").pipe(Effect.annotateLogs({ reason, host: url.host })))
+      )
+    })
+
+  const check = Effect.scoped(Effect.gen(function*() {
+    const channel = yield* broker.channel
+    const { messageCount } = yield* Effect.tryPromise(() => channel.checkQueue(queue))
+    yield* Metric.update(dlqDepth, messageCount)
+    if (messageCount > settings.threshold) yield* alert(messageCount)
+  })).pipe(
+    Effect.catchCause((cause) => Effect.logWarning("DLQ depth check failed").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) })))
+  )
+
+  yield* check.pipe(Effect.repeat(Schedule.spaced(settings.interval)), Effect.forkScoped)
+}))
