@@ -1,5 +1,6 @@
 import { assert, layer } from "@effect/vitest"
-import { type Duration, Effect, Layer, Option } from "effect"
+import { type Duration, Effect, Layer, Option, Schema } from "effect"
+import { OutboundEvent } from "../../src/domain/published.ts"
 import { TestClock } from "effect/testing"
 import type { Outcome } from "../../src/pipeline/pipeline.ts"
 import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
@@ -20,16 +21,27 @@ import {
  * SPEC 4, handler by handler, through the broker-free pipeline. One suite, run against every
  * store implementation (memory and PostgreSQL). Each test works in its own organization.
  */
+const decodeOutbound = Schema.decodeUnknownSync(OutboundEvent)
+
 export const handlerContract = <E>(name: string, stores: Layer.Layer<Stores | ReservationTimers, E>) =>
   layer(stores, { timeout: "60 seconds" })(name, (it) => {
     const expectTag = (outcome: Outcome, tag: Outcome["_tag"]) =>
       assert.strictEqual(outcome._tag, tag, `expected ${tag}, got ${JSON.stringify(outcome).slice(0, 400)}`)
     const errorOf = (outcome: Outcome) =>
       outcome._tag === "DeadLetter" || outcome._tag === "Retry" ? outcome.failure : assert.fail(`no failure in ${outcome._tag}`)
+    /** The books balance, and everything written for publication matches its published schema. */
     const clean = (org: string) =>
       Effect.flatMap(Reconciliation, (r) => r.check(org)).pipe(
         Effect.orDie,
-        Effect.map((violations) => assert.deepStrictEqual(violations, []))
+        Effect.map((violations) => assert.deepStrictEqual(violations, [])),
+        Effect.andThen(outboxOf(org)),
+        Effect.map((rows) => {
+          for (const row of rows) {
+            const decoded = decodeOutbound(JSON.parse(JSON.stringify(row.payload)))
+            assert.strictEqual(decoded.event, row.event_type)
+            assert.strictEqual(decoded.event_id, row.event_id)
+          }
+        })
       )
     /** Moves the clock, then waits until every timer now due has done its (possibly remote) work. */
     const advance = (duration: Duration.Input) =>
