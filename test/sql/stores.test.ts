@@ -227,6 +227,23 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       assert.deepStrictEqual(later.map((r) => r.reservation_id), ["due2", "due1"], "by expires_at")
     }))
 
+  it.effect("lockDue holds the order locks of its batch only, not of the whole backlog", () =>
+    Effect.gen(function*() {
+      const reservations = yield* Reservations
+      const uow = yield* UnitOfWork
+      const sql = yield* SqlClient
+      const org = freshOrg()
+      for (let i = 0; i < 60; i++) yield* reservations.insert(reservation(org, `backlog-${i}`, `b${i}`, []))
+      const advisory = yield* uow.transaction(Effect.gen(function*() {
+        const due = yield* reservations.lockDue(new Date(60_000), 5)
+        assert.strictEqual(due.length, 5)
+        const rows = yield* sql<{ readonly n: number }>`
+          SELECT count(*)::integer AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`
+        return rows[0]!.n
+      }))
+      assert.isAtMost(advisory, 5, "advisory locks taken for the batch only")
+    }))
+
   it.effect("deadlock, lock timeout and a killed connection become retryable DatabaseErrors", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient

@@ -148,14 +148,24 @@ export const ReservationsSql = Layer.effect(
 
       // Skips rows another process holds, and orders whose events are being handled right
       // now (their advisory lock is taken), so a sweep never waits on, or deadlocks with, them.
+      // The batch is chosen first (row locks, SKIP LOCKED, LIMIT) and only its orders' advisory
+      // locks are tried: tried in the same WHERE as the sort, they were taken for every overdue
+      // row before the LIMIT, holding a whole backlog's orders for the batch's transaction.
       lockDue: (now, limit) =>
         load(sql<ReservationRecord>`
-          SELECT ${sql.literal(columns)} FROM reservations
-          WHERE status = 'active' AND expires_at <= ${now}
-            AND pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
-          ORDER BY expires_at, seq
-          LIMIT ${limit}
-          FOR UPDATE SKIP LOCKED`),
+          WITH batch AS MATERIALIZED (
+            SELECT organization_id, reservation_id, order_id, expires_at, seq FROM reservations
+            WHERE status = 'active' AND expires_at <= ${now}
+            ORDER BY expires_at, seq
+            LIMIT ${limit}
+            FOR UPDATE SKIP LOCKED
+          ), claimed AS MATERIALIZED (
+            SELECT * FROM batch
+            WHERE pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
+          )
+          SELECT ${sql.literal(columns.split(", ").map((c) => `r.${c}`).join(", "))}
+          FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
+          ORDER BY c.expires_at, c.seq`),
 
       activeSchedules: () =>
         Effect.map(
