@@ -53,12 +53,21 @@ export interface ReservationSettings {
   readonly sweepBatch: number
 }
 
+/** Group commit (issue 8): events ready together share one transaction, a savepoint each. */
+export interface BatchSettings {
+  /** Most events per transaction; 1 turns batching off (one transaction per event). */
+  readonly maxSize: number
+  /** Batch transactions in flight at once. */
+  readonly concurrency: number
+}
+
 export interface RuntimeSettings {
   readonly broker: BrokerSettings
   readonly topology: Topology
   readonly processing: ProcessingPolicy
   readonly relay: RelaySettings
   readonly reservations: ReservationSettings
+  readonly batch: BatchSettings
   /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
   readonly shutdownTimeout: Duration.Duration
 }
@@ -143,7 +152,9 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
-  shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000)
+  shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
+  batchMaxSize: int("BATCH_MAX_SIZE", 32),
+  batchConcurrency: int("BATCH_CONCURRENCY", 2)
 }).pipe(Config.map((c): RuntimeSettings => ({
   broker: {
     url: c.url,
@@ -172,6 +183,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   },
   relay: { pollInterval: c.relayPollInterval, batchSize: c.relayBatchSize },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
+  batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
   shutdownTimeout: c.shutdownTimeout
 })))
 

@@ -3,6 +3,7 @@ import { Cause, Effect, Exit, Layer } from "effect"
 import { defaultTeardown } from "effect/Runtime"
 import { RuntimeConfig } from "./config.ts"
 import * as Messaging from "./messaging/index.ts"
+import * as Batch from "./pipeline/batch.ts"
 import * as DlqMonitor from "./observability/dlqMonitor.ts"
 import { httpLayer, Readiness } from "./observability/health.ts"
 import * as Logging from "./observability/logging.ts"
@@ -18,8 +19,13 @@ const Reservations = Layer.unwrap(
 
 const Health = Readiness.layer.pipe(Layer.provideMerge(Reservations))
 
+const Batching = Layer.unwrap(
+  Effect.map(RuntimeConfig, (config) => (config.batch.maxSize > 1 ? Batch.batched(config.batch) : Layer.empty))
+)
+
 const App = Layer.mergeAll(DlqMonitor.layer, httpLayer).pipe(
   Layer.provideMerge(Messaging.layer),
+  Layer.provide(Batching),
   Layer.provide(Health),
   Layer.provide(RuntimeConfig.layer),
   Layer.provide(Tracing.layer),

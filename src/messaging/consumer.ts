@@ -8,7 +8,8 @@ import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, wit
 import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { type Decoded, decodeDelivery } from "../pipeline/decode.ts"
-import { applyDecoded, type Outcome } from "../pipeline/pipeline.ts"
+import { EventApplier } from "../pipeline/batch.ts"
+import type { Outcome } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import { type Stores, StoreHealth } from "../stores/services.ts"
@@ -198,7 +199,7 @@ export const consume = (
       const act = (work: Work, current: Round): Effect.Effect<"done" | "requeued", never, Stores | ReservationTimers | Publisher> =>
         Effect.gen(function*() {
           const { message } = work
-          const outcome = work.failure ?? (yield* applyDecoded(work.decoded!, message.delivery.deliveryCount))
+          const outcome = work.failure ?? (yield* (yield* EventApplier).apply(work.decoded!, message.delivery.deliveryCount))
           switch (outcome._tag) {
             case "Ack":
               finish(message, "ack")

@@ -31,7 +31,7 @@ export type Outcome =
 const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: error.message })
 
 /** One event's unit of work: the event-log row, every effect, the outbox rows, or nothing (SPEC 6). */
-const applyOnce = (decoded: Decoded) =>
+export const applyOnce = (decoded: Decoded) =>
   Effect.gen(function*() {
     const uow = yield* UnitOfWork
     const log = yield* EventLog

@@ -1,0 +1,121 @@
+import { assert, describe, layer } from "@effect/vitest"
+import { Context, Duration, Effect, Layer } from "effect"
+import { DatabaseError } from "../src/domain/errors.ts"
+import { inboundEventTypes } from "../src/domain/events.ts"
+import { batched, EventApplier } from "../src/pipeline/batch.ts"
+import { decodeDelivery } from "../src/pipeline/decode.ts"
+import type { Outcome } from "../src/pipeline/pipeline.ts"
+import { ProcessingPolicy } from "../src/pipeline/policy.ts"
+import * as Scheduler from "../src/reservations/scheduler.ts"
+import * as MemoryStores from "../src/stores/memory/stores.ts"
+import { EventLog, Reconciliation, type Stores, UnitOfWork } from "../src/stores/services.ts"
+import { addWarehouse, envelopeBytes, freshId, freshOrg, outboxOf, putStock, quantities, reservationsOf } from "./support/events.ts"
+import { sqlStoresLayer } from "./sql/support.ts"
+
+/** Counts outermost units of work, and fails the event-log write of chosen event ids once. */
+class Faults extends Context.Service<Faults, { outer: number; readonly failOnce: Set<string> }>()("test/Faults") {}
+
+const instrumented = <E>(stores: Layer.Layer<Stores, E>) => {
+  const faults = Layer.succeed(Faults, { outer: 0, failOnce: new Set<string>() })
+  const overrides = Layer.effectContext(Effect.gen(function*() {
+    const f = yield* Faults
+    const uow = yield* UnitOfWork
+    const log = yield* EventLog
+    let depth = 0
+    return Context.make(UnitOfWork, UnitOfWork.of({
+      transaction: (effect) =>
+        Effect.suspend(() => {
+          if (depth === 0) f.outer++
+          depth++
+          return uow.transaction(effect).pipe(Effect.ensuring(Effect.sync(() => { depth-- })))
+        }),
+      afterCommit: uow.afterCommit
+    })).pipe(Context.add(EventLog, EventLog.of({
+      ...log,
+      record: (entry) =>
+        f.failOnce.delete(entry.event_id)
+          ? Effect.fail(new DatabaseError({ reason: "serialization", message: "injected" }))
+          : log.record(entry)
+    })))
+  }))
+  return Scheduler.layer({ sweepInterval: "1 hour", sweepBatch: 100 }).pipe(
+    Layer.provideMerge(overrides),
+    Layer.provideMerge(stores),
+    Layer.provideMerge(faults)
+  )
+}
+
+const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
+  layer(
+    batched({ maxSize: 16, concurrency: 1 }).pipe(Layer.provideMerge(instrumented(stores))),
+    // Live clock: the one-by-one path sleeps between its retries.
+    { timeout: "60 seconds", excludeTestServices: true }
+  )(name, (it) => {
+    const apply = (org: string, event: string, data: unknown, eventId = freshId("evt")) =>
+      Effect.gen(function*() {
+        const decoded = yield* decodeDelivery({
+          body: envelopeBytes(org, event, data, eventId),
+          deliveryCount: 1,
+          queue: "test",
+          accepts: inboundEventTypes
+        }).pipe(Effect.orDie)
+        return yield* (yield* EventApplier).apply(decoded, 1)
+      })
+    const policy = Effect.provideService(ProcessingPolicy, {
+      retryBaseDelay: Duration.millis(5), retries: 3, maxDeliveries: 5, maxBodyBytes: 1 << 20, maxLinesPerEvent: 500
+    })
+
+    it.effect("events ready together share one transaction; each failure rolls back only itself and gets its fate", () =>
+      policy(Effect.gen(function*() {
+        const org = freshOrg()
+        yield* addWarehouse(org, "w1").pipe(Effect.orDie)
+        yield* putStock(org, "v1", "w1", 10)
+        const faults = yield* Faults
+        const before = faults.outer
+        const outcomes: ReadonlyArray<Outcome> = yield* Effect.all([
+          apply(org, "order.placed", { order_id: "ok-1", items: [{ variant_id: "v1", quantity: 2 }] }, "e-ok-1"),
+          apply(org, "order.placed", { order_id: "short", items: [{ variant_id: "v1", quantity: 50 }] }, "e-short"),
+          apply(org, "order.placed", { order_id: "ok-2", items: [{ variant_id: "v1", quantity: 3 }] }, "e-ok-2"),
+          apply(org, "return.received", { order_id: "r", return_id: "r1", warehouse_id: "w1", returned_items: [{ variant_id: "v2", quantity: 1, condition: "good" }] }, "e-return")
+        ], { concurrency: "unbounded" })
+        assert.deepStrictEqual(outcomes.map((o) => o._tag), ["Ack", "DeadLetter", "Ack", "Ack"])
+        assert.isTrue(outcomes[1]!._tag === "DeadLetter" && outcomes[1]!.failure.errorType === "InsufficientStock")
+        // Four events offered together: one transaction (two if the first was taken alone).
+        assert.isAtMost(faults.outer - before, 2)
+        assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 10, available: 5, reserved: 5, damaged: 0 })
+        assert.deepStrictEqual(yield* quantities(org, "v2", "w1"), { total: 1, available: 1, reserved: 0, damaged: 0 })
+        assert.strictEqual((yield* reservationsOf(org, "short")).length, 0)
+        const out = yield* outboxOf(org)
+        assert.strictEqual(out.filter((m) => m.event_type === "inventory.reservation.failed").length, 1, "the failure is announced")
+        assert.strictEqual(out.filter((m) => m.event_type === "inventory.stock.reserved").length, 2)
+        const logged = yield* Effect.forEach(["e-ok-1", "e-short", "e-ok-2", "e-return"], (id) =>
+          Effect.flatMap(EventLog, (l) => l.has(org, id)).pipe(Effect.orDie))
+        assert.deepStrictEqual(logged, [true, false, true, true])
+        assert.deepStrictEqual(yield* Effect.flatMap(Reconciliation, (r) => r.check(org)).pipe(Effect.orDie), [])
+      })))
+
+    it.effect("a transient failure inside a batch is applied again on its own; a duplicate is a duplicate", () =>
+      policy(Effect.gen(function*() {
+        const org = freshOrg()
+        yield* addWarehouse(org, "w1").pipe(Effect.orDie)
+        yield* putStock(org, "v1", "w1", 10)
+        const faults = yield* Faults
+        faults.failOnce.add("e-flaky")
+        const first: ReadonlyArray<Outcome> = yield* Effect.all([
+          apply(org, "order.placed", { order_id: "a", items: [{ variant_id: "v1", quantity: 1 }] }, "e-a"),
+          apply(org, "order.placed", { order_id: "flaky", items: [{ variant_id: "v1", quantity: 1 }] }, "e-flaky"),
+          apply(org, "order.placed", { order_id: "b", items: [{ variant_id: "v1", quantity: 1 }] }, "e-b")
+        ], { concurrency: "unbounded" })
+        assert.deepStrictEqual(first.map((o) => o._tag), ["Ack", "Ack", "Ack"])
+        assert.isFalse(faults.failOnce.has("e-flaky"), "the injected failure happened")
+        const again = yield* apply(org, "order.placed", { order_id: "a", items: [{ variant_id: "v1", quantity: 1 }] }, "e-a")
+        assert.strictEqual(again._tag, "Duplicate")
+        assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 10, available: 7, reserved: 3, damaged: 0 })
+        assert.deepStrictEqual(yield* Effect.flatMap(Reconciliation, (r) => r.check(org)).pipe(Effect.orDie), [])
+      })))
+  })
+
+describe("group commit", () => {
+  suite("on the memory stores", MemoryStores.layer)
+  suite("on PostgreSQL", sqlStoresLayer("batch"))
+})
