@@ -126,7 +126,11 @@ export const audit = async (input: AuditInput): Promise<Array<Line>> => {
   line("event ids with no outcome (lost)", count(keys, (m) => appliedOf(m.key) === 0 && deadOf(m.key) === 0))
   line("event ids applied more than once", count(keys, (m) => appliedOf(m.key) > 1))
   line("event ids applied under another organization", count(keys, (m) => m.org !== null && (applied.get(m.key) ?? []).some((o) => o !== m.org)))
-  line("event ids dead-lettered more often than re-sent", count(keys, (m) => deadOf(m.key) > (input.attempts.get(m.key) ?? 0) - appliedOf(m.key)))
+  const overDead = keys.filter((m) => deadOf(m.key) > (input.attempts.get(m.key) ?? 0) - appliedOf(m.key))
+  line("event ids dead-lettered more often than re-sent", overDead.length)
+  for (const m of overDead.slice(0, 5)) {
+    info(`  ... ${m.kind} ${m.label}`, `sent ${input.attempts.get(m.key) ?? 0}, applied ${appliedOf(m.key)}, dead-lettered as ${(dead.get(m.key) ?? []).map((d) => d.error_type).join(" + ")}`)
+  }
   const movementTwice = (await db.query(`
     SELECT count(*)::int AS n FROM (
       SELECT 1 FROM stock_movements WHERE caused_by <> $1
