@@ -1,6 +1,6 @@
 import type amqp from "amqplib"
-import { randomUUID } from "node:crypto"
-import { Effect, Metric } from "effect"
+import { Effect, Metric, Option } from "effect"
+import { bodyDigest, deriveId } from "../domain/ids.ts"
 import type { Topology } from "../config.ts"
 import { type Decoded, peek } from "../pipeline/decode.ts"
 import type { Failure } from "../pipeline/pipeline.ts"
@@ -35,14 +35,38 @@ const carriedProperties = (p: amqp.MessageProperties): amqp.Options.Publish => {
 }
 
 /**
+ * The dead-letter record's id: one per message and replay, so a message whose ack was lost after
+ * it was dead-lettered (channel gone, shutdown) is recognised when it comes back and is not
+ * dead-lettered twice. A replay (`inventory dlq replay`, which counts in `x-replay-count`) that
+ * fails again gets a record of its own.
+ */
+export const deadLetterId = (message: InboundMessage, decoded: Decoded | null): string => {
+  const replay = message.headers["x-replay-count"]
+  return deriveId(
+    "dead-letter",
+    message.delivery.queue,
+    decoded?.eventId ?? message.delivery.messageId ?? bodyDigest(message.delivery.body),
+    String(typeof replay === "number" || typeof replay === "string" ? replay : 0)
+  )
+}
+
+/**
  * Moves a message that failed for good to the dead-letter exchange, byte for byte, with the
  * failure in its headers; waits for the publisher confirm; then stores it in `FailedEvents`,
  * so the DLQ's TTL and length cap never lose it. The caller acks only after both succeeded.
+ * A message already dead-lettered (its ack was lost) is not moved again: the caller just acks.
  */
 export const deadLetter = (topology: Topology, message: InboundMessage, failure: Failure, decoded: Decoded | null) =>
   Effect.gen(function*() {
     const publisher = yield* Publisher
     const failedEvents = yield* FailedEvents
+    const id = deadLetterId(message, decoded)
+    if (Option.isSome(yield* failedEvents.get(id))) {
+      yield* Effect.logInfo("message was dead-lettered before; acknowledging its redelivery").pipe(
+        Effect.annotateLogs({ dead_letter_id: id, error_type: failure.errorType })
+      )
+      return
+    }
     const failedAt = new Date()
     const errorMessage = failure.message.slice(0, 2000)
     yield* publisher.publish({
@@ -65,7 +89,7 @@ export const deadLetter = (topology: Topology, message: InboundMessage, failure:
     })
     const seen = peek(message.delivery.body, message.delivery.messageId)
     yield* failedEvents.record({
-      id: randomUUID(),
+      id,
       event_id: decoded?.eventId ?? seen.eventId,
       event_type: decoded?.event.event ?? seen.eventType,
       organization_id: decoded?.event.organization_id ?? seen.organizationId,

@@ -1,0 +1,53 @@
+import { assert, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import type amqp from "amqplib"
+import { RuntimeConfig } from "../../src/config.ts"
+import { deadLetter, deadLetterId } from "../../src/messaging/deadLetter.ts"
+import type { InboundMessage } from "../../src/messaging/inbound.ts"
+import { type OutgoingMessage, Publisher } from "../../src/messaging/publisher.ts"
+import * as MemoryStores from "../../src/stores/memory/stores.ts"
+import { FailedEvents } from "../../src/stores/services.ts"
+
+/**
+ * A message whose ack was lost after it was dead-lettered (its channel died, or shutdown came
+ * between the record and the ack) comes back: it must be acked, not dead-lettered a second time.
+ * Found by the chaos harness. The publisher here only records what it is asked to send: the
+ * point is what dead-lettering asks of it, not the broker.
+ */
+const sent: Array<OutgoingMessage> = []
+const recordingPublisher = Layer.succeed(Publisher, Publisher.of({ publish: (m) => Effect.sync(() => { sent.push(m) }) }))
+
+const message = (headers: Record<string, unknown> = {}): InboundMessage => ({
+  delivery: {
+    body: new TextEncoder().encode("{not json"),
+    messageId: "msg-1",
+    deliveryCount: 1,
+    queue: "inventory_order_consumer",
+    accepts: ["order.placed"]
+  },
+  exchange: "order_events",
+  routingKey: "order.placed",
+  headers,
+  properties: { headers } as unknown as amqp.MessageProperties,
+  deliveryTag: 1,
+  redelivered: false,
+  via: { channel: undefined as never, isOpen: () => true },
+  raw: undefined as never
+})
+
+it.effect("dead-letters a message once, however often it comes back; a replay that fails again is recorded again", () =>
+  Effect.gen(function*() {
+    const topology = (yield* RuntimeConfig).topology
+    const failure = { errorType: "ValidationError" as const, message: "Message body is not valid UTF-8 JSON" }
+    yield* deadLetter(topology, message(), failure, null)
+    yield* deadLetter(topology, { ...message(), delivery: { ...message().delivery, deliveryCount: 2 } }, failure, null)
+    assert.strictEqual(sent.length, 1, "published to the DLQ once")
+    const records = yield* Effect.flatMap(FailedEvents, (f) => f.list({})).pipe(Effect.orDie)
+    assert.deepStrictEqual(records.map((r) => r.id), [deadLetterId(message(), null)])
+
+    yield* deadLetter(topology, message({ "x-replay-count": 1 }), failure, null)
+    assert.strictEqual(sent.length, 2)
+    assert.strictEqual((yield* Effect.flatMap(FailedEvents, (f) => f.list({})).pipe(Effect.orDie)).length, 2)
+  }).pipe(
+    Effect.provide(Layer.mergeAll(MemoryStores.layer, recordingPublisher, RuntimeConfig.layerFrom({})))
+  ))
