@@ -228,7 +228,8 @@ const committed = async () => {
 
 const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const before = await committed()
-  const consumer = start(["src/main.ts"], consumerEnv)
+  // The heap settings `npm start` runs with (package.json): they are what bounds the RSS.
+  const consumer = start(["--max-old-space-size=256", "--max-semi-space-size=8", "src/main.ts"], consumerEnv)
   // Ready once the topology exists and the consumer is subscribed.
   await waitFor("consumer start", async () => {
     try {

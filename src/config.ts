@@ -153,8 +153,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
-  batchMaxSize: int("BATCH_MAX_SIZE", 32),
-  batchConcurrency: int("BATCH_CONCURRENCY", 2)
+  batchMaxSize: int("BATCH_MAX_SIZE", 1),
+  batchConcurrency: int("BATCH_CONCURRENCY", 1)
 }).pipe(Config.map((c): RuntimeSettings => ({
   broker: {
     url: c.url,
