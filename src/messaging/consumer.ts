@@ -125,6 +125,8 @@ type Work = {
   readonly failure: Outcome | null
   /** The message's consumer span, open from arrival to settlement. */
   readonly trace: DeliveryTrace
+  /** Already moved behind the rest of its lane once (see `runLane`). */
+  readonly deferred?: boolean
 }
 
 interface Round {
@@ -196,7 +198,12 @@ export const consume = (
         settle(message, how)
       }
 
-      const act = (work: Work, current: Round): Effect.Effect<"done" | "requeued", never, Stores | ReservationTimers | Publisher> =>
+      const act = (
+        work: Work,
+        current: Round,
+        /** Asked when it fails: whether other messages of its key wait behind it now. */
+        mayDefer: () => boolean
+      ): Effect.Effect<"done" | "requeued" | "deferred", never, Stores | ReservationTimers | Publisher> =>
         Effect.gen(function*() {
           const { message } = work
           const outcome = work.failure ?? (yield* (yield* EventApplier).apply(work.decoded!, message.delivery.deliveryCount))
@@ -231,6 +238,10 @@ export const consume = (
               return "requeued" as const
             }
             case "Retry":
+              if (outcome.failure.errorType === "ReservationNotFound" && mayDefer()) {
+                // What it needs (its order.placed) may be right behind it in this lane.
+                return "deferred" as const
+              }
               yield* Effect.logWarning("message returned to the queue").pipe(
                 Effect.annotateLogs({
                   error_type: outcome.failure.errorType,
@@ -278,8 +289,15 @@ export const consume = (
               lane.shift()
               continue
             }
-            const result = yield* act(work, current)
+            // A message failing for want of an earlier event of its key goes once behind the
+            // key's other waiting messages: after a requeue or a second consumer, the broker
+            // may have delivered a key's events out of order, and the missing one may be here.
+            const result = yield* act(work, current, () => work.deferred !== true && lane.length > 1)
             lane.shift()
+            if (result === "deferred") {
+              lane.push({ ...work, deferred: true })
+              continue
+            }
             if (result === "requeued") {
               // Later messages of the key go back behind it, so they never overtake it.
               for (const w of lane.splice(0)) {

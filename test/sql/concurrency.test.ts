@@ -2,10 +2,9 @@ import { assert, layer } from "@effect/vitest"
 import { Clock, Duration, Effect } from "effect"
 import { expireReservation } from "../../src/handlers/expiry.ts"
 import type { Outcome } from "../../src/pipeline/pipeline.ts"
-import { ProcessingPolicy } from "../../src/pipeline/policy.ts"
 import { liveStatuses } from "../../src/stores/model.ts"
 import { Reconciliation, Reservations, UnitOfWork } from "../../src/stores/services.ts"
-import { addWarehouse, freshId, freshOrg, outboxOf, putStock, quantities, reservationsOf, send } from "../support/events.ts"
+import { addWarehouse, freshId, freshOrg, noRetries, outboxOf, putStock, quantities, reservationsOf, send } from "../support/events.ts"
 import { sqlLayer } from "./support.ts"
 
 /**
@@ -13,14 +12,7 @@ import { sqlLayer } from "./support.ts"
  * its own pooled connection, against one PostgreSQL. No in-process retries, so a deadlock or
  * any other transient failure would surface as a `Retry` outcome and fail the test.
  */
-const strict = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.provideService(effect, ProcessingPolicy, {
-    retryBaseDelay: Duration.millis(1),
-    retries: 0,
-    maxDeliveries: 5,
-    maxBodyBytes: 1024 * 1024,
-    maxLinesPerEvent: 500
-  })
+const strict = noRetries
 
 const tagOf = (outcome: Outcome) =>
   outcome._tag === "DeadLetter" || outcome._tag === "Retry" ? `${outcome._tag}:${outcome.failure.errorType}` : outcome._tag
