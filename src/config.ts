@@ -1,5 +1,5 @@
 import { Config, ConfigProvider, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
-import { catalogEventTypes, type InboundEventType, orderEventTypes } from "./domain/events.ts"
+import { catalogEventTypes, type InboundEventType, MAX_LINES_PER_EVENT, orderEventTypes } from "./domain/events.ts"
 import { defaultProcessingPolicy, type ProcessingPolicy } from "./pipeline/policy.ts"
 
 /**
@@ -72,9 +72,11 @@ export interface RuntimeSettings {
   readonly shutdownTimeout: Duration.Duration
 }
 
-const int = (variable: string, fallback: number, min = 1) =>
+const int = (variable: string, fallback: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
   Config.schema(
-    Schema.Int.check(Schema.isGreaterThanOrEqualTo(min, { message: `${variable} must be a whole number >= ${min}` })),
+    Schema.Int.check(Schema.isBetween({ minimum: min, maximum: max }, {
+      message: max === Number.MAX_SAFE_INTEGER ? `${variable} must be a whole number >= ${min}` : `${variable} must be a whole number from ${min} to ${max}`
+    })),
     variable
   ).pipe(Config.withDefault(fallback))
 
@@ -147,7 +149,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
   maxDeliveries: int("MAX_DELIVERIES", defaultProcessingPolicy.maxDeliveries),
   maxBodyBytes: int("MAX_BODY_BYTES", defaultProcessingPolicy.maxBodyBytes),
-  maxLinesPerEvent: int("MAX_LINES_PER_EVENT", defaultProcessingPolicy.maxLinesPerEvent),
+  // The schema refuses more than MAX_LINES_PER_EVENT lines whatever is set: it is the ceiling.
+  maxLinesPerEvent: int("MAX_LINES_PER_EVENT", defaultProcessingPolicy.maxLinesPerEvent, 1, MAX_LINES_PER_EVENT),
   relayPollInterval: millis("OUTBOX_POLL_INTERVAL_MS", 1_000),
   relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),

@@ -1,4 +1,4 @@
-import { Clock, Effect, Option } from "effect"
+import { Clock, Effect } from "effect"
 import { deriveId } from "../domain/ids.ts"
 import type { OutboundDraft, OutboundEvent } from "../domain/published.ts"
 import type { OutboxMessage } from "../stores/model.ts"
@@ -54,5 +54,3 @@ export const emit = Effect.fnUntraced(function*(
 })
 
 export const nowDate: Effect.Effect<Date> = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
-
-export const optionToNull = <A>(option: Option.Option<A>): A | null => Option.getOrNull(option)

@@ -1,4 +1,5 @@
 import { Context, Duration } from "effect"
+import { MAX_LINES_PER_EVENT } from "../domain/events.ts"
 
 /**
  * How hard the pipeline tries before giving a message back (SPEC 5), and what one message may
@@ -13,7 +14,7 @@ export interface ProcessingPolicy {
   readonly maxDeliveries: number
   /** Largest body accepted, checked before parsing. */
   readonly maxBodyBytes: number
-  /** Most lines (items, variants) one event may carry. */
+  /** Most lines (items, variants) one event may carry; the schema's ceiling is `MAX_LINES_PER_EVENT`. */
   readonly maxLinesPerEvent: number
 }
 
@@ -22,7 +23,7 @@ export const defaultProcessingPolicy: ProcessingPolicy = {
   retries: 3,
   maxDeliveries: 5,
   maxBodyBytes: 1024 * 1024,
-  maxLinesPerEvent: 500
+  maxLinesPerEvent: MAX_LINES_PER_EVENT
 }
 
 export const ProcessingPolicy = Context.Reference<ProcessingPolicy>("inventory/pipeline/ProcessingPolicy", {

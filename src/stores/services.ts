@@ -96,8 +96,6 @@ export class Reservations extends Context.Service<Reservations, {
   insert(reservation: Reservation): Db<boolean>
   /** Moves the reservation to `to` only from one of `from`; false when it was elsewhere. */
   transition(organizationId: string, reservationId: string, from: ReadonlyArray<ReservationStatus>, to: ReservationStatus, reason: string | null): Db<boolean>
-  /** Replaces the items of a reservation (re-reservation after expiry). */
-  setItems(organizationId: string, reservationId: string, items: Reservation["items"], expiresAt: Date | null): Db<void>
   /** Active reservations past due, locked, skipping any another process holds. */
   lockDue(now: Date, limit: number): Db<ReadonlyArray<Reservation>>
   /** Every active reservation's expiry, for rescheduling timers at start-up. */

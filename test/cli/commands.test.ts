@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import type { StockJson } from "../../src/cli/stock.ts"
 import { cliSchema, cliWith, databaseUrl, dropSchema, expectCleanFailure, json, withDatabase } from "./support.ts"
 
 /**
@@ -12,19 +13,6 @@ const env = { DATABASE_URL: databaseUrl, DATABASE_SCHEMA: schema }
 const cli = cliWith(env)
 const org = "acme"
 
-interface StockJson {
-  readonly organization_id: string
-  readonly variant_id: string
-  readonly warehouse_id: string
-  readonly total: number
-  readonly available: number
-  readonly reserved: number
-  readonly damaged: number
-  readonly in_transit: number
-  readonly min_stock: number
-  readonly max_stock: number
-  readonly archived: boolean
-}
 
 const ledger = (variant: string) =>
   withDatabase(async (c) => {

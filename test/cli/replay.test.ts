@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { createVhost, deleteVhost, eventually, queuesSettled, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import type { FailedEventJson } from "../../src/cli/dlq.ts"
 import { cliSchema, cliWith, databaseUrl, dropSchema, expectCleanFailure, json, node, root } from "./support.ts"
 
 /**
@@ -15,20 +16,6 @@ const env = { DATABASE_URL: databaseUrl, DATABASE_SCHEMA: schema, ...testEnv(vho
 const cli = cliWith(env)
 const org = "replay-org"
 
-interface FailedJson {
-  readonly id: string
-  readonly event_id: string | null
-  readonly event_type: string | null
-  readonly organization_id: string | null
-  readonly error_type: string
-  readonly error_message: string
-  readonly original_exchange: string
-  readonly original_routing_key: string
-  readonly attempts: number
-  readonly failed_at: string
-  readonly replay_count: number
-  readonly last_replayed_at: string | null
-}
 
 interface ReservationJson {
   readonly reservation_id: string
@@ -51,7 +38,7 @@ const orderPlaced = (orderId: string, variantId: string, quantity: number) => ({
   data: { order_id: orderId, items: [{ variant_id: variantId, quantity }] }
 })
 
-const deadLetters = async () => json<Array<FailedJson>>(await cli("dlq", "list", "--json")).filter((e) => e.organization_id === org)
+const deadLetters = async () => json<Array<FailedEventJson>>(await cli("dlq", "list", "--json")).filter((e) => e.organization_id === org)
 const reservationsOf = async (orderId: string) =>
   json<Array<ReservationJson>>(await cli("reservations", "list", "--org", org, "--order", orderId, "--json"))
 const settled = () => eventually("the order queue settled", () => queuesSettled(vhost, ["inventory_order_consumer"]), 60_000, 250)
@@ -111,10 +98,10 @@ describe("dlq with the running consumer", () => {
     const table = await cli("dlq", "list")
     expect(table.stdout.split("\n")[0]).toMatch(/^ID\s+EVENT_TYPE\s+ORG\s+ERROR_TYPE\s+ATTEMPTS\s+FAILED_AT\s+EXCHANGE\s+ROUTING_KEY\s+REPLAYS\s+LAST_REPLAYED_AT\s+REASON$/)
     expect(table.stdout).toMatch(new RegExp(`^${failed!.id}\\s+order\\.placed\\s+${org}\\s+InsufficientStock\\s+1\\s+\\S+\\s+order_events\\s+order\\.placed\\s+0\\s+-\\s+Insufficient stock`, "m"))
-    expect(json<Array<FailedJson>>(await cli("dlq", "list", "--event-type", "order.placed", "--error-type", "InsufficientStock", "--json")).map((e) => e.id)).toEqual([failed!.id])
+    expect(json<Array<FailedEventJson>>(await cli("dlq", "list", "--event-type", "order.placed", "--error-type", "InsufficientStock", "--json")).map((e) => e.id)).toEqual([failed!.id])
     expect(json(await cli("dlq", "list", "--error-type", "ValidationError", "--json"))).toEqual([])
     expect(json(await cli("dlq", "list", "--event-type", "order.shipped", "--json"))).toEqual([])
-    const detail = json<FailedJson & { body: string; body_encoding: string; content_type: string | null }>(await cli("dlq", "show", failed!.id, "--json"))
+    const detail = json<FailedEventJson & { body: string; body_encoding: string; content_type: string | null }>(await cli("dlq", "show", failed!.id, "--json"))
     expect(detail).toEqual({ ...failed, content_type: "application/json", body, body_encoding: "utf8" })
     const shown = await cli("dlq", "show", failed!.id)
     expect(shown.stdout).toMatch(/^error_type:\s+InsufficientStock$/m)

@@ -50,6 +50,9 @@ describe("runtime configuration", () => {
     expect(failureText({ ORDER_PREFETCH: "0" })).toContain("ORDER_PREFETCH")
     expect(failureText({ QUEUE_TYPE: "stream" })).toContain("QUEUE_TYPE")
     expect(failureText({ RESERVATION_SWEEP_INTERVAL: "soon" })).toContain("RESERVATION_SWEEP_INTERVAL")
+    // The schema's ceiling on lines per event cannot be raised by configuration.
+    expect(failureText({ MAX_LINES_PER_EVENT: "501" })).toContain("MAX_LINES_PER_EVENT must be a whole number from 1 to 500")
+    expect(Exit.isSuccess(parse({ MAX_LINES_PER_EVENT: "50" }))).toBe(true)
     const bad = failureText({ AMQP_URL: "http://user:hunter2@host" })
     expect(bad).toContain("AMQP_URL")
     expect(bad).not.toContain("hunter2")

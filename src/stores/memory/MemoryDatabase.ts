@@ -60,8 +60,6 @@ const CurrentTransaction = Context.Reference<Transaction | undefined>("inventory
  * takes the same lock, so nobody ever reads another unit's uncommitted rows.
  */
 export class MemoryDatabase extends Context.Service<MemoryDatabase, {
-  /** The committed-or-current tables; read through this getter, never cached. */
-  readonly tables: () => Tables
   /** Runs `f` against the tables atomically with respect to units of work. */
   atomically<A>(f: (tables: Tables) => A): Effect.Effect<A>
   transaction<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R>
@@ -109,7 +107,6 @@ export class MemoryDatabase extends Context.Service<MemoryDatabase, {
           tx === undefined ? effect : Effect.sync(() => { tx.afterCommit.push(effect) }))
 
       return MemoryDatabase.of({
-        tables: () => tables,
         atomically,
         transaction,
         afterCommit,

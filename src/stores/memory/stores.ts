@@ -22,7 +22,7 @@ import {
   Warehouses,
   type Violation
 } from "../services.ts"
-import { MemoryDatabase } from "./MemoryDatabase.ts"
+import { MemoryDatabase, type Tables } from "./MemoryDatabase.ts"
 
 const pair = (org: string, id: string) => `${org}\u0000${id}`
 
@@ -89,7 +89,7 @@ const VariantsMemory = Layer.effect(
 const StockMemory = Layer.effect(
   Stock,
   Effect.map(MemoryDatabase, ({ atomically }) => {
-    const update = (t: ReturnType<MemoryDatabase["Service"]["tables"]>, row: StockRow) => {
+    const update = (t: Tables, row: StockRow) => {
       invariant(
         row.total === row.available + row.reserved + row.damaged &&
           row.available >= 0 && row.reserved >= 0 && row.damaged >= 0 && row.in_transit >= 0,
@@ -211,11 +211,6 @@ const ReservationsMemory = Layer.effect(
           if (r === undefined || !from.includes(r.status)) return false
           t.reservations.set(pair(org, id), { ...r, status: to, closed_reason: reason ?? r.closed_reason })
           return true
-        }),
-      setItems: (org, id, items, expiresAt) =>
-        atomically((t) => {
-          const r = t.reservations.get(pair(org, id))
-          if (r !== undefined) t.reservations.set(pair(org, id), { ...r, items, expires_at: expiresAt })
         }),
       lockDue: (now, limit) =>
         atomically((t) =>

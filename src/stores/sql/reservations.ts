@@ -5,7 +5,6 @@ import type { DatabaseError } from "../../domain/errors.ts"
 import type { Reservation, ReservationItem, ReservationStatus } from "../model.ts"
 import { Reservations } from "../services.ts"
 import { orDatabaseError } from "./errors.ts"
-import { atomically } from "./unitOfWork.ts"
 
 interface ReservationRecord {
   readonly organization_id: string
@@ -74,13 +73,6 @@ export const ReservationsSql = Layer.effect(
     const lockOrder = (org: string, orderId: string) =>
       Effect.asVoid(orDatabaseError(sql`SELECT pg_advisory_xact_lock(${orderKey(org, orderId)})`))
 
-    const insertItems = (org: string, reservationId: string, items: ReadonlyArray<ReservationItem>) =>
-      sql`
-        INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
-        SELECT ${org}, ${reservationId}, i.position, i.variant_id, i.warehouse_id, i.quantity
-        FROM unnest(${items.map((i) => i.variant_id)}::text[], ${items.map((i) => i.warehouse_id)}::text[], ${items.map((i) => i.quantity)}::integer[])
-          WITH ORDINALITY AS i(variant_id, warehouse_id, quantity, position)`
-
     return Reservations.of({
       lockOrder,
 
@@ -135,16 +127,6 @@ export const ReservationsSql = Layer.effect(
             RETURNING 1`),
           (rows) => rows.length > 0
         ),
-
-      setItems: (org, id, items, expiresAt) =>
-        atomically(sql, orDatabaseError(Effect.gen(function*() {
-          const found = yield* sql`
-            UPDATE reservations SET expires_at = ${expiresAt}
-            WHERE organization_id = ${org} AND reservation_id = ${id} RETURNING 1`
-          if (found.length === 0) return
-          yield* sql`DELETE FROM reservation_items WHERE organization_id = ${org} AND reservation_id = ${id}`
-          if (items.length > 0) yield* insertItems(org, id, items)
-        }))),
 
       // Skips rows another process holds, and orders whose events are being handled right
       // now (their advisory lock is taken), so a sweep never waits on, or deadlocks with, them.
