@@ -6,6 +6,7 @@
  *   npm run bench -- --events 5000        fewer events
  *   npm run bench -- --rate 500           hold a publish rate (latency under load)
  *   npm run bench -- --skip-naive         ours only
+ *   npm run bench -- --profile DIR        the consumer writes a V8 CPU profile (--cpu-prof) to DIR
  *
  * Each run gets its own RabbitMQ vhost and database schemas, dropped at the end. The consumer
  * runs as its own process (`node src/main.ts`), as it would in production; latency is the time
@@ -24,6 +25,7 @@ const arg = (name: string, fallback: number) => {
 }
 const flag = (name: string) => process.argv.includes(`--${name}`)
 
+const PROFILE_DIR = process.argv.includes("--profile") ? process.argv[process.argv.indexOf("--profile") + 1] : undefined
 const EVENTS = arg("events", 20_000)
 const VARIANTS = arg("variants", 1_000)
 const RATE = arg("rate", 0)
@@ -229,7 +231,8 @@ const committed = async () => {
 const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const before = await committed()
   // The heap settings `npm start` runs with (package.json): they are what bounds the RSS.
-  const consumer = start(["--max-old-space-size=256", "--max-semi-space-size=8", "src/main.ts"], consumerEnv)
+  const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
+  const consumer = start(["--max-old-space-size=256", "--max-semi-space-size=8", ...profile, "src/main.ts"], consumerEnv)
   // Ready once the topology exists and the consumer is subscribed.
   await waitFor("consumer start", async () => {
     try {

@@ -1,20 +1,23 @@
-import { Duration, Effect, Option } from "effect"
+import { Duration, Effect, Option, Result } from "effect"
 import { InsufficientStock, ReservationNotFound, ValidationError } from "../domain/errors.ts"
 import type { OrderCancelled, OrderConfirmed, OrderPlaced, OrderShipped } from "../domain/events.ts"
 import { deriveId } from "../domain/ids.ts"
+import type { OutboundDraft } from "../domain/published.ts"
 import { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import {
   compareStockKeys,
   liveStatuses,
   type Movement,
+  type OutboxMessage,
   type Reservation,
   type ReservationItem,
   type ReservationStatus,
   type StockKey,
+  stockKeyString,
   type StockRow
 } from "../stores/model.ts"
-import { Movements, Reservations, Stock, UnitOfWork, Warehouses } from "../stores/services.ts"
-import { type Causation, emit, nowDate } from "./outbound.ts"
+import { type EventRef, EventLog, Movements, Outbox, Reservations, Stock, type StockLine, UnitOfWork, Warehouses } from "../stores/services.ts"
+import { type Causation, emit, nowDate, outboxMessages } from "./outbound.ts"
 
 export const DEFAULT_RESERVATION_TTL_MINUTES = 15
 
@@ -50,10 +53,42 @@ const sortedItems = (organizationId: string, items: ReadonlyArray<ReservationIte
   [...items].sort((a, b) => compareStockKeys(keyOf(organizationId, a), keyOf(organizationId, b)))
 
 /**
- * Reserves every demand, all or nothing (SPEC 4). Warehouse: the preferred one if it can serve
- * the whole quantity, else the active warehouse with the most available stock that can. Rows
- * are locked in key order, and each decrement is conditional, so racing consumers can never
- * both take the last unit.
+ * Where each demand is served from (SPEC 4): the preferred warehouse if it can serve the whole
+ * quantity, else the usable warehouse with the most available stock that can. `rows` are the
+ * organization's rows of the demanded variants as they stand; nothing is written here.
+ */
+export const allocate = (
+  organizationId: string,
+  orderId: string,
+  demands: ReadonlyArray<Demand>,
+  rows: ReadonlyArray<StockRow>,
+  activeWarehouses: ReadonlySet<string>
+): Result.Result<Array<ReservationItem>, InsufficientStock> => {
+  const usable = (row: StockRow) => row.archived_at === null && activeWarehouses.has(row.warehouse_id)
+  const items: Array<ReservationItem> = []
+  for (const demand of demands) {
+    const candidates = rows.filter((row) => row.variant_id === demand.variant_id && usable(row))
+    const preferred = candidates.find((row) => row.warehouse_id === demand.preferred_warehouse_id && row.available >= demand.quantity)
+    const best = preferred ?? candidates
+      .filter((row) => row.available >= demand.quantity)
+      .reduce<StockRow | undefined>((acc, row) => (acc === undefined || row.available > acc.available ? row : acc), undefined)
+    if (best === undefined) {
+      return Result.fail(new InsufficientStock({
+        organization_id: organizationId,
+        order_id: orderId,
+        variant_id: demand.variant_id,
+        requested: demand.quantity,
+        available: candidates.reduce((max, row) => Math.max(max, row.available), 0)
+      }))
+    }
+    items.push({ variant_id: demand.variant_id, warehouse_id: best.warehouse_id, quantity: demand.quantity })
+  }
+  return Result.succeed(items)
+}
+
+/**
+ * Reserves every demand, all or nothing. Rows are locked in key order, and each decrement is
+ * conditional, so racing consumers can never both take the last unit.
  */
 const reserveDemands = Effect.fnUntraced(function*(
   organizationId: string,
@@ -63,27 +98,7 @@ const reserveDemands = Effect.fnUntraced(function*(
   const stock = yield* Stock
   const active = new Set((yield* (yield* Warehouses).listActive(organizationId)).map((w) => w.warehouse_id))
   const rows = yield* stock.forVariants(organizationId, demands.map((d) => d.variant_id), { lock: true })
-  const usable = (row: StockRow) => row.archived_at === null && active.has(row.warehouse_id)
-
-  const items: Array<ReservationItem> = []
-  for (const demand of demands) {
-    const candidates = rows.filter((row) => row.variant_id === demand.variant_id && usable(row))
-    const preferred = candidates.find((row) => row.warehouse_id === demand.preferred_warehouse_id && row.available >= demand.quantity)
-    const best = preferred ?? candidates
-      .filter((row) => row.available >= demand.quantity)
-      .reduce<StockRow | undefined>((acc, row) => (acc === undefined || row.available > acc.available ? row : acc), undefined)
-    if (best === undefined) {
-      return yield* new InsufficientStock({
-        organization_id: organizationId,
-        order_id: orderId,
-        variant_id: demand.variant_id,
-        requested: demand.quantity,
-        available: candidates.reduce((max, row) => Math.max(max, row.available), 0)
-      })
-    }
-    items.push({ variant_id: demand.variant_id, warehouse_id: best.warehouse_id, quantity: demand.quantity })
-  }
-
+  const items = yield* Effect.fromResult(allocate(organizationId, orderId, demands, rows, active))
   for (const item of sortedItems(organizationId, items)) {
     const reserved = yield* stock.reserve(keyOf(organizationId, item), item.quantity)
     if (Option.isNone(reserved)) {
@@ -155,6 +170,27 @@ const findReservation = Effect.fnUntraced(function*(
   return Option.fromNullishOr(all.find((r) => liveStatuses.includes(r.status)) ?? all[0])
 })
 
+const reservedDraft = (reservation: Reservation): OutboundDraft => ({
+  event: "inventory.stock.reserved",
+  data: {
+    reservation_id: reservation.reservation_id,
+    order_id: reservation.order_id,
+    items: reservation.items,
+    expires_at: reservation.expires_at === null ? null : reservation.expires_at.toISOString()
+  }
+})
+
+const failedDraft = (orderId: string, error: InsufficientStock): OutboundDraft => ({
+  event: "inventory.reservation.failed",
+  data: {
+    order_id: orderId,
+    variant_id: error.variant_id,
+    requested: error.requested,
+    available: error.available,
+    reason: "insufficient_stock"
+  }
+})
+
 /** Writes a new reservation for the order, reserves its stock and announces it. */
 const createReservation = Effect.fnUntraced(function*(
   cause: Causation,
@@ -181,15 +217,7 @@ const createReservation = Effect.fnUntraced(function*(
     // The order lock makes this unreachable unless a second writer ignores it; refuse to double-reserve.
     return yield* Effect.die(new Error(`order ${orderId} gained a live reservation while locked`))
   }
-  yield* emit(cause, `order/${orderId}`, [{
-    event: "inventory.stock.reserved",
-    data: {
-      reservation_id: reservation.reservation_id,
-      order_id: orderId,
-      items,
-      expires_at: expiresAt === null ? null : expiresAt.toISOString()
-    }
-  }])
+  yield* emit(cause, `order/${orderId}`, [reservedDraft(reservation)])
   if (status === "active" && expiresAt !== null) {
     const timers = yield* ReservationTimers
     yield* (yield* UnitOfWork).afterCommit(
@@ -217,6 +245,133 @@ export const orderPlaced = Effect.fn("order.placed")(function*(event: OrderPlace
   yield* createReservation({ organization_id: org, event_id: eventId }, data.order_id, sumByVariant(data.items), "active", expiresAt)
 })
 
+/** One `order.placed` of a group applied together, and the trace its outbound messages join. */
+export interface PlacedEvent {
+  readonly event: OrderPlaced
+  readonly eventId: string
+  readonly traceparent: string | null
+}
+
+/** What became of one event of the group; `InsufficientStock` left only its announcement. */
+export type PlacedResult = "applied" | "duplicate" | InsufficientStock
+
+/**
+ * Many `order.placed` in one unit of work, in a fixed handful of statements however many there
+ * are (issue 8). It leaves what applying them one at a time, in the given order, would leave:
+ * the same duplicates, the same warehouse choices (`allocate` on the locked rows, which are
+ * updated in memory as each event takes its share), the same refusals. An event refused for
+ * stock leaves only its `inventory.reservation.failed`, and is not recorded as processed, so a
+ * replay can apply it; the others are unaffected. Locks are taken as everywhere else: orders
+ * first, then stock rows in key order.
+ */
+export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: ReadonlyArray<PlacedEvent>) {
+  const log = yield* EventLog
+  const reservations = yield* Reservations
+  const stock = yield* Stock
+  const now = yield* nowDate
+  const first = yield* log.recordAll(placed.map((p) => ({
+    organization_id: p.event.organization_id,
+    event_id: p.eventId,
+    event_type: "order.placed",
+    processed_at: now
+  })))
+  const results: Array<PlacedResult> = placed.map(() => "duplicate")
+  // An id recorded before is a duplicate. One repeated within the group is decided in its turn:
+  // a duplicate if its earlier copy was applied, a new attempt if that was refused (a refused
+  // event is not recorded).
+  const eventKey = (p: PlacedEvent) => `${p.event.organization_id}\u0000${p.eventId}`
+  const recordedHere = new Set<string>()
+  const fresh = placed.flatMap((p, i) => {
+    if (first[i]) recordedHere.add(eventKey(p))
+    return recordedHere.has(eventKey(p)) ? [{ p, i }] : []
+  })
+  const orders = fresh.map(({ p }) => ({ organization_id: p.event.organization_id, order_id: p.event.data.order_id }))
+  yield* reservations.lockOrders(orders)
+  const orderKey = (org: string, orderId: string) => `${org}\u0000${orderId}`
+  const newest = new Map<string, ReservationStatus>()
+  for (const r of yield* reservations.findByOrders(orders)) {
+    if (!newest.has(orderKey(r.organization_id, r.order_id))) newest.set(orderKey(r.organization_id, r.order_id), r.status)
+  }
+
+  const rows = new Map<string, StockRow>()
+  const active = new Map<string, ReadonlySet<string>>()
+  for (const org of [...new Set(orders.map((o) => o.organization_id))].sort()) {
+    active.set(org, new Set((yield* (yield* Warehouses).listActive(org)).map((w) => w.warehouse_id)))
+    const variants = new Set(fresh.flatMap(({ p }) => p.event.organization_id === org ? p.event.data.items.map((i) => i.variant_id) : []))
+    for (const row of yield* stock.forVariants(org, [...variants], { lock: true })) rows.set(stockKeyString(row), row)
+  }
+
+  const lines: Array<StockLine> = []
+  const created: Array<Reservation> = []
+  const messages: Array<OutboxMessage> = []
+  const attempts = new Map<string, { readonly cause: EventRef; refused: boolean }>()
+  for (const { p, i } of fresh) {
+    const org = p.event.organization_id
+    const orderId = p.event.data.order_id
+    const cause = { organization_id: org, event_id: p.eventId }
+    const earlier = attempts.get(eventKey(p))
+    if (earlier !== undefined && !earlier.refused) continue
+    const attempt = { cause, refused: false }
+    attempts.set(eventKey(p), attempt)
+    results[i] = "applied"
+    const status = newest.get(orderKey(org, orderId))
+    if (status !== undefined) {
+      yield* Effect.logWarning("order already has a reservation; nothing reserved").pipe(
+        Effect.annotateLogs({ order_id: orderId, reservation_status: status })
+      )
+      continue
+    }
+    const demands = sumByVariant(p.event.data.items)
+    const variants = new Set(demands.map((d) => d.variant_id))
+    const candidates = [...rows.values()].filter((r) => r.organization_id === org && variants.has(r.variant_id))
+    const allocation = allocate(org, orderId, demands, candidates, active.get(org)!)
+    if (Result.isFailure(allocation)) {
+      results[i] = allocation.failure
+      attempt.refused = true
+      messages.push(...outboxMessages(cause, `order/${orderId}`, [failedDraft(orderId, allocation.failure)], now, p.traceparent))
+      continue
+    }
+    for (const item of allocation.success) {
+      const key = keyOf(org, item)
+      const row = rows.get(stockKeyString(key))!
+      rows.set(stockKeyString(key), { ...row, available: row.available - item.quantity, reserved: row.reserved + item.quantity })
+      lines.push({ key, quantity: item.quantity })
+    }
+    const ttl = p.event.data.reservation_ttl_minutes ?? DEFAULT_RESERVATION_TTL_MINUTES
+    const reservation: Reservation = {
+      organization_id: org,
+      reservation_id: deriveId(p.eventId, "reservation"),
+      order_id: orderId,
+      status: "active",
+      items: allocation.success,
+      expires_at: new Date(now.getTime() + Duration.toMillis(Duration.minutes(ttl))),
+      created_at: now,
+      caused_by: p.eventId,
+      closed_reason: null
+    }
+    created.push(reservation)
+    newest.set(orderKey(org, orderId), "active")
+    messages.push(...outboxMessages(cause, `order/${orderId}`, [reservedDraft(reservation)], now, p.traceparent))
+  }
+
+  if (!(yield* stock.reserveAll(lines))) {
+    return yield* Effect.die(new Error("locked stock rows refused quantities checked against them"))
+  }
+  const inserted = yield* reservations.insertAll(created)
+  if (inserted !== created.length) {
+    // The order locks make this unreachable unless a second writer ignores them; refuse to double-reserve.
+    return yield* Effect.die(new Error(`${created.length - inserted} orders gained a live reservation while locked`))
+  }
+  yield* (yield* Outbox).append(messages)
+  yield* log.forget([...attempts.values()].flatMap((a) => (a.refused ? [a.cause] : [])))
+  const timers = yield* ReservationTimers
+  const uow = yield* UnitOfWork
+  for (const r of created) {
+    yield* uow.afterCommit(timers.schedule({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at! }))
+  }
+  return results
+})
+
 /**
  * What `order.placed` leaves behind when it fails for lack of stock: the reservation rolled
  * back, but the order service must still hear `inventory.reservation.failed` (SPEC 4). Runs in
@@ -227,16 +382,7 @@ export const reservationFailed = Effect.fn("order.placed.failed")(function*(
   eventId: string,
   error: InsufficientStock
 ) {
-  yield* emit({ organization_id: event.organization_id, event_id: eventId }, `order/${event.data.order_id}`, [{
-    event: "inventory.reservation.failed",
-    data: {
-      order_id: event.data.order_id,
-      variant_id: error.variant_id,
-      requested: error.requested,
-      available: error.available,
-      reason: "insufficient_stock"
-    }
-  }])
+  yield* emit({ organization_id: event.organization_id, event_id: eventId }, `order/${event.data.order_id}`, [failedDraft(event.data.order_id, error)])
 })
 
 export const orderConfirmed = Effect.fn("order.confirmed")(function*(event: OrderConfirmed, eventId: string) {

@@ -1,4 +1,4 @@
-import { Clock, Effect } from "effect"
+import { Clock, Effect, type Tracer } from "effect"
 import { deriveId } from "../domain/ids.ts"
 import type { OutboundDraft, OutboundEvent } from "../domain/published.ts"
 import type { OutboxMessage } from "../stores/model.ts"
@@ -10,26 +10,27 @@ export interface Causation {
   readonly event_id: string
 }
 
+/** W3C `traceparent` of a span. */
+export const traceparentOf = (span: Tracer.AnySpan): string => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
+
 /** W3C `traceparent` of the current span, so the relay can publish into the same trace. */
 export const currentTraceparent: Effect.Effect<string | null> = Effect.currentSpan.pipe(
-  Effect.map((span) => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`),
+  Effect.map(traceparentOf),
   Effect.catch(() => Effect.succeed(null))
 )
 
 /**
- * Writes outbound events to the outbox, inside the caller's unit of work. Each gets an
- * `event_id` derived from its cause and content, and `causation_id` = the cause's event id.
+ * The outbox rows for outbound events: each gets an `event_id` derived from its cause and
+ * content, and `causation_id` = the cause's event id.
  */
-export const emit = Effect.fnUntraced(function*(
+export const outboxMessages = (
   cause: Causation,
   aggregateKey: string,
-  drafts: ReadonlyArray<OutboundDraft>
-) {
-  if (drafts.length === 0) return
-  const outbox = yield* Outbox
-  const now = new Date(yield* Clock.currentTimeMillis)
-  const traceparent = yield* currentTraceparent
-  const messages = drafts.map((draft): OutboxMessage => {
+  drafts: ReadonlyArray<OutboundDraft>,
+  now: Date,
+  traceparent: string | null
+): Array<OutboxMessage> =>
+  drafts.map((draft): OutboxMessage => {
     const event_id = deriveId(cause.event_id, draft.event, JSON.stringify(draft.data))
     const payload = {
       event: draft.event,
@@ -50,7 +51,17 @@ export const emit = Effect.fnUntraced(function*(
       created_at: now
     }
   })
-  yield* outbox.append(messages)
+
+/** Writes outbound events to the outbox, inside the caller's unit of work, in the current trace. */
+export const emit = Effect.fnUntraced(function*(
+  cause: Causation,
+  aggregateKey: string,
+  drafts: ReadonlyArray<OutboundDraft>
+) {
+  if (drafts.length === 0) return
+  const outbox = yield* Outbox
+  const now = new Date(yield* Clock.currentTimeMillis)
+  yield* outbox.append(outboxMessages(cause, aggregateKey, drafts, now, yield* currentTraceparent))
 })
 
 export const nowDate: Effect.Effect<Date> = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))

@@ -1,7 +1,10 @@
 import { Cause, Context, Deferred, Effect, Exit, Layer, Option, Queue, type Tracer } from "effect"
 import type { InventoryError } from "../domain/errors.ts"
 import { fateOf } from "../domain/fates.ts"
+import type { OrderPlaced } from "../domain/events.ts"
 import { afterRollback } from "../handlers/dispatch.ts"
+import { orderPlacedAll, type PlacedEvent } from "../handlers/orders.ts"
+import { traceparentOf } from "../handlers/outbound.ts"
 import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import { type Stores, UnitOfWork } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
@@ -30,6 +33,9 @@ interface Pending {
   /** The caller's span: the event's work stays beneath its message's trace. */
   readonly parent: Option.Option<Tracer.AnySpan>
 }
+
+const isPlaced = (item: Pending): item is Pending & { readonly decoded: { readonly event: OrderPlaced } } =>
+  item.decoded.event.event === "order.placed"
 
 type InBatch =
   | { readonly _tag: "applied" | "duplicate" }
@@ -71,8 +77,57 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
         Effect.flatMap((outcome) => Deferred.succeed(item.done, outcome))
       )
 
-    const run = (items: ReadonlyArray<Pending>) =>
+    /**
+     * The batch's `order.placed` events in one set-based unit of work (`orderPlacedAll`). Its
+     * span belongs to the first event's trace and links the others; each other event's trace
+     * gets an `inventory.apply` span linking back to it.
+     */
+    const placedTogether = (items: ReadonlyArray<Pending & { readonly decoded: { readonly event: OrderPlaced } }>) =>
       Effect.gen(function*() {
+        if (items.length === 0) return
+        const events = items.map((item): PlacedEvent => ({
+          event: item.decoded.event,
+          eventId: item.decoded.eventId,
+          traceparent: Option.isSome(item.parent) ? traceparentOf(item.parent.value) : null
+        }))
+        const exit = yield* Effect.gen(function*() {
+          const batchSpan = yield* Effect.currentSpan.pipe(Effect.option)
+          for (const item of items.slice(1)) {
+            if (Option.isNone(item.parent)) continue
+            yield* Effect.withSpan(Effect.void, "inventory.apply", {
+              parent: item.parent.value,
+              attributes: { "inventory.event_type": "order.placed", "inventory.batch_size": items.length },
+              links: Option.isSome(batchSpan) ? [{ span: batchSpan.value, attributes: {} }] : []
+            })
+          }
+          return yield* uow.transaction(orderPlacedAll(events))
+        }).pipe(
+          Effect.withSpan("inventory.apply", {
+            ...(Option.isSome(items[0]!.parent) ? { parent: items[0]!.parent.value } : {}),
+            attributes: { "inventory.event_type": "order.placed", "inventory.batch_size": items.length },
+            links: items.slice(1).flatMap((item) => Option.isSome(item.parent) ? [{ span: item.parent.value, attributes: {} }] : [])
+          }),
+          Effect.exit
+        )
+        if (Exit.isFailure(exit)) {
+          yield* Effect.logDebug("order.placed batch failed; applying its events one by one").pipe(
+            Effect.annotateLogs({ size: items.length, cause: Cause.pretty(exit.cause) })
+          )
+          return yield* Effect.forEach(items, alone, { concurrency: "unbounded", discard: true })
+        }
+        for (const [i, result] of exit.value.entries()) {
+          const item = items[i]!
+          yield* Deferred.succeed(item.done, typeof result === "string"
+            ? { _tag: result === "applied" ? "Ack" : "Duplicate", decoded: item.decoded }
+            : { _tag: "DeadLetter", decoded: item.decoded, failure: { errorType: result._tag, message: result.message } })
+        }
+      })
+
+    const run = (all: ReadonlyArray<Pending>) =>
+      Effect.gen(function*() {
+        yield* placedTogether(all.filter(isPlaced))
+        const items = all.filter((item) => !isPlaced(item))
+        if (items.length === 0) return
         const batch = yield* uow.transaction(
           Effect.forEach(items, (item) => Effect.exit(inBatch(item)))
         ).pipe(Effect.exit)
@@ -96,18 +151,19 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
         }
         yield* Effect.forEach(retry, alone, { concurrency: "unbounded", discard: true })
       }).pipe(
-        Effect.withSpan("inventory.batch", { attributes: { "inventory.batch_size": items.length } }),
+        Effect.withSpan("inventory.batch", { attributes: { "inventory.batch_size": all.length } }),
         Effect.catchCause((cause) =>
           // Nothing may be left waiting: whatever is not decided yet takes the one-by-one path.
           Effect.logError("batch failed unexpectedly").pipe(
             Effect.annotateLogs({ cause: Cause.pretty(cause) }),
-            Effect.andThen(Effect.forEach(items, (item) =>
+            Effect.andThen(Effect.forEach(all, (item) =>
               Deferred.isDoneUnsafe(item.done) ? Effect.void : alone(item), { discard: true }))
           )
         ),
         Effect.provideContext(context)
       )
 
+    yield* Effect.logInfo("group commit on").pipe(Effect.annotateLogs({ max_size: settings.maxSize, concurrency: settings.concurrency }))
     const worker = Effect.forever(Effect.flatMap(Queue.takeBetween(queue, 1, settings.maxSize), run))
     for (let i = 0; i < settings.concurrency; i++) yield* Effect.forkScoped(worker)
 

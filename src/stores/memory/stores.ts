@@ -132,6 +132,21 @@ const StockMemory = Layer.effect(
           if (row === undefined || row.archived_at !== null || row.available < quantity) return Option.none()
           return Option.some(update(t, { ...row, available: row.available - quantity, reserved: row.reserved + quantity }))
         }),
+      reserveAll: (lines) =>
+        atomically((t) => {
+          const wanted = new Map<string, number>()
+          for (const line of lines) wanted.set(stockKeyString(line.key), (wanted.get(stockKeyString(line.key)) ?? 0) + line.quantity)
+          const refused = [...wanted].some(([k, quantity]) => {
+            const row = t.stock.get(k)
+            return row === undefined || row.archived_at !== null || row.available < quantity
+          })
+          if (refused) return false
+          for (const [k, quantity] of wanted) {
+            const row = t.stock.get(k)!
+            update(t, { ...row, available: row.available - quantity, reserved: row.reserved + quantity })
+          }
+          return true
+        }),
       release: (key, quantity) =>
         atomically((t) => {
           const row = t.stock.get(stockKeyString(key))
@@ -184,27 +199,36 @@ const ReservationsMemory = Layer.effect(
   Reservations,
   Effect.map(MemoryDatabase, ({ atomically }) => {
     const newestFirst = (a: Reservation, b: Reservation) => b.created_at.getTime() - a.created_at.getTime()
+    const insert = (reservation: Reservation) =>
+      atomically((t) => {
+        const live = [...t.reservations.values()].some((r) =>
+          r.organization_id === reservation.organization_id && r.order_id === reservation.order_id &&
+          liveStatuses.includes(r.status)
+        )
+        if (live && liveStatuses.includes(reservation.status)) return false
+        const k = pair(reservation.organization_id, reservation.reservation_id)
+        if (t.reservations.has(k)) return false
+        t.reservations.set(k, reservation)
+        return true
+      })
     return Reservations.of({
       // Units of work are serialised already: holding the order is implied.
       lockOrder: () => Effect.void,
+      lockOrders: () => Effect.void,
       lockById: (org, id) => atomically((t) => Option.fromNullishOr(t.reservations.get(pair(org, id)))),
       findById: (org, id) => atomically((t) => Option.fromNullishOr(t.reservations.get(pair(org, id)))),
       findByOrder: (org, orderId) =>
         atomically((t) =>
           [...t.reservations.values()].filter((r) => r.organization_id === org && r.order_id === orderId).sort(newestFirst)
         ),
-      insert: (reservation) =>
+      findByOrders: (orders) =>
         atomically((t) => {
-          const live = [...t.reservations.values()].some((r) =>
-            r.organization_id === reservation.organization_id && r.order_id === reservation.order_id &&
-            liveStatuses.includes(r.status)
-          )
-          if (live && liveStatuses.includes(reservation.status)) return false
-          const k = pair(reservation.organization_id, reservation.reservation_id)
-          if (t.reservations.has(k)) return false
-          t.reservations.set(k, reservation)
-          return true
+          const wanted = new Set(orders.map((o) => pair(o.organization_id, o.order_id)))
+          return [...t.reservations.values()].filter((r) => wanted.has(pair(r.organization_id, r.order_id))).sort(newestFirst)
         }),
+      insert,
+      insertAll: (reservations) =>
+        Effect.map(Effect.forEach(reservations, insert), (written) => written.filter(Boolean).length),
       transition: (org, id, from, to, reason) =>
         atomically((t) => {
           const r = t.reservations.get(pair(org, id))
@@ -259,6 +283,16 @@ const EventLogMemory = Layer.effect(
           t.eventLog.set(k, entry)
           return true
         }),
+      recordAll: (entries) =>
+        atomically((t) =>
+          entries.map((entry) => {
+            const k = pair(entry.organization_id, entry.event_id)
+            if (t.eventLog.has(k)) return false
+            t.eventLog.set(k, entry)
+            return true
+          })
+        ),
+      forget: (entries) => atomically((t) => { for (const e of entries) t.eventLog.delete(pair(e.organization_id, e.event_id)) }),
       has: (org, eventId) => atomically((t) => t.eventLog.has(pair(org, eventId)))
     }))
 )

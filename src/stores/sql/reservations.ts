@@ -3,7 +3,8 @@ import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import type { DatabaseError } from "../../domain/errors.ts"
 import type { Reservation, ReservationItem, ReservationStatus } from "../model.ts"
-import { Reservations } from "../services.ts"
+import { type OrderRef, Reservations } from "../services.ts"
+import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
 
 interface ReservationRecord {
@@ -73,8 +74,17 @@ export const ReservationsSql = Layer.effect(
     const lockOrder = (org: string, orderId: string) =>
       Effect.asVoid(orDatabaseError(sql`SELECT pg_advisory_xact_lock(${orderKey(org, orderId)})`))
 
+    /** The order keys, each once, in the one order every unit of work takes them. */
+    const orderKeys = (orders: ReadonlyArray<OrderRef>) =>
+      [...new Set(orders.map((o) => `inventory.order ${o.organization_id} ${o.order_id}`))].sort()
+
     return Reservations.of({
       lockOrder,
+
+      // The rows of a function scan come in array order, and each row's lock is taken as it comes.
+      lockOrders: (orders) =>
+        orders.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(sql`
+          SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(${orderKeys(orders)}::text[]) AS k`)),
 
       // The order's lock first, then the row: an expiry is serialised with that order's
       // events exactly as they are with one another, so it never interleaves with a ship or
@@ -98,6 +108,43 @@ export const ReservationsSql = Layer.effect(
         load(sql<ReservationRecord>`
           SELECT ${sql.literal(columns)} FROM reservations WHERE organization_id = ${org} AND order_id = ${orderId}
           ORDER BY ${sql.literal(newestFirst)}`),
+
+      findByOrders: (orders) =>
+        orders.length === 0 ? Effect.succeed([]) : load(sql<ReservationRecord>`
+          SELECT ${sql.literal(columns)} FROM reservations
+          WHERE (organization_id, order_id) IN (
+            SELECT * FROM unnest(${orders.map((o) => o.organization_id)}::text[], ${orders.map((o) => o.order_id)}::text[]))
+          ORDER BY ${sql.literal(newestFirst)}`),
+
+      // As \`insert\`, for many reservations in one statement.
+      insertAll: (rs) => {
+        if (rs.length === 0) return Effect.succeed(0)
+        const items = rs.flatMap((r) => r.items.map((item, i) => ({ r, item, position: i + 1 })))
+        const iso = (d: Date | null) => (d === null ? null : d.toISOString())
+        return Effect.map(
+          orDatabaseError(sql<{ readonly inserted: number }>`
+            WITH r AS (
+              INSERT INTO reservations (${sql.literal(columns)})
+              SELECT organization_id, reservation_id, order_id, status, expires_at::timestamptz, created_at::timestamptz, caused_by, closed_reason
+              FROM unnest(${rs.map((r) => r.organization_id)}::text[], ${rs.map((r) => r.reservation_id)}::text[],
+                ${rs.map((r) => r.order_id)}::text[], ${rs.map((r) => r.status)}::text[], ${textArray(rs.map((r) => iso(r.expires_at)))}::text[],
+                ${rs.map((r) => iso(r.created_at))}::text[], ${rs.map((r) => r.caused_by)}::text[], ${textArray(rs.map((r) => r.closed_reason))}::text[])
+                AS n(organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason)
+              ON CONFLICT DO NOTHING
+              RETURNING organization_id, reservation_id
+            ), items AS (
+              INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
+              SELECT i.organization_id, i.reservation_id, i.position, i.variant_id, i.warehouse_id, i.quantity
+              FROM unnest(${items.map((x) => x.r.organization_id)}::text[], ${items.map((x) => x.r.reservation_id)}::text[],
+                ${items.map((x) => x.position)}::integer[], ${items.map((x) => x.item.variant_id)}::text[],
+                ${items.map((x) => x.item.warehouse_id)}::text[], ${items.map((x) => x.item.quantity)}::integer[])
+                AS i(organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
+              JOIN r USING (organization_id, reservation_id)
+            )
+            SELECT count(*)::integer AS inserted FROM r`),
+          (rows) => rows[0]?.inserted ?? 0
+        )
+      },
 
       // One statement: the reservation and its items, or nothing when the order already has
       // a live one (the partial unique index) or the id exists.

@@ -3,6 +3,7 @@ import { Array as Arr, Clock, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { FailedEvent, Movement, OutboxMessage, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
 import { EventLog, FailedEvents, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
+import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
 import { filterClause, whole } from "./stock.ts"
 
@@ -121,6 +122,27 @@ export const EventLogSql = Layer.effect(
             ON CONFLICT DO NOTHING RETURNING 1`),
           (rows) => rows.length > 0
         ),
+      recordAll: (entries) => {
+        if (entries.length === 0) return Effect.succeed([])
+        return Effect.map(
+          orDatabaseError(sql<{ readonly organization_id: string; readonly event_id: string }>`
+            INSERT INTO event_log (organization_id, event_id, event_type, processed_at)
+            SELECT organization_id, event_id, event_type, processed_at::timestamptz
+            FROM unnest(${entries.map((e) => e.organization_id)}::text[], ${entries.map((e) => e.event_id)}::text[],
+              ${entries.map((e) => e.event_type)}::text[], ${entries.map((e) => e.processed_at.toISOString())}::text[])
+              AS e(organization_id, event_id, event_type, processed_at)
+            ON CONFLICT DO NOTHING RETURNING organization_id, event_id`),
+          (rows) => {
+            // An id listed twice was written once: the first of them is the one recorded.
+            const written = new Set(rows.map((r) => `${r.organization_id}\u0000${r.event_id}`))
+            return entries.map((e) => written.delete(`${e.organization_id}\u0000${e.event_id}`))
+          }
+        )
+      },
+      forget: (entries) =>
+        entries.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(sql`
+          DELETE FROM event_log WHERE (organization_id, event_id) IN (
+            SELECT * FROM unnest(${entries.map((e) => e.organization_id)}::text[], ${entries.map((e) => e.event_id)}::text[]))`)),
       has: (org, eventId) =>
         Effect.map(
           orDatabaseError(sql`SELECT 1 FROM event_log WHERE organization_id = ${org} AND event_id = ${eventId}`),
@@ -140,18 +162,15 @@ export const OutboxSql = Layer.effect(
     const sql = yield* PgClient.PgClient
     return Outbox.of({
       append: (messages) =>
-        !Arr.isReadonlyArrayNonEmpty(messages) ? Effect.void : Effect.asVoid(orDatabaseError(sql`
-          INSERT INTO outbox ${
-          sql.insert(Arr.map(messages, (m: OutboxMessage): Record<string, unknown> => ({
-            event_id: m.event_id,
-            organization_id: m.organization_id,
-            event_type: m.event_type,
-            aggregate_key: m.aggregate_key,
-            payload: sql.json(m.payload),
-            traceparent: m.traceparent,
-            created_at: m.created_at
-          })))
-        }
+        // One statement text whatever the count (one prepared plan); positions follow the list.
+        messages.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(sql`
+          INSERT INTO outbox (event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at)
+          SELECT event_id, organization_id, event_type, aggregate_key, payload::jsonb, traceparent, created_at::timestamptz
+          FROM unnest(${messages.map((m) => m.event_id)}::text[], ${messages.map((m) => m.organization_id)}::text[],
+            ${messages.map((m) => m.event_type)}::text[], ${messages.map((m) => m.aggregate_key)}::text[],
+            ${messages.map((m) => JSON.stringify(m.payload))}::text[], ${textArray(messages.map((m) => m.traceparent))}::text[],
+            ${messages.map((m) => m.created_at.toISOString())}::text[])
+            AS m(event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at)
           ON CONFLICT (event_id) DO NOTHING`)),
       pending: (limit) =>
         Effect.map(
