@@ -163,7 +163,7 @@ const peakRss = (child: ChildProcess) => {
 const start = (args: Array<string>, env: Record<string, string>) => {
   const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] })
   let stderr = ""
-  child.stderr!.on("data", (chunk) => { stderr = (stderr + String(chunk)).slice(-4000) })
+  child.stderr!.on("data", (chunk) => { stderr = (stderr + String(chunk)).slice(-4000); if (process.env["DBG"]) process.stderr.write(chunk) })
   child.on("exit", (code) => { if (code !== 0 && code !== null) console.error(`process exited ${code}: ${stderr}`) })
   return child
 }
@@ -311,12 +311,12 @@ const main = async () => {
           return body
         }
       }))
-      const { elapsed, rss } = await runOurs(label, recorded)
+      const { elapsed, publishMs, rss } = await runOurs(label, recorded)
       const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE event_id = ANY($1)`, [[...published.keys()]])).rows
       const lat = latencies(published, rows)
       const rate = messages.length / (elapsed / 1000)
       results[label] = rate
-      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms; peak RSS ${fmt(rss / 1048576, 1)} MB`)
+      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms; peak RSS ${fmt(rss / 1048576, 1)} MB; publishing took ${fmt(publishMs / 1000, 1)} s`)
     }
     const check = (() => {
       try {

@@ -287,18 +287,24 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
   })
   const orders = fresh.map(({ p }) => ({ organization_id: p.event.organization_id, order_id: p.event.data.order_id }))
   yield* reservations.lockOrders(orders)
-  const orderKey = (org: string, orderId: string) => `${org}\u0000${orderId}`
+  const tenantKey = (org: string, id: string) => `${org}\u0000${id}`
   const newest = new Map<string, ReservationStatus>()
   for (const r of yield* reservations.findByOrders(orders)) {
-    if (!newest.has(orderKey(r.organization_id, r.order_id))) newest.set(orderKey(r.organization_id, r.order_id), r.status)
+    if (!newest.has(tenantKey(r.organization_id, r.order_id))) newest.set(tenantKey(r.organization_id, r.order_id), r.status)
   }
 
+  // The locked rows as they stand, by key and by (organization, variant).
   const rows = new Map<string, StockRow>()
+  const rowKeysByVariant = new Map<string, Array<string>>()
   const active = new Map<string, ReadonlySet<string>>()
   for (const org of [...new Set(orders.map((o) => o.organization_id))].sort()) {
     active.set(org, new Set((yield* (yield* Warehouses).listActive(org)).map((w) => w.warehouse_id)))
     const variants = new Set(fresh.flatMap(({ p }) => p.event.organization_id === org ? p.event.data.items.map((i) => i.variant_id) : []))
-    for (const row of yield* stock.forVariants(org, [...variants], { lock: true })) rows.set(stockKeyString(row), row)
+    for (const row of yield* stock.forVariants(org, [...variants], { lock: true })) {
+      rows.set(stockKeyString(row), row)
+      const byVariant = tenantKey(org, row.variant_id)
+      rowKeysByVariant.set(byVariant, [...(rowKeysByVariant.get(byVariant) ?? []), stockKeyString(row)])
+    }
   }
 
   const lines: Array<StockLine> = []
@@ -314,7 +320,7 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
     const attempt = { cause, refused: false }
     attempts.set(eventKey(p), attempt)
     results[i] = "applied"
-    const status = newest.get(orderKey(org, orderId))
+    const status = newest.get(tenantKey(org, orderId))
     if (status !== undefined) {
       yield* Effect.logWarning("order already has a reservation; nothing reserved").pipe(
         Effect.annotateLogs({ order_id: orderId, reservation_status: status })
@@ -322,8 +328,7 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
       continue
     }
     const demands = sumByVariant(p.event.data.items)
-    const variants = new Set(demands.map((d) => d.variant_id))
-    const candidates = [...rows.values()].filter((r) => r.organization_id === org && variants.has(r.variant_id))
+    const candidates = demands.flatMap((d) => (rowKeysByVariant.get(tenantKey(org, d.variant_id)) ?? []).map((k) => rows.get(k)!))
     const allocation = allocate(org, orderId, demands, candidates, active.get(org)!)
     if (Result.isFailure(allocation)) {
       results[i] = allocation.failure
@@ -350,7 +355,7 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
       closed_reason: null
     }
     created.push(reservation)
-    newest.set(orderKey(org, orderId), "active")
+    newest.set(tenantKey(org, orderId), "active")
     messages.push(...outboxMessages(cause, `order/${orderId}`, [reservedDraft(reservation)], now, p.traceparent))
   }
 

@@ -1,6 +1,7 @@
-import { Clock, Effect, type Tracer } from "effect"
+import { Clock, Effect } from "effect"
 import { deriveId } from "../domain/ids.ts"
 import type { OutboundDraft, OutboundEvent } from "../domain/published.ts"
+import { formatTraceparent } from "../observability/spans.ts"
 import type { OutboxMessage } from "../stores/model.ts"
 import { Outbox } from "../stores/services.ts"
 
@@ -10,12 +11,9 @@ export interface Causation {
   readonly event_id: string
 }
 
-/** W3C `traceparent` of a span. */
-export const traceparentOf = (span: Tracer.AnySpan): string => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
-
 /** W3C `traceparent` of the current span, so the relay can publish into the same trace. */
 export const currentTraceparent: Effect.Effect<string | null> = Effect.currentSpan.pipe(
-  Effect.map(traceparentOf),
+  Effect.map(formatTraceparent),
   Effect.catch(() => Effect.succeed(null))
 )
 

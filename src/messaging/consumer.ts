@@ -7,6 +7,7 @@ import { bodyDigest } from "../domain/ids.ts"
 import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, within } from "../observability/consumer.ts"
 import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
+import { noStackTrace } from "../observability/spans.ts"
 import { type Decoded, decodeDelivery } from "../pipeline/decode.ts"
 import { EventApplier } from "../pipeline/batch.ts"
 import type { Outcome } from "../pipeline/pipeline.ts"
@@ -219,7 +220,7 @@ export const consume = (
               return "done" as const
             case "DeadLetter": {
               const moved = yield* deadLetter(config.topology, message, outcome.failure, outcome.decoded).pipe(
-                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": outcome.failure.errorType } }),
+                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": outcome.failure.errorType } }, noStackTrace),
                 Effect.exit
               )
               if (Exit.isSuccess(moved)) {
@@ -321,7 +322,7 @@ export const consume = (
             headers: message.headers
           })
           const decoded = yield* decodeDelivery(message.delivery).pipe(
-            Effect.withSpan("inventory.decode"),
+            Effect.withSpan("inventory.decode", {}, noStackTrace),
             within(trace),
             Effect.result
           )

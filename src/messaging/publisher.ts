@@ -1,6 +1,7 @@
 import type amqp from "amqplib"
 import { Context, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, Schema } from "effect"
-import { formatTraceparent, parseTraceparent } from "../observability/tracing.ts"
+import { formatTraceparent, noStackTrace } from "../observability/spans.ts"
+import { parseTraceparent } from "../observability/tracing.ts"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "./connection.ts"
 
@@ -93,7 +94,7 @@ export class Publisher extends Context.Service<Publisher, {
               "messaging.rabbitmq.destination.routing_key": message.routingKey,
               "messaging.message.id": typeof message.options.messageId === "string" ? message.options.messageId : ""
             }
-          })
+          }, noStackTrace)
         )
       }
 

@@ -37,7 +37,3 @@ export const parseTraceparent = (header: unknown): Option.Option<Tracer.External
     sampled: (parseInt(match[3]!, 16) & 1) === 1
   }))
 }
-
-/** W3C `traceparent` of a span, for messages published on its behalf. */
-export const formatTraceparent = (span: { readonly traceId: string; readonly spanId: string; readonly sampled: boolean }) =>
-  `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`

@@ -4,7 +4,7 @@ import { fateOf } from "../domain/fates.ts"
 import type { OrderPlaced } from "../domain/events.ts"
 import { afterRollback } from "../handlers/dispatch.ts"
 import { orderPlacedAll, type PlacedEvent } from "../handlers/orders.ts"
-import { traceparentOf } from "../handlers/outbound.ts"
+import { formatTraceparent } from "../observability/spans.ts"
 import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import { type Stores, UnitOfWork } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
@@ -85,16 +85,18 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
     const placedTogether = (items: ReadonlyArray<Pending & { readonly decoded: { readonly event: OrderPlaced } }>) =>
       Effect.gen(function*() {
         if (items.length === 0) return
+        const t0 = performance.now()
         const events = items.map((item): PlacedEvent => ({
           event: item.decoded.event,
           eventId: item.decoded.eventId,
-          traceparent: Option.isSome(item.parent) ? traceparentOf(item.parent.value) : null
+          traceparent: Option.isSome(item.parent) ? formatTraceparent(item.parent.value) : null
         }))
         const exit = yield* Effect.gen(function*() {
           const batchSpan = yield* Effect.currentSpan.pipe(Effect.option)
           for (const item of items.slice(1)) {
             if (Option.isNone(item.parent)) continue
             yield* Effect.withSpan(Effect.void, "inventory.apply", {
+              captureStackTrace: false,
               parent: item.parent.value,
               attributes: { "inventory.event_type": "order.placed", "inventory.batch_size": items.length },
               links: Option.isSome(batchSpan) ? [{ span: batchSpan.value, attributes: {} }] : []
@@ -109,6 +111,7 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
           }),
           Effect.exit
         )
+        process.stderr.write(`DBGB ${items.length} ${(performance.now() - t0).toFixed(1)}\n`)
         if (Exit.isFailure(exit)) {
           yield* Effect.logDebug("order.placed batch failed; applying its events one by one").pipe(
             Effect.annotateLogs({ size: items.length, cause: Cause.pretty(exit.cause) })

@@ -3,6 +3,7 @@ import type { InventoryError, InventoryErrorTag } from "../domain/errors.ts"
 import { fateOf } from "../domain/fates.ts"
 import { afterRollback, handleEvent } from "../handlers/dispatch.ts"
 import { nowDate } from "../handlers/outbound.ts"
+import { noStackTrace } from "../observability/spans.ts"
 import { EventLog, UnitOfWork } from "../stores/services.ts"
 import { type Decoded, decodeDelivery, type Delivery } from "./decode.ts"
 import { ProcessingPolicy } from "./policy.ts"
@@ -46,7 +47,7 @@ export const applyOnce = (decoded: Decoded) =>
       yield* handleEvent(decoded.event, decoded.eventId)
       return "applied" as const
     }))
-  }).pipe(Effect.withSpan("inventory.apply", { attributes: { "inventory.event_type": decoded.event.event } }))
+  }).pipe(Effect.withSpan("inventory.apply", { attributes: { "inventory.event_type": decoded.event.event } }, noStackTrace))
 
 /**
  * Applies a decoded event: transient failures are retried in process (1 s, 2 s, 4 s by
@@ -105,7 +106,7 @@ export const applyDecoded = (decoded: Decoded, deliveryCount: number) =>
 /** Raw bytes and properties in, one outcome out: the whole broker-free pipeline. */
 export const processDelivery = (delivery: Delivery) =>
   decodeDelivery(delivery).pipe(
-    Effect.withSpan("inventory.decode"),
+    Effect.withSpan("inventory.decode", {}, noStackTrace),
     Effect.matchEffect({
       onFailure: (error) => Effect.succeed<Outcome>({ _tag: "DeadLetter", decoded: null, failure: describe(error) }),
       onSuccess: (decoded) => applyDecoded(decoded, delivery.deliveryCount)
