@@ -2,6 +2,7 @@ import { Clock, Effect, Exit, Metric, Option, type Tracer } from "effect"
 import { sourceService } from "../domain/events.ts"
 import type { Outcome } from "../pipeline/pipeline.ts"
 import { eventErrors, eventProcessingSeconds, eventsConsumed } from "./metrics.ts"
+import { noStackTrace } from "./spans.ts"
 import { parseTraceparent } from "./tracing.ts"
 
 /** Where a message came from, as the messaging semantic conventions name it. */
@@ -58,7 +59,7 @@ export const startDelivery = (meta: MessageMeta): Effect.Effect<DeliveryTrace> =
 
 /** Runs work for the message as a child of its consumer span. */
 export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.withParentSpan(effect, trace.span)
+  Effect.withParentSpan(effect, trace.span, noStackTrace)
 
 /**
  * Records what became of the message: on its span (outcome, event attributes, the error's

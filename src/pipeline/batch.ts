@@ -4,7 +4,7 @@ import { fateOf } from "../domain/fates.ts"
 import type { OrderPlaced } from "../domain/events.ts"
 import { afterRollback } from "../handlers/dispatch.ts"
 import { orderPlacedAll, type PlacedEvent } from "../handlers/orders.ts"
-import { formatTraceparent } from "../observability/spans.ts"
+import { formatTraceparent, noStackTrace } from "../observability/spans.ts"
 import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import { type Stores, UnitOfWork } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
@@ -57,7 +57,7 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
     const queue = yield* Queue.unbounded<Pending>()
 
     const underCaller = <A, E, R>(item: Pending, effect: Effect.Effect<A, E, R>) =>
-      Option.isSome(item.parent) ? Effect.withParentSpan(effect, item.parent.value) : effect
+      Option.isSome(item.parent) ? Effect.withParentSpan(effect, item.parent.value, noStackTrace) : effect
 
     const inBatch = (item: Pending): Effect.Effect<InBatch, InventoryError, Stores | ReservationTimers> =>
       uow.transaction(applyOnce(item.decoded)).pipe(
