@@ -7,6 +7,7 @@
  *   npm run bench -- --rate 500           hold a publish rate (latency under load)
  *   npm run bench -- --skip-naive         ours only
  *   npm run bench -- --profile DIR        the consumer writes a V8 CPU profile (--cpu-prof) to DIR
+ *   npm run bench -- --consumers 2        run that many consumer processes (replicas) side by side
  *
  * Each run gets its own RabbitMQ vhost and database schemas, dropped at the end. The consumer
  * runs as its own process (`node src/main.ts`), as it would in production; latency is the time
@@ -27,6 +28,7 @@ const flag = (name: string) => process.argv.includes(`--${name}`)
 
 const PROFILE_DIR = process.argv.includes("--profile") ? process.argv[process.argv.indexOf("--profile") + 1] : undefined
 const EVENTS = arg("events", 20_000)
+const CONSUMERS = arg("consumers", 1)
 const VARIANTS = arg("variants", 1_000)
 const RATE = arg("rate", 0)
 const STOCK_PER_ROW = arg("stock", 1_000)
@@ -232,22 +234,31 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const before = await committed()
   // The heap settings `npm start` runs with (package.json): they are what bounds the RSS.
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
-  const consumer = start(["--max-old-space-size=256", "--max-semi-space-size=8", ...profile, "src/main.ts"], consumerEnv)
-  // Ready once the topology exists and the consumer is subscribed.
+  // Replicas share the queues; each gets its own HTTP port.
+  const consumers = Array.from({ length: CONSUMERS }, (_, i) =>
+    start(["--max-old-space-size=256", "--max-semi-space-size=8", ...profile, "src/main.ts"], {
+      ...consumerEnv,
+      HTTP_PORT: String(Number(consumerEnv.HTTP_PORT) + i)
+    }))
+  // Ready once the topology exists and every replica is subscribed to both queues.
   await waitFor("consumer start", async () => {
     try {
       return rabbitmqctl("list_consumers", "-p", vhost, "--no-table-headers", "queue_name").split("\n").filter((l) => l.trim()).length
     } catch {
       return 0
     }
-  }, 2, 60_000)
+  }, 2 * CONSUMERS, 60_000)
   const t0 = Date.now()
   const publishMs = await publishAll(messages, RATE)
   await waitFor(`${label}: commits`, async () => (await committed()) - before, messages.length, 600_000)
   const elapsed = Date.now() - t0
-  const rss = peakRss(consumer)
-  await stop(consumer)
-  return { elapsed, publishMs, rss }
+  // What the consumer announced must reach the broker too: how long the outbox takes to empty.
+  await waitFor(`${label}: outbox drained`, async () =>
+    (await db.query(`SELECT count(*)::int AS n FROM ${schema}.outbox WHERE sent_at IS NULL`)).rows[0].n === 0 ? 1 : 0, 1, 600_000)
+  const drainMs = Date.now() - t0 - elapsed
+  const rss = Math.max(...consumers.map(peakRss))
+  await Promise.all(consumers.map(stop))
+  return { elapsed, publishMs, drainMs, rss }
 }
 
 /** Latency per event: commit time minus the `timestamp` the event was published with. */
@@ -293,7 +304,7 @@ const runNaive = async (messages: ReadonlyArray<Outgoing>) => {
 // ---------------------------------------------------------------- main
 
 const main = async () => {
-  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}; node ${process.version}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
+  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
   rabbitmqctl("add_vhost", vhost)
   rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
   try {
@@ -311,12 +322,12 @@ const main = async () => {
           return body
         }
       }))
-      const { elapsed, publishMs, rss } = await runOurs(label, recorded)
+      const { elapsed, publishMs, drainMs, rss } = await runOurs(label, recorded)
       const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE event_id = ANY($1)`, [[...published.keys()]])).rows
       const lat = latencies(published, rows)
       const rate = messages.length / (elapsed / 1000)
       results[label] = rate
-      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms; peak RSS ${fmt(rss / 1048576, 1)} MB; publishing took ${fmt(publishMs / 1000, 1)} s`)
+      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms; peak RSS ${fmt(rss / 1048576, 1)} MB${CONSUMERS > 1 ? " (largest process)" : ""}; publishing took ${fmt(publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit`)
     }
     const check = (() => {
       try {

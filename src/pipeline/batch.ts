@@ -15,8 +15,9 @@ export const EventApplier = Context.Reference<{
   apply(decoded: Decoded, deliveryCount: number): Effect.Effect<Outcome, never, Stores | ReservationTimers>
 }>("inventory/pipeline/EventApplier", { defaultValue: () => ({ apply: applyDecoded }) })
 
+/** Group commit (issue 8): `order.placed` events ready together share one set-based transaction. */
 export interface BatchSettings {
-  /** Most `order.placed` events per transaction. */
+  /** Most `order.placed` events per transaction; 1 turns grouping off (one transaction per event). */
   readonly maxSize: number
   /** Transactions in flight at once. */
   readonly concurrency: number

@@ -27,6 +27,8 @@ describe("runtime configuration", () => {
     expect(Duration.toMillis(c.processing.retryBaseDelay)).toBe(1000)
     expect(c.processing.maxDeliveries).toBe(5)
     expect(Duration.toMillis(c.reservations.sweepInterval)).toBe(60_000)
+    // Not SPEC's: order.placed group commit (issue 8) is on.
+    expect(c.batch).toEqual({ maxSize: 256, concurrency: 3 })
   })
 
   it("reads overrides, amqps URLs and durations", () => {
