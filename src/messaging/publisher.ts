@@ -1,6 +1,6 @@
 import type amqp from "amqplib"
-import { Context, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, Schema } from "effect"
-import { formatTraceparent, noStackTrace } from "../observability/spans.ts"
+import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, Schema } from "effect"
+import { formatTraceparent } from "../observability/spans.ts"
 import { parseTraceparent } from "../observability/tracing.ts"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "./connection.ts"
@@ -32,6 +32,8 @@ export interface OutgoingMessage {
  */
 export class Publisher extends Context.Service<Publisher, {
   publish(message: OutgoingMessage): Effect.Effect<void, PublishError>
+  /** All at once, each confirmed or not on its own: the error of each message, or `undefined`. */
+  publishAll(messages: ReadonlyArray<OutgoingMessage>): Effect.Effect<ReadonlyArray<PublishError | undefined>>
 }>()("inventory/messaging/Publisher") {
   static readonly layer = Layer.effect(
     Publisher,
@@ -58,47 +60,76 @@ export class Publisher extends Context.Service<Publisher, {
       )
 
       const timeout = config.broker.publishTimeout
-      const publish = (message: OutgoingMessage) => {
-        const fail = (reason: string) =>
-          new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason })
-        return Effect.gen(function*() {
-          // The message carries the producer span's traceparent, so its consumers join the trace.
-          const span = yield* Effect.currentSpan.pipe(Effect.option)
-          const headers = { ...message.options.headers }
-          if (span._tag === "Some") headers["traceparent"] = formatTraceparent(span.value)
-          const options = { ...message.options, headers }
-          const channel = yield* Deferred.await(current)
-          yield* Effect.callback<void, PublishError>((resume) => {
-            try {
-              const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
-              channel.publish(message.exchange, message.routingKey, content, options, (error: unknown) => {
-                resume(error ? Effect.fail(fail(`broker did not confirm: ${error instanceof Error ? error.message : String(error)}`)) : Effect.void)
-              })
-            } catch (error) {
-              resume(Effect.fail(fail(error instanceof Error ? error.message : String(error))))
-            }
-          })
-        }).pipe(
-          Effect.timeoutOrElse({
-            duration: timeout,
-            orElse: () => Effect.fail(fail(`no publisher confirm within ${Duration.format(timeout)} (broker unavailable?)`))
-          }),
-          Effect.withSpan(`${message.exchange} publish`, {
-            kind: "producer",
-            ...Option.match(parseTraceparent(message.causedBy), { onNone: () => ({}), onSome: (parent) => ({ parent }) }),
-            attributes: {
-              "messaging.system": "rabbitmq",
-              "messaging.operation": "publish",
-              "messaging.operation.type": "send",
-              "messaging.destination.name": message.exchange,
-              "messaging.rabbitmq.destination.routing_key": message.routingKey,
-              "messaging.message.id": typeof message.options.messageId === "string" ? message.options.messageId : ""
-            }
-          }, noStackTrace)
-        )
-      }
 
-      return Publisher.of({ publish })
+      /**
+       * Publishes every message on the confirm channel at once and waits for all their confirms
+       * (or the timeout), with no fiber per message: the outbox relay sends whole rounds this
+       * way (issue 8). Each message still gets its own producer span, whose traceparent it carries.
+       */
+      const publishAll = (messages: ReadonlyArray<OutgoingMessage>) =>
+        Effect.gen(function*() {
+          if (messages.length === 0) return []
+          const fail = (message: OutgoingMessage, reason: string) =>
+            new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason })
+          const spans = yield* Effect.forEach(messages, (message) =>
+            Effect.makeSpan(`${message.exchange} publish`, {
+              kind: "producer",
+              ...Option.match(parseTraceparent(message.causedBy), { onNone: () => ({}), onSome: (parent) => ({ parent }) }),
+              attributes: {
+                "messaging.system": "rabbitmq",
+                "messaging.operation": "publish",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": message.exchange,
+                "messaging.rabbitmq.destination.routing_key": message.routingKey,
+                "messaging.message.id": typeof message.options.messageId === "string" ? message.options.messageId : ""
+              }
+            }))
+          const unavailable = `no publisher confirm within ${Duration.format(timeout)} (broker unavailable?)`
+          // One deadline for the whole call: waiting for a channel and for the confirms.
+          const deadline = Date.now() + Duration.toMillis(timeout)
+          const channel = yield* Deferred.await(current).pipe(Effect.timeoutOption(timeout))
+          const results = Option.isNone(channel)
+            ? messages.map((message) => fail(message, unavailable))
+            : yield* Effect.callback<Array<PublishError | undefined>>((resume) => {
+              const results = new Array<PublishError | undefined | null>(messages.length).fill(null)
+              let waiting = messages.length
+              const settle = (i: number, error: PublishError | undefined) => {
+                if (results[i] !== null) return
+                results[i] = error
+                if (--waiting === 0) {
+                  clearTimeout(timer)
+                  resume(Effect.succeed(results as Array<PublishError | undefined>))
+                }
+              }
+              const timer = setTimeout(() => {
+                for (const [i, message] of messages.entries()) settle(i, fail(message, unavailable))
+              }, Math.max(0, deadline - Date.now()))
+              for (const [i, message] of messages.entries()) {
+                try {
+                  const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
+                  // The message carries its producer span's traceparent, so its consumers join the trace.
+                  const headers = { ...message.options.headers, traceparent: formatTraceparent(spans[i]!) }
+                  channel.value.publish(message.exchange, message.routingKey, content, { ...message.options, headers }, (error: unknown) => {
+                    settle(i, error ? fail(message, `broker did not confirm: ${error instanceof Error ? error.message : String(error)}`) : undefined)
+                  })
+                } catch (error) {
+                  settle(i, fail(message, error instanceof Error ? error.message : String(error)))
+                }
+              }
+              return Effect.sync(() => clearTimeout(timer))
+            })
+          const now = yield* Clock.currentTimeNanos
+          for (const [i, span] of spans.entries()) {
+            const error = results[i]
+            span.end(now, error === undefined ? Exit.void : Exit.fail(error))
+          }
+          return results
+        })
+
+      const publish = (message: OutgoingMessage) =>
+        Effect.flatMap(publishAll([message]), ([error]) => (error === undefined ? Effect.void : Effect.fail(error)))
+
+      return Publisher.of({ publish, publishAll })
     })
   )
 }

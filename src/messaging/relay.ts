@@ -3,7 +3,7 @@ import { RuntimeConfig } from "../config.ts"
 import { outboxPending } from "../observability/metrics.ts"
 import type { PendingOutboxMessage } from "../stores/model.ts"
 import { Outbox } from "../stores/services.ts"
-import { Publisher } from "./publisher.ts"
+import { type OutgoingMessage, Publisher } from "./publisher.ts"
 
 export interface RelayRound {
   /** Rows confirmed by the broker and marked sent. */
@@ -37,21 +37,20 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
       const { eventsExchange } = config.topology
       const wake = yield* Queue.sliding<void>(1)
 
-      const publishRow = (row: PendingOutboxMessage) =>
-        publisher.publish({
-          exchange: eventsExchange,
-          routingKey: row.event_type,
-          body: new TextEncoder().encode(JSON.stringify(row.payload)),
-          options: {
-            persistent: true,
-            messageId: row.event_id,
-            contentType: "application/json",
-            type: row.event_type,
-            timestamp: Math.floor(row.created_at.getTime() / 1000),
-            appId: "inventory-service"
-          },
-          causedBy: row.traceparent
-        })
+      const toMessage = (row: PendingOutboxMessage): OutgoingMessage => ({
+        exchange: eventsExchange,
+        routingKey: row.event_type,
+        body: new TextEncoder().encode(JSON.stringify(row.payload)),
+        options: {
+          persistent: true,
+          messageId: row.event_id,
+          contentType: "application/json",
+          type: row.event_type,
+          timestamp: Math.floor(row.created_at.getTime() / 1000),
+          appId: "inventory-service"
+        },
+        causedBy: row.traceparent
+      })
 
       const publishPending: Effect.Effect<RelayRound> = Effect.gen(function*() {
         const rows = yield* outbox.pending(config.relay.batchSize)
@@ -65,24 +64,30 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
           if (list) list.push(row)
           else aggregates.set(row.aggregate_key, [row])
         }
+        // In waves: the first row of every aggregate together, then the second of those whose
+        // first was confirmed, and so on. A later row of an aggregate never goes out before an
+        // earlier one is confirmed.
         const sent: Array<number> = []
-        yield* Effect.forEach(aggregates.values(), (list) =>
-          Effect.gen(function*() {
-            for (const row of list) {
-              const published = yield* publishRow(row).pipe(
-                Effect.as(true),
-                Effect.catch((error) =>
-                  Effect.logWarning("outbox row not published; it stays pending").pipe(
-                    Effect.annotateLogs({ event_id: row.event_id, event_type: row.event_type, error: error.message }),
-                    Effect.as(false)
-                  )
-                )
+        let wave = [...aggregates.values()].map((list) => ({ list, next: 0 }))
+        while (wave.length > 0) {
+          const rows = wave.map((a) => a.list[a.next]!)
+          const errors = yield* publisher.publishAll(rows.map(toMessage))
+          const following: typeof wave = []
+          for (const [i, aggregate] of wave.entries()) {
+            const row = rows[i]!
+            const error = errors[i]
+            if (error !== undefined) {
+              yield* Effect.logWarning("outbox row not published; it stays pending").pipe(
+                Effect.annotateLogs({ event_id: row.event_id, event_type: row.event_type, error: error.message })
               )
-              // A later row of the aggregate never goes out before an earlier one is confirmed.
-              if (!published) return
-              sent.push(row.position)
+              continue
             }
-          }), { concurrency: 16, discard: true })
+            sent.push(row.position)
+            aggregate.next++
+            if (aggregate.next < aggregate.list.length) following.push(aggregate)
+          }
+          wave = following
+        }
         if (sent.length > 0) yield* outbox.markSent(sent)
         yield* outbox.pendingCount().pipe(Effect.flatMap((n) => Metric.update(outboxPending, n)), Effect.ignore)
         return { published: sent.length, held: rows.length - sent.length }

@@ -15,7 +15,10 @@ import { FailedEvents } from "../../src/stores/services.ts"
  * point is what dead-lettering asks of it, not the broker.
  */
 const sent: Array<OutgoingMessage> = []
-const recordingPublisher = Layer.succeed(Publisher, Publisher.of({ publish: (m) => Effect.sync(() => { sent.push(m) }) }))
+const recordingPublisher = Layer.succeed(Publisher, Publisher.of({
+  publish: (m) => Effect.sync(() => { sent.push(m) }),
+  publishAll: (ms) => Effect.sync(() => ms.map((m) => { sent.push(m); return undefined }))
+}))
 
 const message = (headers: Record<string, unknown> = {}): InboundMessage => ({
   delivery: {
