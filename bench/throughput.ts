@@ -166,7 +166,7 @@ const peakRss = (child: ChildProcess) => {
 }
 
 const start = (args: Array<string>, env: Record<string, string>) => {
-  const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "pipe"] })
+  const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", process.env["DBG"] ? "inherit" : "ignore", "pipe"] })
   let stderr = ""
   child.stderr!.on("data", (chunk) => { stderr = (stderr + String(chunk)).slice(-4000); if (process.env["DBG"]) process.stderr.write(chunk) })
   child.on("exit", (code) => { if (code !== 0 && code !== null) console.error(`process exited ${code}: ${stderr}`) })

@@ -1,4 +1,5 @@
-import { Cause, Context, Effect, Exit, Layer } from "effect"
+import { PgClient } from "@effect/sql-pg"
+import { Cause, Context, Effect, Exit, Layer, Semaphore } from "effect"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
@@ -48,6 +49,13 @@ export const UnitOfWorkSql = Layer.effect(
   UnitOfWork,
   Effect.gen(function*() {
     const sql = yield* SqlClient
+    // A unit of work holds a pooled connection for its whole length, waiting on locks while it
+    // does. Two connections stay out of the units' reach, so the outbox relay, the expiry sweep
+    // and health checks never queue behind a backlog of them: with 500 messages in flight on 10
+    // connections, the relay published nothing for as long as the backlog lasted (issue 8).
+    // `PgClient.make` keeps the pool options it was given (client.ts) as its `config`.
+    const pool = ((yield* PgClient.PgClient).config as PgClient.PgPoolConfig).maxConnections ?? 10
+    const slots = yield* Semaphore.make(Math.max(1, pool - 2))
     return UnitOfWork.of({
       transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
         Effect.flatMap(CurrentUnit, (outer): Effect.Effect<A, E | DatabaseError, R> => {
@@ -61,7 +69,7 @@ export const UnitOfWorkSql = Layer.effect(
           }
           return Effect.suspend(() => {
             const unit: Unit = { afterCommit: [] }
-            return translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit))).pipe(
+            return slots.withPermit(translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit)))).pipe(
               Effect.tap(() => Effect.forEach(unit.afterCommit, (hook) => hook, { discard: true }))
             )
           })
