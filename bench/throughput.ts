@@ -9,6 +9,7 @@
  *   npm run bench -- --profile DIR        the consumer writes a V8 CPU profile (--cpu-prof) to DIR
  *   npm run bench -- --consumers 2        run that many consumer processes (replicas) side by side
  *   npm run bench -- --prefetch 20        the order queue's prefetch (default 500; SPEC's default is 20)
+ *   BENCH_VERBOSE=1 npm run bench         show the consumers' logs
  *
  * Each run gets its own RabbitMQ vhost and database schemas, dropped at the end. The consumer
  * runs as its own process (`node src/main.ts`), as it would in production; latency is the time
@@ -166,9 +167,9 @@ const peakRss = (child: ChildProcess) => {
 }
 
 const start = (args: Array<string>, env: Record<string, string>) => {
-  const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", process.env["DBG"] ? "inherit" : "ignore", "pipe"] })
+  const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", process.env["BENCH_VERBOSE"] ? "inherit" : "ignore", "pipe"] })
   let stderr = ""
-  child.stderr!.on("data", (chunk) => { stderr = (stderr + String(chunk)).slice(-4000); if (process.env["DBG"]) process.stderr.write(chunk) })
+  child.stderr!.on("data", (chunk) => { stderr = (stderr + String(chunk)).slice(-4000); if (process.env["BENCH_VERBOSE"]) process.stderr.write(chunk) })
   child.on("exit", (code) => { if (code !== 0 && code !== null) console.error(`process exited ${code}: ${stderr}`) })
   return child
 }
