@@ -279,7 +279,8 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
   // An id recorded before is a duplicate. One repeated within the group is decided in its turn:
   // a duplicate if its earlier copy was applied, a new attempt if that was refused (a refused
   // event is not recorded).
-  const eventKey = (p: PlacedEvent) => `${p.event.organization_id}\u0000${p.eventId}`
+  const tenantKey = (org: string, id: string) => `${org}\u0000${id}`
+  const eventKey = (p: PlacedEvent) => tenantKey(p.event.organization_id, p.eventId)
   const recordedHere = new Set<string>()
   const fresh = placed.flatMap((p, i) => {
     if (first[i]) recordedHere.add(eventKey(p))
@@ -287,7 +288,6 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
   })
   const orders = fresh.map(({ p }) => ({ organization_id: p.event.organization_id, order_id: p.event.data.order_id }))
   yield* reservations.lockOrders(orders)
-  const tenantKey = (org: string, id: string) => `${org}\u0000${id}`
   const newest = new Map<string, ReservationStatus>()
   for (const r of yield* reservations.findByOrders(orders)) {
     if (!newest.has(tenantKey(r.organization_id, r.order_id))) newest.set(tenantKey(r.organization_id, r.order_id), r.status)
