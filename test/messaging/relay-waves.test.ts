@@ -49,7 +49,7 @@ it.live("a refused row holds back its aggregate's later rows, and only those", (
     }))
     const order = attempts.map((a) => `${a.id}${a.ok ? "" : "!"}`)
     // First round: wave 1 = a-1 (refused), b-1, c-1; wave 2 = b-2 only. Next round: a-1, a-2, a-3.
-    assert.deepStrictEqual(order.slice(0, 4).sort(), ["a-1!", "b-1", "c-1"].concat(["b-2"]).sort())
+    assert.deepStrictEqual(order.slice(0, 3).sort(), ["a-1!", "b-1", "c-1"])
     assert.strictEqual(order[3], "b-2")
     assert.deepStrictEqual(order.slice(4), ["a-1", "a-2", "a-3"])
   }).pipe(Effect.provide(Layer.mergeAll(

@@ -1,6 +1,7 @@
 import { assert, layer } from "@effect/vitest"
 import { Cause, Deferred, Effect, Exit, Fiber, Option, Ref } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
+import * as TestClock from "effect/testing/TestClock"
 import { DatabaseError } from "../../src/domain/errors.ts"
 import type { Reservation, StockKey } from "../../src/stores/model.ts"
 import {
@@ -44,6 +45,21 @@ const failureOf = <A, E>(exit: Exit.Exit<A, E>): E | undefined =>
   Exit.isFailure(exit) ? exit.cause.reasons.find(Cause.isFailReason)?.error : undefined
 
 layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL stores", (it) => {
+  it.effect("units of work leave two pooled connections free, so the relay is never queued behind them", () =>
+    TestClock.withLive(Effect.gen(function*() {
+      const uow = yield* UnitOfWork
+      const release = yield* Deferred.make<void>()
+      // As many open units as the pool has connections (4): two hold one, two wait their turn.
+      const units = yield* Effect.forkChild(Effect.forEach([1, 2, 3, 4], () =>
+        uow.transaction(Effect.flatMap(SqlClient, (sql) => Effect.andThen(sql`SELECT 1`, Deferred.await(release)))),
+        { concurrency: "unbounded", discard: true }))
+      yield* Effect.sleep("300 millis")
+      const relayQuery = yield* Effect.flatMap(Outbox, (o) => o.pendingCount()).pipe(Effect.timeoutOption("3 seconds"))
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(units)
+      assert.isTrue(Option.isSome(relayQuery), "the outbox answered while the units were open")
+    })))
+
   it.effect("a nested unit that fails rolls back to its savepoint; the outer unit keeps its work", () =>
     Effect.gen(function*() {
       const org = freshOrg()

@@ -1,6 +1,7 @@
 import { Effect, Layer, Option } from "effect"
 import {
   compareStockKeys,
+  type EventLogEntry,
   liveStatuses,
   type Reservation,
   type StockCategory,
@@ -272,26 +273,20 @@ const MovementsMemory = Layer.effect(
     }))
 )
 
+/** False when the event was recorded before. */
+const recordIn = (t: Tables, entry: EventLogEntry) => {
+  const k = pair(entry.organization_id, entry.event_id)
+  if (t.eventLog.has(k)) return false
+  t.eventLog.set(k, entry)
+  return true
+}
+
 const EventLogMemory = Layer.effect(
   EventLog,
   Effect.map(MemoryDatabase, ({ atomically }) =>
     EventLog.of({
-      record: (entry) =>
-        atomically((t) => {
-          const k = pair(entry.organization_id, entry.event_id)
-          if (t.eventLog.has(k)) return false
-          t.eventLog.set(k, entry)
-          return true
-        }),
-      recordAll: (entries) =>
-        atomically((t) =>
-          entries.map((entry) => {
-            const k = pair(entry.organization_id, entry.event_id)
-            if (t.eventLog.has(k)) return false
-            t.eventLog.set(k, entry)
-            return true
-          })
-        ),
+      record: (entry) => atomically((t) => recordIn(t, entry)),
+      recordAll: (entries) => atomically((t) => entries.map((entry) => recordIn(t, entry))),
       forget: (entries) => atomically((t) => { for (const e of entries) t.eventLog.delete(pair(e.organization_id, e.event_id)) }),
       has: (org, eventId) => atomically((t) => t.eventLog.has(pair(org, eventId)))
     }))
