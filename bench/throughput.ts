@@ -166,6 +166,16 @@ const peakRss = (child: ChildProcess) => {
   }
 }
 
+/** CPU time (user + system) the process has used so far, in ms; /proc counts in ticks of 10 ms. */
+const cpuMs = (child: ChildProcess) => {
+  try {
+    const fields = readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return (Number(fields[11]) + Number(fields[12])) * 10
+  } catch {
+    return 0
+  }
+}
+
 const start = (args: Array<string>, env: Record<string, string>) => {
   const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", process.env["BENCH_VERBOSE"] ? "inherit" : "ignore", "pipe"] })
   let stderr = ""
@@ -254,6 +264,7 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
     }
   }, 2 * CONSUMERS, 60_000)
   const t0 = Date.now()
+  const cpu0 = consumers.map(cpuMs)
   const publishMs = await publishAll(messages, RATE)
   await waitFor(`${label}: commits`, async () => (await committed()) - before, messages.length, 600_000)
   const elapsed = Date.now() - t0
@@ -262,8 +273,11 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
     (await db.query(`SELECT count(*)::int AS n FROM ${schema}.outbox WHERE sent_at IS NULL`)).rows[0].n === 0 ? 1 : 0, 1, 600_000)
   const drainMs = Date.now() - t0 - elapsed
   const rss = Math.max(...consumers.map(peakRss))
+  // The consumers' own CPU from the first publish until the outbox emptied: a steadier figure
+  // than events/s on a machine whose two cores are shared with the broker and the database.
+  const cpu = consumers.reduce((sum, c, i) => sum + cpuMs(c) - cpu0[i]!, 0)
   await Promise.all(consumers.map(stop))
-  return { elapsed, publishMs, drainMs, rss }
+  return { elapsed, publishMs, drainMs, rss, cpu }
 }
 
 /** Latency per event: commit time minus the `timestamp` the event was published with. */
@@ -327,7 +341,7 @@ const main = async () => {
           return body
         }
       }))
-      const { elapsed, publishMs, drainMs, rss } = await runOurs(label, recorded)
+      const { elapsed, publishMs, drainMs, rss, cpu } = await runOurs(label, recorded)
       const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE event_id = ANY($1)`, [[...published.keys()]])).rows
       const lat = latencies(published, rows)
       // An upper bound that includes the commit: the broker's confirm of what the event announced.
@@ -337,7 +351,7 @@ const main = async () => {
       const out = latencies(published, announced)
       const rate = messages.length / (elapsed / 1000)
       results[label] = rate
-      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); peak RSS ${fmt(rss / 1048576, 1)} MB${CONSUMERS > 1 ? " (largest process)" : ""}; publishing took ${fmt(publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit`)
+      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); peak RSS ${fmt(rss / 1048576, 1)} MB${CONSUMERS > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpu / 1000, 1)} s (${fmt((cpu * 1000) / messages.length)} µs/event); publishing took ${fmt(publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit`)
     }
     const check = (() => {
       try {
