@@ -106,8 +106,9 @@ export const deliveries = (
       const { consumerTag } = yield* Effect.tryPromise({
         try: () =>
           via.channel.consume(spec.queue, (raw) => {
-            if (raw === null) end()
-            else Queue.offerUnsafe(queue, toInbound(via, spec, counter, raw))
+            if (raw === null) return end()
+            via.received(raw)
+            Queue.offerUnsafe(queue, toInbound(via, spec, counter, raw))
           }, { noAck: false }),
         catch: brokerError
       })
@@ -186,6 +187,7 @@ export const consume = (
       const held = new Map<number, InboundMessage>()
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
+          via.flush()
           for (const tag of [...held.keys()].sort((a, b) => a - b)) settle(held.get(tag)!, "requeue")
           held.clear()
         })

@@ -4,19 +4,103 @@ import type { Delivery } from "../pipeline/decode.ts"
 /**
  * The channel a message came on. Acks and nacks go only there: once it closed, the broker has
  * already taken its unacknowledged messages back, and settling them elsewhere is impossible.
+ *
+ * Acks are coalesced (issue 8): an ack is held until the end of the current turn of the event
+ * loop, then the longest run of settled deliveries from the oldest outstanding one goes in one
+ * `basic.ack` with `multiple`, and acks past that run go one by one. A group commit of 200
+ * events thus costs one ack frame, not 200. `multiple` acks everything outstanding up to its tag,
+ * so it is only sent for a tag whose every earlier delivery on this channel is settled already;
+ * an ack is never held past the turn, so a slow message never holds back the others' acks.
  */
 export interface DeliveryChannel {
   readonly channel: amqp.Channel
   /** False from the moment the channel closed. */
   readonly isOpen: () => boolean
+  /** Every delivery on the channel passes here first, in the order the broker sent them. */
+  readonly received: (raw: amqp.ConsumeMessage) => void
+  /** Sends the acks held for coalescing now (before the channel closes, say). */
+  readonly flush: () => void
+  /** Acks the message; it goes out with the next `flush`, at the latest at the end of this turn. */
+  readonly ack: (raw: amqp.ConsumeMessage) => void
+  /** A delivery was rejected or requeued: it no longer holds back a `multiple` ack. */
+  readonly settledOtherwise: (raw: amqp.ConsumeMessage) => void
 }
+
+/** What became of a delivery the coalescer tracks: acked but not sent yet, or settled. */
+const ACK_HELD = 1
+const SETTLED = 2
 
 export const deliveryChannel = (channel: amqp.Channel): DeliveryChannel => {
   let open = true
+  /** Delivery tags in arrival order from `head`; the ones before `head` are settled. */
+  let tags: Array<number> = []
+  let head = 0
+  const states = new Map<number, typeof ACK_HELD | typeof SETTLED>()
+  let held: Array<amqp.ConsumeMessage> = []
+  let scheduled = false
+
+  const flush = () => {
+    scheduled = false
+    const acks = held
+    if (acks.length === 0) return
+    held = []
+    if (!open) return
+    // The run of settled deliveries from the oldest outstanding one; its last held ack is sent
+    // with `multiple`, which covers the held acks before it.
+    let upTo: number | undefined
+    while (head < tags.length) {
+      const tag = tags[head]!
+      const state = states.get(tag)
+      if (state === undefined) break
+      if (state === ACK_HELD) upTo = tag
+      states.delete(tag)
+      head++
+    }
+    if (head > 1024 && head * 2 > tags.length) {
+      tags = tags.slice(head)
+      head = 0
+    }
+    try {
+      if (upTo !== undefined) channel.ack(acks.find((raw) => raw.fields.deliveryTag === upTo)!, true)
+      for (const raw of acks) {
+        const tag = raw.fields.deliveryTag
+        if (states.get(tag) === ACK_HELD) {
+          states.set(tag, SETTLED)
+          channel.ack(raw)
+        }
+      }
+    } catch {
+      // The channel closed under us: the broker redelivers what was not acked, and the event
+      // log makes the redelivery a duplicate.
+    }
+  }
+
   channel.once("close", () => {
     open = false
+    tags = []
+    head = 0
+    states.clear()
+    held = []
   })
-  return { channel, isOpen: () => open }
+  return {
+    channel,
+    isOpen: () => open,
+    received: (raw) => {
+      tags.push(raw.fields.deliveryTag)
+    },
+    flush,
+    ack: (raw) => {
+      states.set(raw.fields.deliveryTag, ACK_HELD)
+      held.push(raw)
+      if (!scheduled) {
+        scheduled = true
+        setImmediate(flush)
+      }
+    },
+    settledOtherwise: (raw) => {
+      states.set(raw.fields.deliveryTag, SETTLED)
+    }
+  }
 }
 
 /** One delivery with everything the runtime, the dead-letter path and tracing need. */
@@ -53,9 +137,13 @@ export const settle = (message: InboundMessage, how: Settlement): boolean => {
   settled.add(message)
   if (!message.via.isOpen()) return false
   try {
-    if (how === "ack") message.via.channel.ack(message.raw)
-    else if (how === "retry") message.via.channel.reject(message.raw, true)
+    if (how === "ack") {
+      message.via.ack(message.raw)
+      return true
+    }
+    if (how === "retry") message.via.channel.reject(message.raw, true)
     else message.via.channel.nack(message.raw, false, true)
+    message.via.settledOtherwise(message.raw)
     return true
   } catch {
     // The channel closed under us: same as above.
