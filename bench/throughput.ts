@@ -9,6 +9,9 @@
  *   npm run bench -- --profile DIR        the consumer writes a V8 CPU profile (--cpu-prof) to DIR
  *   npm run bench -- --consumers 2        run that many consumer processes (replicas) side by side
  *   npm run bench -- --prefetch 20        the order queue's prefetch (default 500; SPEC's default is 20)
+ *   npm run bench -- --warmup 0           order.placed events sent (at the same rate) and applied before
+ *                                         the measured ones, not counted (default 1,000): a fresh process
+ *                                         has no JIT-compiled code, prepared statements or open connections
  *   BENCH_VERBOSE=1 npm run bench         show the consumers' logs
  *
  * Each run gets its own RabbitMQ vhost and database schemas, dropped at the end. The consumer
@@ -35,6 +38,7 @@ const CONSUMERS = arg("consumers", 1)
 const PREFETCH = arg("prefetch", 500)
 const VARIANTS = arg("variants", 1_000)
 const RATE = arg("rate", 0)
+const WARMUP = arg("warmup", 1_000)
 const STOCK_PER_ROW = arg("stock", 1_000)
 const ORG = "bench_org"
 const WAREHOUSES = ["wh_1", "wh_2"]
@@ -78,6 +82,8 @@ const orderPlaced = (orderId: string): Outgoing => ({
 })
 
 const placedOnly = (n: number): Array<Outgoing> => Array.from({ length: n }, (_, i) => orderPlaced(`ord_${tag}_${i}`))
+/** Sent before a run and not counted; order ids of their own, so they never meet the measured ones. */
+const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, (_, i) => orderPlaced(`warm_${run}_${tag}_${i}`))
 
 /**
  * Every consumed type in rough production proportions: each order is placed; most are
@@ -263,10 +269,15 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
       return 0
     }
   }, 2 * CONSUMERS, 60_000)
+  if (WARMUP > 0) {
+    await publishAll(warmup(label), RATE)
+    await waitFor(`${label}: warm-up`, async () => (await committed()) - before, WARMUP, 600_000)
+  }
+  const measuredFrom = await committed()
   const t0 = Date.now()
   const cpu0 = consumers.map(cpuMs)
   const publishMs = await publishAll(messages, RATE)
-  await waitFor(`${label}: commits`, async () => (await committed()) - before, messages.length, 600_000)
+  await waitFor(`${label}: commits`, async () => (await committed()) - measuredFrom, messages.length, 600_000)
   const elapsed = Date.now() - t0
   // What the consumer announced must reach the broker too: how long the outbox takes to empty.
   await waitFor(`${label}: outbox drained`, async () =>
@@ -308,9 +319,13 @@ const runNaive = async (messages: ReadonlyArray<Outgoing>) => {
     }
   }, 1, 60_000)
   const count = async () => Number((await db.query(`SELECT count(*)::int AS n FROM ${naiveSchema}.reservations`)).rows[0].n)
+  if (WARMUP > 0) {
+    await publishAll(warmup("naive"), RATE)
+    await waitFor("naive: warm-up", count, WARMUP, 600_000)
+  }
   const t0 = Date.now()
   await publishAll(messages, RATE)
-  await waitFor("naive: reservations", count, messages.length, 600_000)
+  await waitFor("naive: reservations", count, WARMUP + messages.length, 600_000)
   const elapsed = Date.now() - t0
   const rss = peakRss(consumer)
   await stop(consumer)
@@ -323,7 +338,7 @@ const runNaive = async (messages: ReadonlyArray<Outgoing>) => {
 // ---------------------------------------------------------------- main
 
 const main = async () => {
-  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
+  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
   rabbitmqctl("add_vhost", vhost)
   rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
   try {
