@@ -174,8 +174,11 @@ const republish = (event: FailedEvent) =>
         // (SPEC 2), so a replay of an event that has since succeeded is a duplicate and changes nothing.
         ...(event.event_id !== null ? { messageId: event.event_id } : {}),
         ...(event.content_type !== null ? { contentType: event.content_type } : {}),
-        headers: { [replayHeaders.replayOf]: event.id, [replayHeaders.replayCount]: event.replay_count + 1 }
-      }
+        // The message's own headers again, and its traceparent as the producer span's parent:
+        // the replay joins the original trace.
+        headers: { ...event.headers, [replayHeaders.replayOf]: event.id, [replayHeaders.replayCount]: event.replay_count + 1 }
+      },
+      causedBy: typeof event.headers["traceparent"] === "string" ? event.headers["traceparent"] : null
     })
     yield* (yield* FailedEvents).markReplayed(event.id, new Date())
   })

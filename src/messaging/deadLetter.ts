@@ -34,6 +34,24 @@ const carriedProperties = (p: amqp.MessageProperties): amqp.Options.Publish => {
   return options
 }
 
+/** Headers the broker or a replay sets; a replay must not carry the old ones. */
+const bookkeeping = /^x-(delivery-count|death|first-death-|last-death-|replay-)/
+
+/**
+ * The message's own headers with a plain value, for the record: `dlq replay` sends them again,
+ * so a replayed event stays in its trace (`traceparent`) and keeps what its publisher attached.
+ */
+export const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
+  const carried: Record<string, string | number | boolean> = {}
+  for (const [name, value] of Object.entries(headers)) {
+    if (bookkeeping.test(name)) continue
+    if (typeof value === "string" || typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))) {
+      carried[name] = value
+    }
+  }
+  return carried
+}
+
 /**
  * The dead-letter record's id: one per message and replay, so a message whose ack was lost after
  * it was dead-lettered (channel gone, shutdown) is recognised when it comes back and is not
@@ -102,7 +120,8 @@ export const deadLetter = (topology: Topology, message: InboundMessage, failure:
       attempts: message.delivery.deliveryCount,
       failed_at: failedAt,
       replay_count: 0,
-      last_replayed_at: null
+      last_replayed_at: null,
+      headers: carriedHeaders(message.headers)
     })
     yield* Metric.update(Metric.withAttributes(eventsDeadLettered, { queue: message.delivery.queue, error_type: failure.errorType }), 1)
   })

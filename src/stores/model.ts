@@ -128,6 +128,11 @@ export interface FailedEvent {
   readonly failed_at: Date
   readonly replay_count: number
   readonly last_replayed_at: Date | null
+  /**
+   * The message's own AMQP headers with a plain value (`traceparent`, the publisher's own), so a
+   * replay carries them again; the broker's and the replay's bookkeeping are left out.
+   */
+  readonly headers: Readonly<Record<string, string | number | boolean>>
 }
 
 export interface ReservationSchedule {

@@ -72,7 +72,10 @@ describe("dlq with the running consumer", () => {
     expect((await cli("warehouse", "add", "--org", org, "--id", "wh-1", "--name", "Main")).code).toBe(0)
     const placed = orderPlaced("order-1", "v-1", 3)
     const body = JSON.stringify(placed)
-    await client.publish("order_events", "order.placed", body)
+    // What goes through order_events from here on: the original, then each replay.
+    const sent = await client.bindCapture("order_events", "order.placed")
+    const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await client.publish("order_events", "order.placed", body, { headers: { traceparent, "x-tenant": "tenant-9" } })
 
     // The consumer refuses it (no stock anywhere) and dead-letters it at once.
     const [failed] = await eventually("the order dead-lettered", async () => {
@@ -117,6 +120,13 @@ describe("dlq with the running consumer", () => {
     expect((await cli("stock", "adjust", "--org", org, "--variant", "v-1", "--warehouse", "wh-1", "--delta", "5", "--reason", "goods received")).code).toBe(0)
     const replayed = await cli("dlq", "replay", "--id", failed!.id)
     expect(replayed.code, replayed.stderr).toBe(0)
+    // The replay carries the message's own headers again (it stays in the original trace), and says it is a replay.
+    const [again] = await eventually("the replay captured", async () => (sent.length === 2 ? [sent[1]!] : undefined), 30_000)
+    expect(again!.body.toString()).toBe(body)
+    expect(again!.headers).toMatchObject({ "x-tenant": "tenant-9", "x-replay-of": failed!.id, "x-replay-count": 1 })
+    // Its producer span is a child in the original trace: same trace id, a span id of its own.
+    const [, traceId, spanId] = String(again!.headers["traceparent"]).split("-")
+    expect([traceId, spanId === traceparent.split("-")[2]]).toEqual([traceparent.split("-")[1], false])
     expect(replayed.stdout).toMatch(new RegExp(`^${failed!.id}\\s+order\\.placed\\s+order_events\\s+order\\.placed\\s+yes\\s+1$`, "m"))
 
     const [reservation] = await eventually("the replayed order reserved", async () => {

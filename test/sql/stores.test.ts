@@ -339,12 +339,14 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       const event = {
         id: `${org}-f1`, event_id: null, event_type: "order.placed", organization_id: org, error_type: "ValidationError",
         error_message: "bad", body, content_type: "application/json", original_exchange: "order_events",
-        original_routing_key: "order.placed", attempts: 1, failed_at: new Date(1000), replay_count: 0, last_replayed_at: null
+        original_routing_key: "order.placed", attempts: 1, failed_at: new Date(1000), replay_count: 0, last_replayed_at: null,
+        headers: { traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x-tenant": "t-1", priority: 3, urgent: true }
       }
       yield* failed.record(event)
       yield* failed.markReplayed(event.id, new Date(2000))
       const stored = yield* failed.get(event.id)
       assert.deepStrictEqual(Option.map(stored, (e) => [Array.from(e.body), e.replay_count, e.last_replayed_at]), Option.some([[0, 255, 10, 123], 1, new Date(2000)]))
+      assert.deepStrictEqual(Option.map(stored, (e) => e.headers), Option.some(event.headers))
       assert.isTrue((yield* failed.list({ error_type: "ValidationError" })).some((e) => e.id === event.id))
     }))
 })

@@ -149,9 +149,13 @@ const createTables = statements(
   `CREATE INDEX failed_events_by_time ON failed_events (failed_at, seq)`
 )
 
+/** A dead letter keeps its message's headers, so `dlq replay` sends them again (traceparent included). */
+const failedEventHeaders = statements(`ALTER TABLE failed_events ADD COLUMN headers jsonb NOT NULL DEFAULT '{}'::jsonb`)
+
 /** Every migration, in code: nothing is read from disk at run time. */
 export const loader = Migrator.fromRecord({
-  "0001_create_inventory_tables": createTables
+  "0001_create_inventory_tables": createTables,
+  "0002_failed_event_headers": failedEventHeaders
 })
 
 const run = Migrator.make({})

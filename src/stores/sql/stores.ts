@@ -195,7 +195,7 @@ export const OutboxSql = Layer.effect(
 )
 
 const failedColumns = "id, event_id, event_type, organization_id, error_type, error_message, body, content_type, " +
-  "original_exchange, original_routing_key, attempts, failed_at, replay_count, last_replayed_at"
+  "original_exchange, original_routing_key, attempts, failed_at, replay_count, last_replayed_at, headers"
 
 export const FailedEventsSql = Layer.effect(
   FailedEvents,
@@ -208,13 +208,14 @@ export const FailedEventsSql = Layer.effect(
           INSERT INTO failed_events (${sql.literal(failedColumns)})
           VALUES (${e.id}, ${e.event_id}, ${e.event_type}, ${e.organization_id}, ${e.error_type}, ${e.error_message},
             ${e.body}, ${e.content_type}, ${e.original_exchange}, ${e.original_routing_key}, ${e.attempts}, ${e.failed_at},
-            ${e.replay_count}, ${e.last_replayed_at})
+            ${e.replay_count}, ${e.last_replayed_at}, ${JSON.stringify(e.headers)}::jsonb)
           ON CONFLICT (id) DO UPDATE SET
             event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, organization_id = EXCLUDED.organization_id,
             error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message, body = EXCLUDED.body,
             content_type = EXCLUDED.content_type, original_exchange = EXCLUDED.original_exchange,
             original_routing_key = EXCLUDED.original_routing_key, attempts = EXCLUDED.attempts,
-            failed_at = EXCLUDED.failed_at, replay_count = EXCLUDED.replay_count, last_replayed_at = EXCLUDED.last_replayed_at`)),
+            failed_at = EXCLUDED.failed_at, replay_count = EXCLUDED.replay_count, last_replayed_at = EXCLUDED.last_replayed_at,
+            headers = EXCLUDED.headers`)),
       get: (id) =>
         Effect.map(
           orDatabaseError(sql<FailedEvent>`SELECT ${sql.literal(failedColumns)} FROM failed_events WHERE id = ${id}`),
