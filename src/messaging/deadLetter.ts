@@ -41,7 +41,7 @@ const bookkeeping = /^x-(delivery-count|death|first-death-|last-death-|replay-)/
  * The message's own headers with a plain value, for the record: `dlq replay` sends them again,
  * so a replayed event stays in its trace (`traceparent`) and keeps what its publisher attached.
  */
-export const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
+const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
   const carried: Record<string, string | number | boolean> = {}
   for (const [name, value] of Object.entries(headers)) {
     if (bookkeeping.test(name)) continue
