@@ -1,5 +1,5 @@
 import { PgClient } from "@effect/sql-pg"
-import { Config, type Duration, Effect, Layer, Redacted } from "effect"
+import { Config, Context, type Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { migrate } from "./migrations.ts"
@@ -22,6 +22,13 @@ export const databaseConfig = Config.all({
   schema: Config.String("DATABASE_SCHEMA").pipe(Config.withDefault("public"))
 })
 
+/**
+ * How many connections the pool was built with, provided by `clientLayer` next to the client:
+ * units of work leave two of them free (`UnitOfWorkSql`). A client built elsewhere gets the
+ * driver's default of 10.
+ */
+export const PoolSize = Context.Reference<number>("inventory/stores/sql/PoolSize", { defaultValue: () => 10 })
+
 // A plain identifier keeps the search_path value and CREATE SCHEMA free of quoting games.
 const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
 
@@ -32,13 +39,16 @@ const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
 export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | SqlClient, SqlError> =>
   Layer.unwrap(Effect.suspend(() =>
     schemaName.test(options.schema)
-      ? Effect.succeed(PgClient.layer({
-        url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
-        maxConnections: options.poolSize ?? 10,
-        connectTimeout: options.connectTimeout ?? "10 seconds",
-        applicationName: "inventory-event-consumer",
-        startupParameters: { search_path: options.schema }
-      }))
+      ? Effect.succeed(Layer.merge(
+        PgClient.layer({
+          url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
+          maxConnections: options.poolSize ?? 10,
+          connectTimeout: options.connectTimeout ?? "10 seconds",
+          applicationName: "inventory-event-consumer",
+          startupParameters: { search_path: options.schema }
+        }),
+        Layer.succeed(PoolSize, options.poolSize ?? 10)
+      ))
       : Effect.die(new Error(`DATABASE_SCHEMA must be a lower-case identifier, got ${JSON.stringify(options.schema)}`))
   ))
 

@@ -1,8 +1,8 @@
-import { PgClient } from "@effect/sql-pg"
 import { Cause, Context, Effect, Exit, Layer, Semaphore } from "effect"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
+import { PoolSize } from "./client.ts"
 import { UnitOfWork } from "../services.ts"
 import { fromSqlError, isConnectionLoss } from "./errors.ts"
 
@@ -53,9 +53,7 @@ export const UnitOfWorkSql = Layer.effect(
     // does. Two connections stay out of the units' reach, so the outbox relay, the expiry sweep
     // and health checks never queue behind a backlog of them: with 500 messages in flight on 10
     // connections, the relay published nothing for as long as the backlog lasted (issue 8).
-    // `PgClient.make` keeps the pool options it was given (client.ts) as its `config`.
-    const pool = ((yield* PgClient.PgClient).config as PgClient.PgPoolConfig).maxConnections ?? 10
-    const slots = yield* Semaphore.make(Math.max(1, pool - 2))
+    const slots = yield* Semaphore.make(Math.max(1, (yield* PoolSize) - 2))
     return UnitOfWork.of({
       transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
         Effect.flatMap(CurrentUnit, (outer): Effect.Effect<A, E | DatabaseError, R> => {
