@@ -13,6 +13,7 @@
  *                                         the measured ones, not counted (default 1,000): a fresh process
  *                                         has no JIT-compiled code, prepared statements or open connections
  *   BENCH_VERBOSE=1 npm run bench         show the consumers' logs
+ *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for the consumer processes
  *
  * Each run gets its own RabbitMQ vhost and database schemas, dropped at the end. The consumer
  * runs as its own process (`node src/main.ts`), as it would in production; latency is the time
@@ -172,14 +173,22 @@ const peakRss = (child: ChildProcess) => {
   }
 }
 
-/** CPU time (user + system) the process has used so far, in ms; /proc counts in ticks of 10 ms. */
+/** CPU time the process has used so far, in ms, user and system; /proc counts in ticks of 10 ms. */
 const cpuMs = (child: ChildProcess) => {
   try {
     const fields = readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-    return (Number(fields[11]) + Number(fields[12])) * 10
+    return { user: Number(fields[11]) * 10, system: Number(fields[12]) * 10 }
   } catch {
-    return 0
+    return { user: 0, system: 0 }
   }
+}
+
+/** The whole machine's CPU ticks, busy and all (/proc/stat): how loaded the shared cores were. */
+const machineTicks = () => {
+  const [, ...ticks] = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).map(Number)
+  const all = ticks.reduce((a, b) => a + b, 0)
+  const idle = ticks[3]! + ticks[4]!
+  return { busy: all - idle, all }
 }
 
 const start = (args: Array<string>, env: Record<string, string>) => {
@@ -255,9 +264,11 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const before = await committed()
   // The heap settings `npm start` runs with (package.json): they are what bounds the RSS.
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
+  // Extra V8/Node flags for the consumer, to try a setting without editing the bench (e.g. "--trace-gc").
+  const extra = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((f) => f !== "")
   // Replicas share the queues; each gets its own HTTP port.
   const consumers = Array.from({ length: CONSUMERS }, (_, i) =>
-    start(["--max-old-space-size=256", "--max-semi-space-size=8", ...profile, "src/main.ts"], {
+    start(["--max-old-space-size=256", "--max-semi-space-size=8", ...profile, ...extra, "src/main.ts"], {
       ...consumerEnv,
       HTTP_PORT: String(Number(consumerEnv.HTTP_PORT) + i)
     }))
@@ -276,6 +287,7 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const measuredFrom = await committed()
   const t0 = Date.now()
   const cpu0 = consumers.map(cpuMs)
+  const machine0 = machineTicks()
   const publishMs = await publishAll(messages, RATE)
   await waitFor(`${label}: commits`, async () => (await committed()) - measuredFrom, messages.length, 600_000)
   const elapsed = Date.now() - t0
@@ -286,9 +298,14 @@ const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const rss = Math.max(...consumers.map(peakRss))
   // The consumers' own CPU from the first publish until the outbox emptied: a steadier figure
   // than events/s on a machine whose two cores are shared with the broker and the database.
-  const cpu = consumers.reduce((sum, c, i) => sum + cpuMs(c) - cpu0[i]!, 0)
+  const cpu = consumers.reduce((sum, c, i) => {
+    const now = cpuMs(c)
+    return { user: sum.user + now.user - cpu0[i]!.user, system: sum.system + now.system - cpu0[i]!.system }
+  }, { user: 0, system: 0 })
+  const machine1 = machineTicks()
+  const machineBusy = (machine1.busy - machine0.busy) / Math.max(1, machine1.all - machine0.all)
   await Promise.all(consumers.map(stop))
-  return { elapsed, publishMs, drainMs, rss, cpu }
+  return { elapsed, publishMs, drainMs, rss, cpu, machineBusy }
 }
 
 /** Latency per event: commit time minus the `timestamp` the event was published with. */
@@ -356,7 +373,8 @@ const main = async () => {
           return body
         }
       }))
-      const { elapsed, publishMs, drainMs, rss, cpu } = await runOurs(label, recorded)
+      const { elapsed, publishMs, drainMs, rss, cpu, machineBusy } = await runOurs(label, recorded)
+      const cpuTotal = cpu.user + cpu.system
       const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE event_id = ANY($1)`, [[...published.keys()]])).rows
       const lat = latencies(published, rows)
       // An upper bound that includes the commit: the broker's confirm of what the event announced.
@@ -366,7 +384,7 @@ const main = async () => {
       const out = latencies(published, announced)
       const rate = messages.length / (elapsed / 1000)
       results[label] = rate
-      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); peak RSS ${fmt(rss / 1048576, 1)} MB${CONSUMERS > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpu / 1000, 1)} s (${fmt((cpu * 1000) / messages.length)} µs/event); publishing took ${fmt(publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit`)
+      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); peak RSS ${fmt(rss / 1048576, 1)} MB${CONSUMERS > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / messages.length)} µs/event, ${fmt((100 * cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel); machine ${fmt(100 * machineBusy)}% busy (all cores, all processes); publishing took ${fmt(publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit`)
     }
     const check = (() => {
       try {
