@@ -16,7 +16,7 @@ import {
   stockKeyString,
   type StockRow
 } from "../stores/model.ts"
-import { type EventRef, EventLog, Movements, Outbox, Reservations, Stock, type StockLine, UnitOfWork, Warehouses } from "../stores/services.ts"
+import { type EventRef, EventLog, Movements, Outbox, Reservations, Stock, type StockLine, UnitOfWork } from "../stores/services.ts"
 import { type Causation, emit, nowDate, outboxMessages } from "./outbound.ts"
 
 export const DEFAULT_RESERVATION_TTL_MINUTES = 15
@@ -55,19 +55,18 @@ const sortedItems = (organizationId: string, items: ReadonlyArray<ReservationIte
 /**
  * Where each demand is served from (SPEC 4): the preferred warehouse if it can serve the whole
  * quantity, else the usable warehouse with the most available stock that can. `rows` are the
- * organization's rows of the demanded variants as they stand; nothing is written here.
+ * organization's usable rows of the demanded variants as they stand (`Stock.candidates`: not
+ * archived, in an active warehouse); nothing is written here.
  */
 export const allocate = (
   organizationId: string,
   orderId: string,
   demands: ReadonlyArray<Demand>,
-  rows: ReadonlyArray<StockRow>,
-  activeWarehouses: ReadonlySet<string>
+  rows: ReadonlyArray<StockRow>
 ): Result.Result<Array<ReservationItem>, InsufficientStock> => {
-  const usable = (row: StockRow) => row.archived_at === null && activeWarehouses.has(row.warehouse_id)
   const items: Array<ReservationItem> = []
   for (const demand of demands) {
-    const candidates = rows.filter((row) => row.variant_id === demand.variant_id && usable(row))
+    const candidates = rows.filter((row) => row.variant_id === demand.variant_id)
     const preferred = candidates.find((row) => row.warehouse_id === demand.preferred_warehouse_id && row.available >= demand.quantity)
     const best = preferred ?? candidates
       .filter((row) => row.available >= demand.quantity)
@@ -96,9 +95,8 @@ const reserveDemands = Effect.fnUntraced(function*(
   demands: ReadonlyArray<Demand>
 ) {
   const stock = yield* Stock
-  const active = new Set((yield* (yield* Warehouses).listActive(organizationId)).map((w) => w.warehouse_id))
-  const rows = yield* stock.forVariants(organizationId, demands.map((d) => d.variant_id), { lock: true })
-  const items = yield* Effect.fromResult(allocate(organizationId, orderId, demands, rows, active))
+  const rows = yield* stock.candidates(organizationId, demands.map((d) => d.variant_id))
+  const items = yield* Effect.fromResult(allocate(organizationId, orderId, demands, rows))
   for (const item of sortedItems(organizationId, items)) {
     const reserved = yield* stock.reserve(keyOf(organizationId, item), item.quantity)
     if (Option.isNone(reserved)) {
@@ -296,11 +294,9 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
   // The locked rows as they stand, by key and by (organization, variant).
   const rows = new Map<string, StockRow>()
   const rowKeysByVariant = new Map<string, Array<string>>()
-  const active = new Map<string, ReadonlySet<string>>()
   for (const org of [...new Set(orders.map((o) => o.organization_id))].sort()) {
-    active.set(org, new Set((yield* (yield* Warehouses).listActive(org)).map((w) => w.warehouse_id)))
     const variants = new Set(fresh.flatMap(({ p }) => p.event.organization_id === org ? p.event.data.items.map((i) => i.variant_id) : []))
-    for (const row of yield* stock.forVariants(org, [...variants], { lock: true })) {
+    for (const row of yield* stock.candidates(org, [...variants])) {
       rows.set(stockKeyString(row), row)
       const byVariant = tenantKey(org, row.variant_id)
       rowKeysByVariant.set(byVariant, [...(rowKeysByVariant.get(byVariant) ?? []), stockKeyString(row)])
@@ -329,7 +325,7 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
     }
     const demands = sumByVariant(p.event.data.items)
     const candidates = demands.flatMap((d) => (rowKeysByVariant.get(tenantKey(org, d.variant_id)) ?? []).map((k) => rows.get(k)!))
-    const allocation = allocate(org, orderId, demands, candidates, active.get(org)!)
+    const allocation = allocate(org, orderId, demands, candidates)
     if (Result.isFailure(allocation)) {
       results[i] = allocation.failure
       attempt.refused = true

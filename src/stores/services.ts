@@ -82,6 +82,12 @@ export class Stock extends Context.Service<Stock, {
    * the same rows never deadlock).
    */
   forVariants(organizationId: string, variantIds: ReadonlyArray<string>, options: { readonly lock: boolean }): Db<ReadonlyArray<StockRow>>
+  /**
+   * The rows of these variants that can serve an order (not archived, in an active warehouse),
+   * locked for the rest of the unit of work in primary-key order. One step where reading the
+   * active warehouses and then `forVariants` would take two (issue 8).
+   */
+  candidates(organizationId: string, variantIds: ReadonlyArray<string>): Db<ReadonlyArray<StockRow>>
   /** Creates missing rows (zero quantities), un-archives archived empty ones; returns how many it created. */
   initialize(organizationId: string, variantId: string, warehouseIds: ReadonlyArray<string>, levels: { readonly min: number; readonly max: number }): Db<number>
   /** available -> reserved, only while `available >= quantity` and the row is live. None when refused. */

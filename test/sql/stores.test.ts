@@ -186,6 +186,45 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       assert.instanceOf(defectOf(released), UnexpectedDatabaseError, "releasing what is not reserved is a bug")
     }))
 
+  it.effect("stock candidates: live rows in active warehouses only, in key order, locked for the unit", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient
+      const uow = yield* UnitOfWork
+      const stock = yield* Stock
+      const warehouses = yield* Warehouses
+      const org = freshOrg()
+      for (const id of ["B", "a", "c", "off"]) yield* warehouse(org, id)
+      yield* warehouses.setActive(org, "off", false)
+      for (const [variant, wh] of [["v", "a"], ["v", "B"], ["v", "c"], ["v", "off"], ["gone", "a"], ["w", "a"], ["other", "a"]] as const) {
+        yield* stock.receive(key(org, variant, wh), 0, "available")
+      }
+      yield* stock.archive(org, "gone")
+      yield* stock.initialize(org, "v", ["nowhere"], { min: 0, max: 0 }) // a row whose warehouse was never declared
+
+      const rows = yield* uow.transaction(stock.candidates(org, ["w", "v", "gone"]))
+      assert.deepStrictEqual(rows.map((r) => `${r.variant_id}@${r.warehouse_id}`), ["v@B", "v@a", "v@c", "w@a"])
+
+      // Held until the unit ends: another session cannot lock them, and can lock the rest.
+      const locked = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.forkChild(uow.transaction(Effect.gen(function*() {
+        yield* stock.candidates(org, ["v"])
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(release)
+      })))
+      yield* Deferred.await(locked)
+      const lockable = (variant: string, wh: string) =>
+        uow.transaction(Effect.andThen(
+          sql.unsafe(`SET LOCAL lock_timeout = '50ms'`),
+          sql`SELECT 1 FROM stock WHERE organization_id = ${org} AND variant_id = ${variant} AND warehouse_id = ${wh} FOR UPDATE`
+        )).pipe(Effect.as(true), Effect.catch(() => Effect.succeed(false)))
+      assert.isFalse(yield* lockable("v", "a"), "a candidate is locked")
+      assert.isTrue(yield* lockable("v", "off"), "a row in an inactive warehouse is not")
+      assert.isTrue(yield* lockable("w", "a"), "a variant not asked for is not")
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+    }))
+
   it.effect("reservations: one live per order, items kept in order, conditional transitions, newest first", () =>
     Effect.gen(function*() {
       const reservations = yield* Reservations

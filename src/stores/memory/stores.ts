@@ -112,6 +112,16 @@ const StockMemory = Layer.effect(
             .filter((row) => row.organization_id === org && wanted.has(row.variant_id))
             .sort(compareStockKeys)
         }),
+      candidates: (org, variantIds) =>
+        atomically((t) => {
+          const wanted = new Set(variantIds)
+          return [...t.stock.values()]
+            .filter((row) =>
+              row.organization_id === org && wanted.has(row.variant_id) && row.archived_at === null &&
+              t.warehouses.get(pair(org, row.warehouse_id))?.active === true
+            )
+            .sort(compareStockKeys)
+        }),
       initialize: (org, variantId, warehouseIds, levels) =>
         atomically((t) => {
           let created = 0

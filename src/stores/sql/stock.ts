@@ -113,6 +113,15 @@ export const StockSql = Layer.effect(
           ORDER BY organization_id, variant_id, warehouse_id
           ${sql.literal(options.lock ? "FOR UPDATE" : "")}`),
 
+      // The warehouse is read, not locked, as a plain read of `warehouses` would be.
+      candidates: (org, variantIds) =>
+        rows(sql<StockRecord>`
+          SELECT s.* FROM stock s
+          JOIN warehouses w ON w.organization_id = s.organization_id AND w.warehouse_id = s.warehouse_id AND w.active
+          WHERE s.organization_id = ${org} AND s.variant_id = ANY(${[...variantIds]}::text[]) AND s.archived_at IS NULL
+          ORDER BY s.organization_id, s.variant_id, s.warehouse_id
+          FOR UPDATE OF s`),
+
       initialize: (org, variantId, warehouseIds, levels) =>
         atomically(sql, Effect.gen(function*() {
           const ids = [...new Set(warehouseIds)].sort()
