@@ -1,8 +1,8 @@
 import { assert, describe, layer } from "@effect/vitest"
-import { Context, Duration, Effect, Layer } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer } from "effect"
 import { DatabaseError } from "../src/domain/errors.ts"
 import { inboundEventTypes } from "../src/domain/events.ts"
-import { batched, EventApplier } from "../src/pipeline/batch.ts"
+import { backlogThreshold, batched, EventApplier } from "../src/pipeline/batch.ts"
 import { decodeDelivery } from "../src/pipeline/decode.ts"
 import type { Outcome } from "../src/pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../src/pipeline/policy.ts"
@@ -119,6 +119,83 @@ const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         assert.deepStrictEqual(yield* Effect.flatMap(Reconciliation, (r) => r.check(org)).pipe(Effect.orDie), [])
       })))
   })
+
+/** Holds every outermost unit of work at a gate, counting how many are open at once. */
+class Gate extends Context.Service<Gate, { armed: boolean; open: Deferred.Deferred<void>; active: number; most: number; units: number }>()("test/Gate") {}
+
+/** Set inside a gated unit of work, so the units nested in it pass (fibers run side by side). */
+const Nested = Context.Reference<boolean>("test/Nested", { defaultValue: () => false })
+
+const gated = Layer.effectContext(Effect.gen(function*() {
+  const gate = yield* Gate
+  const uow = yield* UnitOfWork
+  return Context.make(UnitOfWork, UnitOfWork.of({
+    transaction: (effect) =>
+      Effect.flatMap(Nested, (nested) =>
+        nested || !gate.armed ? uow.transaction(effect) : Effect.suspend(() => {
+          gate.active++
+          gate.units++
+          gate.most = Math.max(gate.most, gate.active)
+          return Deferred.await(gate.open).pipe(
+            Effect.andThen(uow.transaction(Effect.provideService(effect, Nested, true))),
+            Effect.ensuring(Effect.sync(() => { gate.active-- }))
+          )
+        })),
+    afterCommit: uow.afterCommit
+  }))
+}))
+
+describe("group commit: how many groups run at once", () => {
+  const gate = Layer.effect(Gate, Effect.map(Deferred.make<void>(), (open) => ({ armed: false, open, active: 0, most: 0, units: 0 })))
+  layer(
+    // The scheduler gets the stores as they are (its start-up sweep is a unit of work too); the groups get the gate.
+    batched({ maxSize: 8, concurrency: 3 }).pipe(
+      Layer.provideMerge(gated),
+      Layer.provideMerge(Scheduler.layer({ sweepInterval: "1 hour", sweepBatch: 100 })),
+      Layer.provideMerge(MemoryStores.layer),
+      Layer.provideMerge(gate)
+    ),
+    { excludeTestServices: true }
+  )("memory stores", (it) => {
+    it.effect("one group at a time while it keeps up; a second beside it once a backlog (a quarter of a group) waits", () =>
+      Effect.gen(function*() {
+        const org = freshOrg()
+        yield* addWarehouse(org, "w1").pipe(Effect.orDie)
+        yield* putStock(org, "v1", "w1", 10)
+        const g = yield* Gate
+        const place = (order: string) =>
+          Effect.gen(function*() {
+            const decoded = yield* decodeDelivery({
+              body: envelopeBytes(org, "order.placed", { order_id: order, items: [{ variant_id: "v1", quantity: 1 }] }, `e-${order}`),
+              deliveryCount: 1,
+              queue: "test",
+              accepts: inboundEventTypes
+            }).pipe(Effect.orDie)
+            return yield* (yield* EventApplier).apply(decoded, 1)
+          }).pipe(Effect.forkChild)
+        const settle = Effect.sleep("30 millis")
+        assert.strictEqual(backlogThreshold({ maxSize: 8, concurrency: 3 }), 2)
+        g.armed = true
+
+        const first = yield* place("a")
+        yield* settle
+        assert.strictEqual(g.active, 1, "the first group is open")
+        const second = yield* place("b")
+        yield* settle
+        assert.strictEqual(g.active, 1, "one waiting event is no backlog: it waits for the running group")
+        const third = yield* place("c")
+        yield* settle
+        assert.strictEqual(g.active, 2, "two waiting (a quarter of 8): a second group starts beside the first")
+
+        yield* Deferred.succeed(g.open, undefined)
+        g.armed = false
+        const outcomes = yield* Effect.forEach([first, second, third], Fiber.join)
+        assert.deepStrictEqual(outcomes.map((o) => o._tag), ["Ack", "Ack", "Ack"])
+        assert.deepStrictEqual([g.most, g.units], [2, 2], "b and c went together")
+        assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 10, available: 7, reserved: 3, damaged: 0 })
+      }))
+  })
+})
 
 describe("group commit", () => {
   suite("on the memory stores", MemoryStores.layer)
