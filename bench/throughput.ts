@@ -12,6 +12,7 @@
  *   npm run bench -- --warmup 0           order.placed events sent (at the same rate) and applied before
  *                                         the measured ones, not counted (default 1,000): a fresh process
  *                                         has no JIT-compiled code, prepared statements or open connections
+ *   npm run bench -- --per-second         latency of each second of publishing on its own (where the tail is)
  *   BENCH_VERBOSE=1 npm run bench         show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for the consumer processes
  *
@@ -40,6 +41,7 @@ const PREFETCH = arg("prefetch", 500)
 const VARIANTS = arg("variants", 1_000)
 const RATE = arg("rate", 0)
 const WARMUP = arg("warmup", 1_000)
+const PER_SECOND = flag("per-second")
 const STOCK_PER_ROW = arg("stock", 1_000)
 const ORG = "bench_org"
 const WAREHOUSES = ["wh_1", "wh_2"]
@@ -50,6 +52,12 @@ const naiveSchema = `bench_naive_${tag}`
 const databaseUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres"
 const amqpUrl = `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`
 const node = process.execPath
+/**
+ * The Node/V8 flags `npm start` runs the consumer with (package.json): the heap and GC settings
+ * bound its RSS and shape its latency, so the bench measures exactly those.
+ */
+const startFlags = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { scripts: { start: string } })
+  .scripts.start.split(/\s+/).filter((word) => word.startsWith("--"))
 
 const db = new pg.Pool({ connectionString: databaseUrl, max: 4 })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -262,13 +270,12 @@ const committed = async () => {
 
 const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const before = await committed()
-  // The heap settings `npm start` runs with (package.json): they are what bounds the RSS.
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
   // Extra V8/Node flags for the consumer, to try a setting without editing the bench (e.g. "--trace-gc").
   const extra = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((f) => f !== "")
   // Replicas share the queues; each gets its own HTTP port.
   const consumers = Array.from({ length: CONSUMERS }, (_, i) =>
-    start(["--max-old-space-size=256", "--max-semi-space-size=8", ...profile, ...extra, "src/main.ts"], {
+    start([...startFlags, ...profile, ...extra, "src/main.ts"], {
       ...consumerEnv,
       HTTP_PORT: String(Number(consumerEnv.HTTP_PORT) + i)
     }))
@@ -355,7 +362,7 @@ const runNaive = async (messages: ReadonlyArray<Outgoing>) => {
 // ---------------------------------------------------------------- main
 
 const main = async () => {
-  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
+  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version} ${[...startFlags, ...(process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((f) => f !== "")].join(" ")}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
   rabbitmqctl("add_vhost", vhost)
   rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
   try {
@@ -377,6 +384,23 @@ const main = async () => {
       const cpuTotal = cpu.user + cpu.system
       const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE event_id = ANY($1)`, [[...published.keys()]])).rows
       const lat = latencies(published, rows)
+      if (PER_SECOND) {
+        // Where the tail is: each second of publishing on its own (GC pauses show as spikes).
+        const first = Math.min(...published.values())
+        const bySecond = new Map<number, Array<number>>()
+        for (const r of rows) {
+          const sent = published.get(r.event_id)
+          if (sent === undefined) continue
+          const second = Math.floor((sent - first) / 1000)
+          const list = bySecond.get(second) ?? []
+          list.push(r.processed_at.getTime() - sent)
+          bySecond.set(second, list)
+        }
+        for (const [second, list] of [...bySecond].sort((a, b) => a[0] - b[0])) {
+          list.sort((a, b) => a - b)
+          console.log(`  second ${second}: ${list.length} events, p50 ${percentile(list, 50)} ms, p99 ${percentile(list, 99)} ms, max ${list[list.length - 1]} ms, over 50 ms: ${list.filter((x) => x > 50).length}`)
+        }
+      }
       // An upper bound that includes the commit: the broker's confirm of what the event announced.
       const announced = (await db.query(`
         SELECT payload->>'causation_id' AS event_id, min(sent_at) AS processed_at FROM ${schema}.outbox
