@@ -45,11 +45,10 @@ const isPlaced = (decoded: Decoded): decoded is Decoded & { readonly event: Orde
  * per ordering key, since a key's lane waits for its event's outcome) are applied in one
  * set-based unit of work (`orderPlacedAll`), a fixed handful of statements however many there
  * are, up to `maxSize` per group; one group at a time, and up to `concurrency` at once under a
- * backlog. Each event still gets its own
- * outcome: applied, duplicate, or dead-lettered for stock (with its
- * `inventory.reservation.failed` written in the same transaction). Acks wait for the commit, as
- * before. If the transaction fails (a lost connection, a deadlock), every event of the group
- * takes the one-by-one path with the full retry policy.
+ * backlog. Each event still gets its own outcome: applied, duplicate, or dead-lettered for stock
+ * (with its `inventory.reservation.failed` written in the same transaction). Acks wait for the
+ * commit, as before. If the transaction fails (a lost connection, a deadlock), every event of
+ * the group takes the one-by-one path with the full retry policy.
  *
  * Every other event type is applied one by one, as without batching. A savepoint per event in
  * one shared transaction was measured slower than that, and deadlock-prone when several such
