@@ -47,6 +47,10 @@ export interface RelaySettings {
   /** How often the outbox is polled when nothing nudges the relay. */
   readonly pollInterval: Duration.Duration
   readonly batchSize: number
+  /** How long a sent message stays in the outbox (for inspection) before it is deleted. */
+  readonly retention: Duration.Duration
+  /** How often sent messages past `retention` are deleted. */
+  readonly purgeInterval: Duration.Duration
 }
 
 export interface ReservationSettings {
@@ -147,6 +151,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   maxLinesPerEvent: int("MAX_LINES_PER_EVENT", defaultProcessingPolicy.maxLinesPerEvent, 1, MAX_LINES_PER_EVENT),
   relayPollInterval: millis("OUTBOX_POLL_INTERVAL_MS", 1_000),
   relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
+  outboxRetention: duration("OUTBOX_RETENTION", Duration.days(7)),
+  outboxPurgeInterval: duration("OUTBOX_PURGE_INTERVAL", Duration.hours(1)),
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
@@ -178,7 +184,12 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     maxBodyBytes: c.maxBodyBytes,
     maxLinesPerEvent: c.maxLinesPerEvent
   },
-  relay: { pollInterval: c.relayPollInterval, batchSize: c.relayBatchSize },
+  relay: {
+    pollInterval: c.relayPollInterval,
+    batchSize: c.relayBatchSize,
+    retention: c.outboxRetention,
+    purgeInterval: c.outboxPurgeInterval
+  },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
   shutdownTimeout: c.shutdownTimeout

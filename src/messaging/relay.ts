@@ -1,4 +1,4 @@
-import { Cause, Context, Duration, Effect, Layer, Metric, Option, Queue, Semaphore } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Semaphore } from "effect"
 import { RuntimeConfig } from "../config.ts"
 import { outboxPending } from "../observability/metrics.ts"
 import type { PendingOutboxMessage } from "../stores/model.ts"
@@ -130,6 +130,30 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
           else yield* Effect.sleep(wait)
         }
       }).pipe(Effect.forkScoped)
+
+      // Sent messages are kept `retention` (to inspect what went out), then deleted in batches,
+      // so the table holds what is pending and a window of history, not everything ever sent.
+      const purgeBatch = 1_000
+      const purge = Effect.gen(function*() {
+        const cutoff = new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(config.relay.retention))
+        let deleted = 0
+        while (true) {
+          const n = yield* outbox.purgeSent(cutoff, purgeBatch)
+          deleted += n
+          if (n < purgeBatch) break
+        }
+        if (deleted > 0) {
+          yield* Effect.logInfo("sent outbox messages past retention deleted").pipe(
+            Effect.annotateLogs({ deleted, sent_before: cutoff.toISOString() })
+          )
+        }
+      }).pipe(
+        Effect.catchCause((cause) =>
+          Effect.logWarning("outbox purge failed; the next one retries").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) }))
+        ),
+        Effect.withSpan("outbox.purge")
+      )
+      yield* purge.pipe(Effect.repeat(Schedule.spaced(config.relay.purgeInterval)), Effect.forkScoped)
 
       // On shutdown (after the consumers stopped): one last drain, bounded by the deadline.
       yield* Effect.addFinalizer(() =>

@@ -162,6 +162,11 @@ export class Outbox extends Context.Service<Outbox, {
   pending(limit: number): Db<ReadonlyArray<PendingOutboxMessage>>
   markSent(positions: ReadonlyArray<number>): Db<void>
   pendingCount(): Db<number>
+  /**
+   * Deletes up to `limit` messages sent before `sentBefore`, oldest first, and returns how many.
+   * A message not yet sent is never deleted, however old.
+   */
+  purgeSent(sentBefore: Date, limit: number): Db<number>
 }>()("inventory/stores/Outbox") {}
 
 export interface FailedEventFilter {

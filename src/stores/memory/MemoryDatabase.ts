@@ -18,7 +18,7 @@ export interface Tables {
   readonly reservations: Map<string, Reservation>
   readonly movements: Array<Movement>
   readonly eventLog: Map<string, EventLogEntry>
-  readonly outbox: Array<PendingOutboxMessage & { readonly sent: boolean }>
+  readonly outbox: Array<PendingOutboxMessage & { readonly sent_at: Date | null }>
   readonly failedEvents: Map<string, FailedEvent>
 }
 

@@ -1,4 +1,4 @@
-import { Effect, Layer, Option } from "effect"
+import { Clock, Effect, Layer, Option } from "effect"
 import {
   compareStockKeys,
   type EventLogEntry,
@@ -310,17 +310,29 @@ const OutboxMemory = Layer.effect(
         atomically((t) => {
           for (const m of messages) {
             if (t.outbox.some((o) => o.event_id === m.event_id)) continue
-            t.outbox.push({ ...m, position: nextOutboxPosition(), sent: false })
+            t.outbox.push({ ...m, position: nextOutboxPosition(), sent_at: null })
           }
         }),
       pending: (limit) =>
-        atomically((t) => t.outbox.filter((m) => !m.sent).slice(0, limit).map(({ sent: _, ...m }) => m)),
+        atomically((t) => t.outbox.filter((m) => m.sent_at === null).slice(0, limit).map(({ sent_at: _, ...m }) => m)),
       markSent: (positions) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          atomically((t) => {
+            const done = new Set(positions)
+            t.outbox.forEach((m, i) => {
+              if (done.has(m.position) && m.sent_at === null) t.outbox[i] = { ...m, sent_at: new Date(now) }
+            })
+          })),
+      pendingCount: () => atomically((t) => t.outbox.filter((m) => m.sent_at === null).length),
+      purgeSent: (sentBefore, limit) =>
         atomically((t) => {
-          const done = new Set(positions)
-          t.outbox.forEach((m, i) => { if (done.has(m.position)) t.outbox[i] = { ...m, sent: true } })
-        }),
-      pendingCount: () => atomically((t) => t.outbox.filter((m) => !m.sent).length)
+          const gone = new Set(
+            t.outbox.filter((m) => m.sent_at !== null && m.sent_at < sentBefore).slice(0, limit).map((m) => m.position)
+          )
+          const kept = t.outbox.filter((m) => !gone.has(m.position))
+          t.outbox.splice(0, t.outbox.length, ...kept)
+          return gone.size
+        })
     }))
 )
 

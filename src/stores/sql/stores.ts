@@ -189,6 +189,17 @@ export const OutboxSql = Layer.effect(
         Effect.map(
           orDatabaseError(sql<{ readonly n: bigint }>`SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL`),
           (rows) => whole(rows[0]?.n ?? 0)
+        ),
+      purgeSent: (sentBefore, limit) =>
+        Effect.map(
+          orDatabaseError(sql<{ readonly n: number }>`
+            WITH gone AS (
+              DELETE FROM outbox WHERE position IN (
+                SELECT position FROM outbox WHERE sent_at < ${sentBefore} ORDER BY position LIMIT ${limit})
+              RETURNING 1
+            )
+            SELECT count(*)::integer AS n FROM gone`),
+          (rows) => rows[0]?.n ?? 0
         )
     })
   })
