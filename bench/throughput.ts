@@ -58,6 +58,8 @@ const node = process.execPath
  */
 const startFlags = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { scripts: { start: string } })
   .scripts.start.split(/\s+/).filter((word) => word.startsWith("--"))
+/** Extra Node/V8 flags for the consumer, to try a setting without editing anything (e.g. "--trace-gc"). */
+const extraFlags = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((flag) => flag !== "")
 
 const db = new pg.Pool({ connectionString: databaseUrl, max: 4 })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -271,11 +273,9 @@ const committed = async () => {
 const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
   const before = await committed()
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
-  // Extra V8/Node flags for the consumer, to try a setting without editing the bench (e.g. "--trace-gc").
-  const extra = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((f) => f !== "")
   // Replicas share the queues; each gets its own HTTP port.
   const consumers = Array.from({ length: CONSUMERS }, (_, i) =>
-    start([...startFlags, ...profile, ...extra, "src/main.ts"], {
+    start([...startFlags, ...profile, ...extraFlags, "src/main.ts"], {
       ...consumerEnv,
       HTTP_PORT: String(Number(consumerEnv.HTTP_PORT) + i)
     }))
@@ -362,7 +362,7 @@ const runNaive = async (messages: ReadonlyArray<Outgoing>) => {
 // ---------------------------------------------------------------- main
 
 const main = async () => {
-  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version} ${[...startFlags, ...(process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((f) => f !== "")].join(" ")}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
+  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
   rabbitmqctl("add_vhost", vhost)
   rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
   try {
