@@ -173,18 +173,25 @@ describe("group commit: how many groups run at once", () => {
             }).pipe(Effect.orDie)
             return yield* (yield* EventApplier).apply(decoded, 1)
           }).pipe(Effect.forkChild)
+        // What must happen is waited for (up to 5 s, however loaded the machine); what must not
+        // is given 30 ms to show up.
         const settle = Effect.sleep("30 millis")
+        const until = (open: number) =>
+          Effect.gen(function*() {
+            const deadline = Date.now() + 5_000
+            while (g.active !== open && Date.now() < deadline) yield* Effect.sleep("5 millis")
+          })
         assert.strictEqual(backlogThreshold({ maxSize: 8, concurrency: 3 }), 2)
         g.armed = true
 
         const first = yield* place("a")
-        yield* settle
+        yield* until(1)
         assert.strictEqual(g.active, 1, "the first group is open")
         const second = yield* place("b")
         yield* settle
         assert.strictEqual(g.active, 1, "one waiting event is no backlog: it waits for the running group")
         const third = yield* place("c")
-        yield* settle
+        yield* until(2)
         assert.strictEqual(g.active, 2, "two waiting (a quarter of 8): a second group starts beside the first")
 
         yield* Deferred.succeed(g.open, undefined)

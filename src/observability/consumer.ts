@@ -66,28 +66,27 @@ export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<
  * hashes its attributes on every call, which for every message measured as a visible share of
  * the consumer's allocations (issue 8). The label sets are few (event type, source, error tag).
  */
-const attributed = <M>(make: (key: string) => M) => {
+const attributed = <Labels extends ReadonlyArray<string>, M>(make: (...labels: Labels) => M) => {
   const cache = new Map<string, M>()
-  return (key: string): M => {
+  return (...labels: Labels): M => {
+    const key = labels.join("\u0000")
     let metric = cache.get(key)
     if (metric === undefined) {
-      metric = make(key)
+      metric = make(...labels)
       cache.set(key, metric)
     }
     return metric
   }
 }
 /** Keyed by event type; "unknown" (nothing could be decoded) has no source either. */
-const consumedFor = attributed((eventType) =>
+const consumedFor = attributed((eventType: string) =>
   Metric.withAttributes(eventsConsumed, {
     event_type: eventType,
     source_service: eventType === "unknown" ? "unknown" : sourceService(eventType as InboundEventType)
   }))
-const processingFor = attributed((eventType) => Metric.withAttributes(eventProcessingSeconds, { event_type: eventType }))
-const errorsFor = attributed((key) => {
-  const [eventType, errorType] = key.split("\u0000") as [string, string]
-  return Metric.withAttributes(eventErrors, { event_type: eventType, error_type: errorType })
-})
+const processingFor = attributed((eventType: string) => Metric.withAttributes(eventProcessingSeconds, { event_type: eventType }))
+const errorsFor = attributed((eventType: string, errorType: string) =>
+  Metric.withAttributes(eventErrors, { event_type: eventType, error_type: errorType }))
 
 /**
  * Records what became of the message: on its span (outcome, event attributes, the error's
@@ -113,7 +112,7 @@ export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome): Effect.E
     }
     yield* Metric.update(consumedFor(eventType), 1)
     yield* Metric.update(processingFor(eventType), seconds)
-    if (failure !== undefined) yield* Metric.update(errorsFor(`${eventType}\u0000${failure.errorType}`), 1)
+    if (failure !== undefined) yield* Metric.update(errorsFor(eventType, failure.errorType), 1)
     const level = failure === undefined ? "Info" : outcome._tag === "DeadLetter" ? "Error" : "Warn"
     // The line is not even built when the level filters it out (LOG_LEVEL=warn under load).
     if (LogLevel.isGreaterThanOrEqualTo(level, yield* References.MinimumLogLevel)) {

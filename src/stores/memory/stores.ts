@@ -326,12 +326,15 @@ const OutboxMemory = Layer.effect(
       pendingCount: () => atomically((t) => t.outbox.filter((m) => m.sent_at === null).length),
       purgeSent: (sentBefore, limit) =>
         atomically((t) => {
-          const gone = new Set(
-            t.outbox.filter((m) => m.sent_at !== null && m.sent_at < sentBefore).slice(0, limit).map((m) => m.position)
-          )
-          const kept = t.outbox.filter((m) => !gone.has(m.position))
-          t.outbox.splice(0, t.outbox.length, ...kept)
-          return gone.size
+          // Oldest first (the array is in position order), compacted in place.
+          let deleted = 0
+          let kept = 0
+          for (const m of t.outbox) {
+            if (deleted < limit && m.sent_at !== null && m.sent_at < sentBefore) deleted++
+            else t.outbox[kept++] = m
+          }
+          t.outbox.length = kept
+          return deleted
         })
     }))
 )
