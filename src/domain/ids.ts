@@ -1,13 +1,19 @@
 import { createHash } from "node:crypto"
 
 /**
- * A UUID-shaped id derived from its parts. Ids of everything an event creates (reservations,
- * movements, outbound events) derive from the inbound `event_id`, so a retried or replayed
- * event produces the same ids and downstream consumers can deduplicate what they receive.
+ * The one way the service derives an id (SPEC 3): event-log keys, dead letters, outbound
+ * `event_id`s, reservation, movement and adjustment ids, timer keys. Every id is scoped by the
+ * organization, because `event_id`s are the publishers' and two organizations may send the same
+ * one; each must get its own effects, announcements and dead letter.
+ *
+ * Ids derive from the inbound `event_id`, so a retried or replayed event produces the same ids and
+ * downstream consumers can deduplicate what they receive. The result is UUID-shaped (version 8,
+ * "custom", RFC 9562). Parts are length-prefixed, so no choice of parts can collide with another.
  */
-export const deriveId = (...parts: ReadonlyArray<string>): string => {
-  const hex = createHash("sha256").update(parts.join("\u0000")).digest("hex")
-  // Version 8 ("custom") UUID layout, RFC 9562.
+export const deriveId = (organizationId: string, kind: string, ...parts: ReadonlyArray<string>): string => {
+  const hash = createHash("sha256")
+  for (const part of [organizationId, kind, ...parts]) hash.update(`${part.length}:${part};`)
+  const hex = hash.digest("hex")
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-${((parseInt(hex[16]!, 16) & 0x3) | 0x8).toString(16)}${hex.slice(17, 20)}-${hex.slice(20, 32)}`
 }
 

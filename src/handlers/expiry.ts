@@ -9,7 +9,7 @@ import { releaseReservation } from "./orders.ts"
 const expire = (reservation: Reservation) =>
   releaseReservation(reservation, "expired", "expired", {
     organization_id: reservation.organization_id,
-    event_id: deriveId(reservation.reservation_id, "expired")
+    event_id: deriveId(reservation.organization_id, "expired", reservation.reservation_id)
   })
 
 /**

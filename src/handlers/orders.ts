@@ -201,7 +201,7 @@ const createReservation = Effect.fnUntraced(function*(
   const items = yield* reserveDemands(org, orderId, demands)
   const reservation: Reservation = {
     organization_id: org,
-    reservation_id: deriveId(cause.event_id, "reservation"),
+    reservation_id: deriveId(org, "reservation", cause.event_id),
     order_id: orderId,
     status,
     items,
@@ -341,7 +341,7 @@ export const orderPlacedAll = Effect.fn("order.placed")(function*(placed: Readon
     const ttl = p.event.data.reservation_ttl_minutes ?? DEFAULT_RESERVATION_TTL_MINUTES
     const reservation: Reservation = {
       organization_id: org,
-      reservation_id: deriveId(p.eventId, "reservation"),
+      reservation_id: deriveId(org, "reservation", p.eventId),
       order_id: orderId,
       status: "active",
       items: allocation.success,
@@ -435,7 +435,7 @@ export const orderCancelled = Effect.fn("order.cancelled")(function*(event: Orde
     // Cancelled before it was placed: leave a tombstone so a late `order.placed` reserves nothing.
     yield* reservations.insert({
       organization_id: org,
-      reservation_id: deriveId(eventId, "reservation"),
+      reservation_id: deriveId(org, "reservation", eventId),
       order_id: data.order_id,
       status: "cancelled",
       items: [],
@@ -522,7 +522,7 @@ export const orderShipped = Effect.fn("order.shipped")(function*(event: OrderShi
     if (out > 0) {
       const change = yield* stock.ship(keyOf(org, item), out)
       movements.push({
-        movement_id: deriveId(eventId, "movement", item.variant_id, item.warehouse_id),
+        movement_id: deriveId(org, "movement", eventId, item.variant_id, item.warehouse_id),
         organization_id: org,
         variant_id: item.variant_id,
         warehouse_id: item.warehouse_id,

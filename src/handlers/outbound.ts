@@ -29,7 +29,7 @@ export const outboxMessages = (
   traceparent: string | null
 ): Array<OutboxMessage> =>
   drafts.map((draft): OutboxMessage => {
-    const event_id = deriveId(cause.event_id, draft.event, JSON.stringify(draft.data))
+    const event_id = deriveId(cause.organization_id, draft.event, cause.event_id, JSON.stringify(draft.data))
     const payload = {
       event: draft.event,
       version: "1.0",

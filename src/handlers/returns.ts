@@ -28,7 +28,7 @@ export const receiveStock = Effect.fnUntraced(function*(
   for (const inflow of sorted) {
     const change = yield* stock.receive(inflow, inflow.quantity, inflow.category)
     movements.push({
-      movement_id: deriveId(cause.event_id, "movement", inflow.variant_id, inflow.warehouse_id, inflow.category),
+      movement_id: deriveId(inflow.organization_id, "movement", cause.event_id, inflow.variant_id, inflow.warehouse_id, inflow.category),
       organization_id: inflow.organization_id,
       variant_id: inflow.variant_id,
       warehouse_id: inflow.warehouse_id,
@@ -113,9 +113,9 @@ export const adjustStock = Effect.fn("stock.adjust")(function*(
     })
   }
   const { before, after } = changed.value
-  const eventId = deriveId("adjustment", reference)
+  const eventId = deriveId(key.organization_id, "adjustment", reference)
   const movement: Movement = {
-    movement_id: deriveId(eventId, "movement"),
+    movement_id: deriveId(key.organization_id, "movement", eventId),
     organization_id: key.organization_id,
     variant_id: key.variant_id,
     warehouse_id: key.warehouse_id,

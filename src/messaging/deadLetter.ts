@@ -60,7 +60,9 @@ const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<stri
  */
 export const deadLetterId = (message: InboundMessage, decoded: Decoded | null): string => {
   const replay = message.headers["x-replay-count"]
+  const organization = decoded?.event.organization_id ?? peek(message.delivery.body, message.delivery.messageId).organizationId ?? ""
   return deriveId(
+    organization,
     "dead-letter",
     message.delivery.queue,
     decoded?.eventId ?? message.delivery.messageId ?? bodyDigest(message.delivery.body),
