@@ -169,16 +169,35 @@ export class Outbox extends Context.Service<Outbox, {
   purgeSent(sentBefore: Date, limit: number): Db<number>
 }>()("inventory/stores/Outbox") {}
 
+/** Where a dead letter sits in the list: its time, then its write order (`seq`) to break ties. */
+export interface FailedEventPosition {
+  readonly failed_at: Date
+  readonly seq: number
+}
+
+/** A dead letter as `list` returns it, with its position for the next page. */
+export interface ListedFailedEvent extends FailedEvent {
+  readonly seq: number
+}
+
 export interface FailedEventFilter {
   readonly event_type?: string
   readonly error_type?: string
+  readonly organization_id?: string
+  /** Keyset paging: only dead letters after this position in (failed_at, seq) order. */
+  readonly after?: FailedEventPosition
+  /** At most this many (default: every match). */
+  readonly limit?: number
 }
 
 export class FailedEvents extends Context.Service<FailedEvents, {
   record(event: FailedEvent): Db<void>
   get(id: string): Db<Option.Option<FailedEvent>>
-  list(filter: FailedEventFilter): Db<ReadonlyArray<FailedEvent>>
+  /** Oldest first, in (failed_at, seq) order; page with `after` and `limit`. */
+  list(filter: FailedEventFilter): Db<ReadonlyArray<ListedFailedEvent>>
   markReplayed(id: string, at: Date): Db<void>
+  /** Deletes up to `limit` dead letters that failed before `failedBefore`, oldest first, and returns how many. */
+  purge(failedBefore: Date, limit: number): Db<number>
 }>()("inventory/stores/FailedEvents") {}
 
 /** One broken invariant of SPEC 3, found on one row or reservation. */

@@ -19,7 +19,8 @@ export interface Tables {
   readonly movements: Array<Movement>
   readonly eventLog: Map<string, EventLogEntry>
   readonly outbox: Array<PendingOutboxMessage & { readonly sent_at: Date | null }>
-  readonly failedEvents: Map<string, FailedEvent>
+  /** With `seq`, the write order that breaks ties between dead letters of the same time. */
+  readonly failedEvents: Map<string, FailedEvent & { readonly seq: number }>
 }
 
 const emptyTables = (): Tables => ({

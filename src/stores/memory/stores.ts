@@ -2,6 +2,7 @@ import { Clock, Effect, Layer, Option } from "effect"
 import {
   compareStockKeys,
   type EventLogEntry,
+  type FailedEvent,
   liveStatuses,
   type Reservation,
   type StockCategory,
@@ -11,7 +12,9 @@ import {
 } from "../model.ts"
 import {
   EventLog,
+  type FailedEventPosition,
   FailedEvents,
+  type ListedFailedEvent,
   Movements,
   Outbox,
   Reconciliation,
@@ -341,25 +344,50 @@ const OutboxMemory = Layer.effect(
 
 const FailedEventsMemory = Layer.effect(
   FailedEvents,
-  Effect.map(MemoryDatabase, ({ atomically }) =>
-    FailedEvents.of({
-      record: (event) => atomically((t) => { t.failedEvents.set(event.id, event) }),
-      get: (id) => atomically((t) => Option.fromNullishOr(t.failedEvents.get(id))),
-      list: (filter) =>
+  Effect.map(MemoryDatabase, ({ atomically }) => {
+    // Like the SQL bigserial: only ever grows, gaps allowed.
+    let seq = 0
+    const isAfter = (e: ListedFailedEvent, p: FailedEventPosition) =>
+      e.failed_at.getTime() > p.failed_at.getTime() || (e.failed_at.getTime() === p.failed_at.getTime() && e.seq > p.seq)
+    const byPosition = (a: ListedFailedEvent, b: ListedFailedEvent) => a.failed_at.getTime() - b.failed_at.getTime() || a.seq - b.seq
+    return FailedEvents.of({
+      // Recording an id again replaces the record but keeps its place in the list.
+      record: (event) =>
+        atomically((t) => {
+          t.failedEvents.set(event.id, { ...event, seq: t.failedEvents.get(event.id)?.seq ?? ++seq })
+        }),
+      get: (id) =>
         atomically((t) =>
-          [...t.failedEvents.values()]
+          Option.map(Option.fromNullishOr(t.failedEvents.get(id)), ({ seq: _, ...event }): FailedEvent => event)
+        ),
+      list: (filter) =>
+        atomically((t) => {
+          const rows = [...t.failedEvents.values()]
             .filter((e) =>
               (filter.event_type === undefined || e.event_type === filter.event_type) &&
-              (filter.error_type === undefined || e.error_type === filter.error_type)
+              (filter.error_type === undefined || e.error_type === filter.error_type) &&
+              (filter.organization_id === undefined || e.organization_id === filter.organization_id) &&
+              (filter.after === undefined || isAfter(e, filter.after))
             )
-            .sort((a, b) => a.failed_at.getTime() - b.failed_at.getTime())
-        ),
+            .sort(byPosition)
+          return filter.limit === undefined ? rows : rows.slice(0, filter.limit)
+        }),
       markReplayed: (id, at) =>
         atomically((t) => {
           const e = t.failedEvents.get(id)
           if (e !== undefined) t.failedEvents.set(id, { ...e, replay_count: e.replay_count + 1, last_replayed_at: at })
+        }),
+      purge: (failedBefore, limit) =>
+        atomically((t) => {
+          const gone = [...t.failedEvents.values()]
+            .filter((e) => e.failed_at.getTime() < failedBefore.getTime())
+            .sort(byPosition)
+            .slice(0, limit)
+          for (const e of gone) t.failedEvents.delete(e.id)
+          return gone.length
         })
-    }))
+    })
+  })
 )
 
 const ReconciliationMemory = Layer.effect(

@@ -152,10 +152,16 @@ const createTables = statements(
 /** A dead letter keeps its message's headers, so `dlq replay` sends them again (traceparent included). */
 const failedEventHeaders = statements(`ALTER TABLE failed_events ADD COLUMN headers jsonb NOT NULL DEFAULT '{}'::jsonb`)
 
+/** `dlq list --org` pages one organization's dead letters in (failed_at, seq) order without a sort. */
+const failedEventsByOrganization = statements(
+  `CREATE INDEX failed_events_by_organization ON failed_events (organization_id, failed_at, seq)`
+)
+
 /** Every migration, in code: nothing is read from disk at run time. */
 export const loader = Migrator.fromRecord({
   "0001_create_inventory_tables": createTables,
-  "0002_failed_event_headers": failedEventHeaders
+  "0002_failed_event_headers": failedEventHeaders,
+  "0004_failed_events_by_organization": failedEventsByOrganization
 })
 
 const run = Migrator.make({})

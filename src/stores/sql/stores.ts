@@ -2,7 +2,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Array as Arr, Clock, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { FailedEvent, Movement, OutboxMessage, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
-import { EventLog, FailedEvents, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
+import { EventLog, FailedEvents, type ListedFailedEvent, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
 import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
 import { filterClause, whole } from "./stock.ts"
@@ -233,18 +233,35 @@ export const FailedEventsSql = Layer.effect(
           (rows) => Option.fromNullishOr(rows[0])
         ),
       list: (filter) =>
-        orDatabaseError(sql<FailedEvent>`
-          SELECT ${sql.literal(failedColumns)} FROM failed_events
-          WHERE ${
-          sql.and([
-            ...(filter.event_type !== undefined ? [sql`event_type = ${filter.event_type}`] : []),
-            ...(filter.error_type !== undefined ? [sql`error_type = ${filter.error_type}`] : [])
-          ])
-        }
-          ORDER BY failed_at, seq`),
+        Effect.map(
+          orDatabaseError(sql<FailedEvent & { readonly seq: bigint | number | string }>`
+            SELECT ${sql.literal(failedColumns)}, seq FROM failed_events
+            WHERE ${
+            sql.and([
+              ...(filter.event_type !== undefined ? [sql`event_type = ${filter.event_type}`] : []),
+              ...(filter.error_type !== undefined ? [sql`error_type = ${filter.error_type}`] : []),
+              ...(filter.organization_id !== undefined ? [sql`organization_id = ${filter.organization_id}`] : []),
+              ...(filter.after !== undefined ? [sql`(failed_at, seq) > (${filter.after.failed_at}, ${BigInt(filter.after.seq)})`] : [])
+            ])
+          }
+            ORDER BY failed_at, seq
+            ${filter.limit !== undefined ? sql`LIMIT ${filter.limit}` : sql``}`),
+          (rows) => rows.map((e): ListedFailedEvent => ({ ...e, seq: whole(e.seq) }))
+        ),
       markReplayed: (id, at) =>
         Effect.asVoid(orDatabaseError(sql`
-          UPDATE failed_events SET replay_count = replay_count + 1, last_replayed_at = ${at} WHERE id = ${id}`))
+          UPDATE failed_events SET replay_count = replay_count + 1, last_replayed_at = ${at} WHERE id = ${id}`)),
+      purge: (failedBefore, limit) =>
+        Effect.map(
+          orDatabaseError(sql<{ readonly n: number }>`
+            WITH gone AS (
+              DELETE FROM failed_events WHERE id IN (
+                SELECT id FROM failed_events WHERE failed_at < ${failedBefore} ORDER BY failed_at, seq LIMIT ${limit})
+              RETURNING 1
+            )
+            SELECT count(*)::integer AS n FROM gone`),
+          (rows) => rows[0]?.n ?? 0
+        )
     })
   })
 )
