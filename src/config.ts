@@ -28,6 +28,12 @@ export interface Topology {
   readonly deadLetterQueue: string
   readonly deadLetterTtlMs: number
   readonly deadLetterMaxLength: number
+  /**
+   * Our own queue on the dead-letter exchange (`#`), from which the dead letters the broker
+   * makes itself (expired, delivery limit, overflow) are recorded; bounded in bytes.
+   */
+  readonly deadLetterRecorderQueue: string
+  readonly deadLetterRecorderMaxBytes: number
   readonly queueType: QueueType
 }
 
@@ -53,6 +59,13 @@ export interface RelaySettings {
   readonly purgeInterval: Duration.Duration
 }
 
+export interface DeadLetterSettings {
+  /** How long a `failed_events` record is kept before it is deleted. */
+  readonly retention: Duration.Duration
+  /** How often records past `retention` are deleted. */
+  readonly purgeInterval: Duration.Duration
+}
+
 export interface ReservationSettings {
   readonly sweepInterval: Duration.Duration
   readonly sweepBatch: number
@@ -63,6 +76,7 @@ export interface RuntimeSettings {
   readonly topology: Topology
   readonly processing: ProcessingPolicy
   readonly relay: RelaySettings
+  readonly deadLetters: DeadLetterSettings
   readonly reservations: ReservationSettings
   readonly batch: BatchSettings
   /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
@@ -142,6 +156,9 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   deadLetterQueue: brokerName("DLQ_QUEUE", "inventory_failed_events"),
   deadLetterTtlMs: int("DLQ_MESSAGE_TTL_MS", 86_400_000),
   deadLetterMaxLength: int("DLQ_MAX_LENGTH", 10_000),
+  deadLetterRecorderQueue: brokerName("DLQ_RECORDER_QUEUE", "inventory_dead_letter_recorder"),
+  // Drained as fast as the database takes it; the bound only matters while the service is down.
+  deadLetterRecorderMaxBytes: int("DLQ_RECORDER_MAX_LENGTH_BYTES", 64 * 1024 * 1024),
   queueType,
   retryBaseDelay: millis("RETRY_BASE_DELAY_MS", Duration.toMillis(defaultProcessingPolicy.retryBaseDelay)),
   retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
@@ -153,6 +170,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
   outboxRetention: duration("OUTBOX_RETENTION", Duration.days(7)),
   outboxPurgeInterval: duration("OUTBOX_PURGE_INTERVAL", Duration.hours(1)),
+  failedEventsRetention: duration("FAILED_EVENTS_RETENTION", Duration.days(30)),
+  failedEventsPurgeInterval: duration("FAILED_EVENTS_PURGE_INTERVAL", Duration.hours(1)),
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
@@ -175,6 +194,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     deadLetterQueue: c.deadLetterQueue,
     deadLetterTtlMs: c.deadLetterTtlMs,
     deadLetterMaxLength: c.deadLetterMaxLength,
+    deadLetterRecorderQueue: c.deadLetterRecorderQueue,
+    deadLetterRecorderMaxBytes: c.deadLetterRecorderMaxBytes,
     queueType: c.queueType
   },
   processing: {
@@ -190,6 +211,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     retention: c.outboxRetention,
     purgeInterval: c.outboxPurgeInterval
   },
+  deadLetters: { retention: c.failedEventsRetention, purgeInterval: c.failedEventsPurgeInterval },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
   shutdownTimeout: c.shutdownTimeout

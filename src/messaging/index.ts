@@ -2,12 +2,14 @@ import { Effect, Layer } from "effect"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "./connection.ts"
 import { consumeAll } from "./consumer.ts"
+import * as DeadLetterRecorder from "./deadLetterRecorder.ts"
 import { Publisher } from "./publisher.ts"
 import { OutboxRelay } from "./relay.ts"
 
 export { Broker, BrokerError } from "./connection.ts"
 export { consume, consumeAll, deliveries, type DeliveryCounter, deliveryCounter } from "./consumer.ts"
 export { deadLetter, deadLetterHeaders } from "./deadLetter.ts"
+export { brokerErrorTypes, recordDeadLetter } from "./deadLetterRecorder.ts"
 export { type DeliveryChannel, type InboundMessage, settle } from "./inbound.ts"
 export { type OutgoingMessage, Publisher, PublishError } from "./publisher.ts"
 export { OutboxRelay, type RelayRound } from "./relay.ts"
@@ -20,11 +22,11 @@ export const consumersLayer = Layer.effectDiscard(
 
 /**
  * The whole RabbitMQ runtime: connection (topology declared on every connect), publisher,
- * outbox relay and both consumers. Torn down in the reverse order: consumers first (in-flight
+ * outbox relay, both consumers and the recorder of the broker's own dead letters. Torn down in the reverse order: consumers first (in-flight
  * messages finish), then the relay drains, then the connection closes. Needs the stores, the
  * reservation timers and `RuntimeConfig`.
  */
-export const layer = consumersLayer.pipe(
+export const layer = Layer.merge(consumersLayer, DeadLetterRecorder.layer).pipe(
   Layer.provideMerge(OutboxRelay.layer),
   Layer.provideMerge(Publisher.layer),
   Layer.provideMerge(Broker.layer)

@@ -23,6 +23,13 @@ export const declareTopology = async (channel: Channel, topology: Topology): Pro
     }
   })
   await channel.bindQueue(topology.deadLetterQueue, topology.deadLetterExchange, "#")
+  // A copy of every dead letter for the recorder (src/messaging/deadLetterRecorder.ts): the broker's
+  // own dead letters reach failed_events from here. Oldest dropped first past the byte bound.
+  await channel.assertQueue(topology.deadLetterRecorderQueue, {
+    durable: true,
+    arguments: { ...queueArguments(topology), "x-max-length-bytes": topology.deadLetterRecorderMaxBytes }
+  })
+  await channel.bindQueue(topology.deadLetterRecorderQueue, topology.deadLetterExchange, "#")
 
   await channel.assertExchange(topology.eventsExchange, "topic", { durable: true })
 
