@@ -23,8 +23,9 @@ export interface Column<A> {
   readonly align?: "left" | "right"
 }
 
+// C1 controls too: a terminal may read U+009B as CSI, as it reads ESC [.
 const cell = (value: string | number | boolean | null): string =>
-  value === null ? "-" : typeof value === "string" ? value.replace(/[\u0000-\u001f\u007f]/g, " ") : String(value)
+  value === null ? "-" : typeof value === "string" ? value.replace(/[\u0000-\u001f\u007f-\u009f]/g, " ") : String(value)
 
 /** Aligned columns, two spaces apart, numbers right-aligned; `empty` when there are no rows. */
 export const renderTable = <A>(rows: ReadonlyArray<A>, columns: ReadonlyArray<Column<A>>, empty: string): string => {
@@ -45,7 +46,14 @@ export const renderRecord = (entries: ReadonlyArray<readonly [string, string | n
   return entries.map(([key, value]) => `${`${key}:`.padEnd(width + 1)} ${cell(value)}`).join("\n")
 }
 
-export const printJson = (value: unknown) => Console.log(JSON.stringify(value, null, 2))
+/**
+ * Indented JSON with DEL and the C1 controls escaped as well: JSON.stringify escapes only
+ * U+0000-U+001F, and a terminal may act on the others.
+ */
+export const jsonText = (value: unknown): string =>
+  JSON.stringify(value, null, 2).replace(/[\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+
+export const printJson = (value: unknown) => Console.log(jsonText(value))
 
 /** The table or the JSON document, as `--json` asks. */
 export const print = <A, J>(json: boolean, rows: ReadonlyArray<A>, toJson: (row: A) => J, table: () => string) =>
