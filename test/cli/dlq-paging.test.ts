@@ -61,6 +61,7 @@ afterAll(async () => {
   await dropSchema(schema)
 })
 
+// Each test runs several child processes (the CLI) or waits on the broker; the machine is shared.
 describe("dlq paging and --org", () => {
   it("list reads more records than one page and prints them all, once, oldest first", async () => {
     const listed = json<Array<FailedEventJson>>(await cli("dlq", "list", "--page-size", "2", "--json"))
@@ -73,7 +74,7 @@ describe("dlq paging and --org", () => {
     const lines = table.stdout.trimEnd().split("\n")
     expect(lines.filter((line) => line.startsWith("ID "))).toHaveLength(1)
     expect(lines.slice(1).map((line) => line.split(/\s+/)[0])).toEqual(seeded.map((r) => r.id))
-  })
+  }, 180_000)
 
   it("--org keeps one organization's records, on list and replay --all", async () => {
     expect(json<Array<FailedEventJson>>(await cli("dlq", "list", "--org", orgA, "--page-size", "3", "--json")).map((e) => e.id)).toEqual(rowsA)
@@ -84,7 +85,7 @@ describe("dlq paging and --org", () => {
 
     const dry = json<Array<ReplayJson>>(await cli("dlq", "replay", "--all", "--org", orgB, "--dry-run", "--json"))
     expect(dry.map((r) => [r.id, r.replayed])).toEqual([["b1", false], ["b2", false]])
-  })
+  }, 180_000)
 
   it("replay --all pages through and republishes every match, and only those", async () => {
     const client = await TestClient.connect(vhost)
@@ -101,7 +102,7 @@ describe("dlq paging and --org", () => {
     } finally {
       await client.close()
     }
-  })
+  }, 180_000)
 
   it("show escapes control characters of the body and headers, and shows the headers", async () => {
     const body = Buffer.from('{"note":"\u001b[31mred\u001b[0m","csi":"\u009b2J","line":"one\ntwo"}', "utf8")
@@ -122,5 +123,5 @@ describe("dlq paging and --org", () => {
 
     expectCleanFailure(await cli("dlq", "show", "esc", "--org", orgA), 1, `No dead-lettered event with id esc in organization ${orgA}`)
     expect((await cli("dlq", "show", "esc", "--org", orgB)).code).toBe(0)
-  })
+  }, 180_000)
 })

@@ -105,7 +105,7 @@ describe("dlq with the running consumer", () => {
     expect(json(await cli("dlq", "list", "--error-type", "ValidationError", "--json"))).toEqual([])
     expect(json(await cli("dlq", "list", "--event-type", "order.shipped", "--json"))).toEqual([])
     const detail = json<FailedEventJson & { body: string; body_encoding: string; content_type: string | null }>(await cli("dlq", "show", failed!.id, "--json"))
-    expect(detail).toEqual({ ...failed, content_type: "application/json", body, body_encoding: "utf8" })
+    expect(detail).toEqual({ ...failed, content_type: "application/json", headers: { traceparent, "x-tenant": "tenant-9" }, body, body_encoding: "utf8" })
     const shown = await cli("dlq", "show", failed!.id)
     expect(shown.stdout).toMatch(/^error_type:\s+InsufficientStock$/m)
     expect(shown.stdout).toMatch(/^original_routing_key:\s+order\.placed$/m)

@@ -90,6 +90,7 @@ afterAll(async () => {
   await dropSchema(schema)
 })
 
+// Each test runs several child processes (the CLI) or waits on the broker; the machine is shared.
 describe("dead letters the broker makes", () => {
   it("a message that expires while no consumer runs is recorded as BrokerExpired, listed, and replayed", async () => {
     const org = freshOrg()
@@ -135,7 +136,7 @@ describe("dead letters the broker makes", () => {
     } finally {
       await runtime.dispose()
     }
-  })
+  }, 180_000)
 
   it("a message past the quorum queue's delivery limit is recorded as BrokerDeliveryLimit", async () => {
     const policy = `limit_${Math.random().toString(36).slice(2, 8)}`
@@ -172,7 +173,7 @@ describe("dead letters the broker makes", () => {
       await recorder.dispose()
       await rabbitmqctl("clear_policy", "-p", vhost, policy)
     }
-  })
+  }, 180_000)
 
   it("records a redelivered copy once, stores text PostgreSQL would refuse, and leaves our own copies alone", async () => {
     const recorder = recorderOnly()
@@ -215,5 +216,5 @@ describe("dead letters the broker makes", () => {
     } finally {
       await recorder.dispose()
     }
-  })
+  }, 180_000)
 })
