@@ -108,6 +108,8 @@ const timerKey = (organizationId: string, reservationId: string) => `${organizat
  * one fiber on the Effect clock (so `TestClock` drives it). It is the FiberMap pattern with
  * the fibers folded into a deadline heap: a sleeping fiber costs ~2.4 KB, a heap entry well
  * under 200 B, which is what keeps 100,000 pending reservations inside the memory budget.
+ * A cancelled timer leaves the heap at once and recovery reads the table in pages, so memory
+ * stays bounded by live reservations whatever their TTL (issue 15).
  *
  * When a timer fires, the expiry runs in its own unit of work. Expiry is idempotent (row lock
  * and conditional transition), so a timer that fires late, twice, or on two replicas releases
