@@ -194,7 +194,8 @@ export const decodeDelivery = (delivery: Delivery): Effect.Effect<Decoded, Valid
     const text = decodeUtf8(delivery.body)
     const json = text === parseFailure ? parseFailure : parseText(text)
     if (text === parseFailure || json === parseFailure) return invalid("Message body is not valid UTF-8 JSON")
-    if (suspectEscape.test(text)) {
+    // `includes` first: a plain substring search is several times cheaper than the regex.
+    if (text.includes("\\u") && suspectEscape.test(text)) {
       const problem = findUnstorable(json)
       if (problem !== null) return invalid(`${problem}: PostgreSQL cannot store it`)
     }
