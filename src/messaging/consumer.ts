@@ -70,6 +70,7 @@ const toInbound = (via: DeliveryChannel, spec: ConsumerQueue, counter: DeliveryC
   delivery: {
     body: raw.content,
     messageId: typeof raw.properties.messageId === "string" ? raw.properties.messageId : undefined,
+    headers: raw.properties.headers ?? {},
     deliveryCount: counter.count(raw),
     queue: spec.queue,
     accepts: spec.eventTypes
