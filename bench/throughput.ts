@@ -86,7 +86,7 @@ const extraFlags = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter
 
 const db = new pg.Pool({ connectionString: databaseUrl, max: 4 })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-const rabbitmqctl = (...args: Array<string>) => execFileSync("rabbitmqctl", ["-q", ...args], { encoding: "utf8" })
+const rabbitmqctl = (...args: Array<string>) => execFileSync("rabbitmqctl", ["-q", ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
 const count = async (sql: string, params: Array<unknown> = []) => Number((await db.query(sql, params)).rows[0].n)
 
@@ -106,7 +106,8 @@ const envelope = (event: string, data: unknown) => ({
 
 /** `order`: the order the message is about, so the reservations it should leave live can be counted. */
 type Outgoing = { readonly exchange: string; readonly routingKey: string; readonly order?: string; readonly body: () => object }
-type Workload = { readonly label: string; readonly messages: ReadonlyArray<Outgoing>; readonly orderPrefix: string }
+/** `announcements`: outbox rows the workload should write when applied in order (known for the lifecycle). */
+type Workload = { readonly label: string; readonly messages: ReadonlyArray<Outgoing>; readonly orderPrefix: string; readonly announcements?: number }
 
 const orderPlaced = (orderId: string): Outgoing => ({
   exchange: "order_events",
@@ -148,7 +149,8 @@ const lifecycle = (orders: number, run: string): Workload => {
       ? { exchange: "order_events", routingKey: "order.shipped", order, body: () => envelope("order.shipped", { order_id: order, shipment_id: `s_${order}`, shipped_items: [item] }) }
       : { exchange: "order_events", routingKey: "order.cancelled", order, body: () => envelope("order.cancelled", { order_id: order, cancellation_reason: "customer_request" }) })
   }
-  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${tag}_` }
+  // One stock.reserved per order, then one movement.out (a single line) or one stock.released.
+  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${tag}_`, announcements: 2 * orders }
 }
 
 /** Orders a workload leaves with a live reservation: placed, and neither cancelled nor shipped. */
@@ -308,8 +310,12 @@ const consumersIn = (vhost: string) => {
   }
 }
 
-/** Every message on `inventory_events` from now on, by messageId: what was published twice. */
+/**
+ * Every message on `inventory_events` from now on, by messageId: what was published twice, and
+ * which outbox rows written from now on never showed up.
+ */
 const captureOutbound = async (vhost: string) => {
+  const from = await count(`SELECT coalesce(max(position), 0) AS n FROM ${schema}.outbox`)
   const connection = await amqp.connect(vhostUrl(vhost))
   const channel = await connection.createChannel()
   const { queue } = await channel.assertQueue("", { exclusive: true })
@@ -330,7 +336,8 @@ const captureOutbound = async (vhost: string) => {
       let total = 0
       let twice = 0
       for (const n of seen.values()) { total += n; if (n > 1) twice++ }
-      return { total, distinct: seen.size, twice }
+      const written = (await db.query(`SELECT event_id FROM ${schema}.outbox WHERE position > $1`, [from])).rows.map((r) => r.event_id as string)
+      return { total, distinct: seen.size, twice, written: written.length, unseen: written.filter((id) => !seen.has(id)).length }
     }
   }
 }
@@ -461,7 +468,7 @@ const outboxDrained = () => waitFor("outbox drained", async () => (await count(`
 /** The order queue's prefetch our consumer ran with, read back from the broker (the default is the consumer's). */
 let ourPrefetch: number | undefined
 
-type Outbound = { total: number; distinct: number; twice: number }
+type Outbound = { total: number; distinct: number; twice: number; written: number; unseen: number }
 const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) => {
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
   let capture: Awaited<ReturnType<typeof captureOutbound>> | undefined
@@ -510,15 +517,16 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     WHERE payload->>'causation_id' = ANY($1) AND sent_at IS NOT NULL GROUP BY 1`, [ids])).rows
   const out = latencies(run.published, announced)
   const rate = rateOf(workload.messages, run.elapsed)
+  const expected = expectedLive(workload.messages)
   const cpuTotal = run.cpu.user + run.cpu.system
   const who = replicas > 1 ? `ours ×${replicas}` : "ours"
   console.log(`${who.padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s, first publish to last commit); ` +
     `latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
     `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
     `machine ${fmt(100 * run.machineBusy)}% busy (all cores, all processes); publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
-    `live reservations left ${fmt(live)} (expected ${fmt(expectedLive(workload.messages))}); dead-lettered ${fmt(deadLettered)}` +
-    (outbound === undefined ? "" : `; outbound events captured ${fmt(outbound.total)}, distinct ${fmt(outbound.distinct)}, published twice ${fmt(outbound.twice)}`))
-  return rate
+    `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
+    (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
+  return { rate, live, expected, deadLettered, outbound }
 }
 
 const checkOurs = () => {
@@ -611,7 +619,7 @@ const compare = async () => {
   if (conventional) await seedConventional()
   const summary: Array<[string, number, number | undefined]> = []
   for (const workload of workloads) {
-    const ours = await runOurs(workload)
+    const ours = (await runOurs(workload)).rate
     summary.push([workload.label, ours, conventional ? await runConventional(workload) : undefined])
   }
   const check = checkOurs()
@@ -646,8 +654,13 @@ const main = async () => {
       const many = await runOurs(lifecycle(ORDERS, `r${CONSUMERS}`), CONSUMERS, KILL_AFTER_MS)
       const check = checkOurs()
       clean = check === "clean"
-      console.log(`ORDER_PREFETCH ${ourPrefetch}${PREFETCH === undefined ? " (npm start's default)" : " (--prefetch)"}`)
-      console.log(`lifecycle: 1 replica ${fmt(one)} events/s, ${CONSUMERS} replicas (one killed) ${fmt(many)} events/s, ratio ${fmt(many / one, 2)}`)
+      const line = (name: string, r: typeof one) =>
+        `${name.padEnd(30)}${fmt(r.rate).padStart(10)}${fmt(r.outbound?.twice ?? NaN).padStart(16)}${fmt(r.deadLettered).padStart(15)}${`${fmt(r.live)} (${fmt(r.expected)})`.padStart(16)}`
+      console.log(`\nlifecycle, ${fmt(ORDERS)} orders; prefetch of the order queue ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}`)
+      console.log(`${"(noisy)".padEnd(30)}${"events/s".padStart(10)}${"sent twice".padStart(16)}${"dead-lettered".padStart(15)}${"live (expected)".padStart(16)}`)
+      console.log(line("1 replica", one))
+      console.log(line(`${CONSUMERS} replicas, one SIGKILLed`, many))
+      console.log(`${CONSUMERS} replicas / 1 replica: ${fmt(many.rate / one.rate, 2)}`)
       console.log(`ours reconciliation (I1 I2 I3 I8 I9): ${check}`)
     } else {
       clean = await compare()

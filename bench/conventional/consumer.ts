@@ -4,9 +4,12 @@
  * (`INSERT ... ON CONFLICT DO NOTHING`), conditional decrements on the stock primary key, the
  * reservation, movement and outbox rows, COMMIT, then the ack. Messages of one key (order or
  * variant) run one after another in process; different keys run concurrently up to the prefetch,
- * over a pool of 10. No relay (outbox rows are written, not published), no TTL timers, no DLQ.
+ * over a pool of 10. Handles order.placed, .confirmed, .cancelled, .shipped and, for the mixed
+ * run, return.received and catalog.variant.created/updated; not catalog deletes. No relay (outbox
+ * rows are written, not published), no TTL timers, no DLQ, every warehouse taken as active.
  *
- * Env: AMQP_URL, DATABASE_URL, CONVENTIONAL_SCHEMA, CONVENTIONAL_QUEUE, CONVENTIONAL_PREFETCH.
+ * Env: AMQP_URL, DATABASE_URL, CONVENTIONAL_SCHEMA, CONVENTIONAL_QUEUE, CONVENTIONAL_PREFETCH,
+ * CONVENTIONAL_WAREHOUSES (comma-separated, for catalog.variant.created).
  */
 import amqp from "amqplib"
 import pg from "pg"
@@ -16,6 +19,7 @@ export const conventionalSchemaSql = (s: string) => [
   `CREATE TABLE ${s}.stock (org text, variant_id text, warehouse_id text, total int NOT NULL, available int NOT NULL,
     reserved int NOT NULL DEFAULT 0, damaged int NOT NULL DEFAULT 0, PRIMARY KEY (org, variant_id, warehouse_id),
     CHECK (available >= 0 AND reserved >= 0 AND damaged >= 0 AND total = available + reserved + damaged))`,
+  `CREATE TABLE ${s}.variants (org text, variant_id text, sku text, tracked boolean NOT NULL, PRIMARY KEY (org, variant_id))`,
   `CREATE TABLE ${s}.processed_events (org text, event_id text, event_type text NOT NULL, processed_at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (org, event_id))`,
   `CREATE TABLE ${s}.reservations (org text, order_id text, status text NOT NULL, items jsonb NOT NULL, expires_at timestamptz, PRIMARY KEY (org, order_id))`,
   `CREATE TABLE ${s}.movements (id bigserial PRIMARY KEY, org text, variant_id text, warehouse_id text, change int NOT NULL, before int NOT NULL, after int NOT NULL, reason text NOT NULL, caused_by text NOT NULL)`,
@@ -87,11 +91,14 @@ const handlers: Record<string, (q: Q, e: any) => Promise<void>> = {
     }
   },
   "catalog.variant.created": async (q, { organization_id: org, data: d }) => {
+    await q(`INSERT INTO variants VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, [org, d.variant_id, d.sku ?? null, d.track_inventory !== false])
     if (d.track_inventory === false) return
     const r = await q(`INSERT INTO stock (org, variant_id, warehouse_id, total, available) SELECT $1, $2, unnest($3::text[]), 0, 0 ON CONFLICT DO NOTHING`, [org, d.variant_id, warehouses])
     if (r.rowCount) await outbox(q, "inventory.stock.initialized", { variant_id: d.variant_id })
   },
-  "catalog.variant.updated": async () => undefined // the SKU lives in the catalog; nothing of stock changes
+  "catalog.variant.updated": async (q, { organization_id: org, data: d }) => { // the bench changes SKUs only
+    if (d.changes?.sku) await q(`UPDATE variants SET sku = $3 WHERE org = $1 AND variant_id = $2`, [org, d.variant_id, d.changes.sku.new])
+  }
 }
 const warehouses = (process.env["CONVENTIONAL_WAREHOUSES"] ?? "wh_1,wh_2").split(",")
 
