@@ -25,6 +25,7 @@
  *   npm run bench -- --warmup 0            order.placed events sent (at the same rate) and applied before
  *                                          each run, not counted (default 1,000): a fresh process has no
  *                                          JIT-compiled code, prepared statements or open connections
+ *   npm run bench -- --timeout 600         longest wait, in seconds, for a run's commits (default 1,800)
  *   npm run bench -- --per-second          latency of each second of publishing on its own (where the tail is)
  *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
@@ -366,6 +367,7 @@ const measure = async (options: {
 }): Promise<Measured> => {
   const consumers = Array.from({ length: options.replicas }, (_, i) => options.spawnOne(i))
   const everyone = [...consumers]
+  let kill: NodeJS.Timeout | undefined
   try {
     await waitFor(`${options.label}: consumers subscribed`, async () => consumersIn(options.vhost).length, options.subscriptions * options.replicas, 60_000, everyone)
     await options.onReady?.()
@@ -388,7 +390,7 @@ const measure = async (options: {
     const cpu0 = consumers.map(cpuMs)
     const machine0 = machineTicks()
     let killedRss = 0
-    const kill = options.killAfterMs === undefined ? undefined : setTimeout(() => {
+    kill = options.killAfterMs === undefined ? undefined : setTimeout(() => {
       killedRss = peakRss(consumers[0]!)
       consumers[0]!.kill("SIGKILL")
       consumers[0] = options.spawnOne(0)
@@ -411,6 +413,7 @@ const measure = async (options: {
     const machineBusy = (machine1.busy - machine0.busy) / Math.max(1, machine1.all - machine0.all)
     return { elapsed, publishMs, rss, cpu, machineBusy, published }
   } finally {
+    clearTimeout(kill)
     await Promise.all(everyone.map(stop))
   }
 }
