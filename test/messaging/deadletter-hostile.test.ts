@@ -1,0 +1,145 @@
+import { execFile } from "node:child_process"
+import { promisify } from "node:util"
+import { Effect } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { FailedEvents } from "../../src/stores/services.ts"
+import { addWarehouse, freshId, freshOrg, quantities } from "../support/events.ts"
+import {
+  type Captured,
+  createVhost,
+  deleteVhost,
+  eventually,
+  queuesSettled,
+  startRuntime,
+  TestClient,
+  testEnv,
+  uniqueVhost,
+  vhostUrl
+} from "../support/rabbit.ts"
+import { sqlLayer } from "../sql/support.ts"
+
+/**
+ * Issue 15 items 1, 5 and 6 on the real broker and PostgreSQL: hostile messages whose dead-letter
+ * record PostgreSQL would refuse end with exactly one DLQ copy and one `failed_events` row, and
+ * the consumer goes on; our DLQ copies decode in kombu and pika, the Python clients a Celery-based
+ * Order service uses.
+ */
+
+const vhost = uniqueVhost("dlq_hostile")
+const stores = sqlLayer("mq_dlq_hostile")
+
+let runtime: ReturnType<typeof startRuntime<any, any>>
+let client: TestClient
+let dead: Array<Captured>
+const run = <A, E>(effect: Effect.Effect<A, E, any>) => runtime.runPromise(effect)
+
+const envelope = (org: string, event: string, data: unknown, eventId = freshId("evt")) => ({
+  event,
+  version: "1.0",
+  timestamp: "2026-01-01T00:00:00Z",
+  organization_id: org,
+  event_id: eventId,
+  data
+})
+const returned = (org: string, variant: string) =>
+  envelope(org, "return.received", {
+    order_id: freshId("order"),
+    return_id: freshId("ret"),
+    warehouse_id: "wh_1",
+    returned_items: [{ variant_id: variant, quantity: 1, condition: "good" }]
+  })
+
+const copiesOf = (messageId: string) => dead.filter((m) => m.properties.messageId === messageId)
+const rowsWhere = (keep: (row: { readonly event_id: string | null; readonly organization_id: string | null }) => boolean) =>
+  run(Effect.flatMap(FailedEvents, (f) => f.list({}))).then((rows) => rows.filter(keep))
+
+const python = promisify(execFile)
+/** Every message of `queue` as the named Python client decodes it (left in the queue). */
+export const readWithPython = async (pythonClient: "kombu" | "pika", queue: string) => {
+  const script = new URL("./clients/read_queue.py", import.meta.url).pathname
+  const { stdout } = await python("/usr/bin/python3", [script, pythonClient, vhostUrl(vhost), queue], { timeout: 60_000 })
+  return JSON.parse(stdout) as Array<{ headers: Record<string, unknown>; message_id: string | null; body: string }>
+}
+
+beforeAll(async () => {
+  await createVhost(vhost)
+  runtime = startRuntime(stores, testEnv(vhost, { MAX_DELIVERIES: "3" }))
+  await runtime.runPromise(Effect.void)
+  client = await TestClient.connect(vhost)
+  dead = await client.bindCapture("inventory_dlq")
+})
+
+afterAll(async () => {
+  await client?.close()
+  await runtime?.dispose()
+  await deleteVhost(vhost)
+})
+
+/** The message is settled, a later message is applied, and nothing more reaches the DLQ. */
+const consumerGoesOn = async (org: string) => {
+  await run(addWarehouse(org, "wh_1"))
+  await client.publish("order_events", "return.received", returned(org, "v-next"))
+  await eventually("the next message applied", async () => (await run(quantities(org, "v-next", "wh_1")))?.total === 1)
+  await eventually("queues settled", () => queuesSettled(vhost, ["inventory_order_consumer"]), 60_000)
+}
+
+describe("hostile messages on the dead-letter path (issue 15)", () => {
+  it("a NUL in the event name: one DLQ copy, one failed_events row, and the consumer goes on", async () => {
+    const org = freshOrg()
+    const messageId = `${org}-nul-event`
+    await client.publish("order_events", "order.placed", `{"event":"\\u0000","organization_id":"${org}","data":{}}`, { messageId })
+    await consumerGoesOn(org)
+
+    expect(copiesOf(messageId)).toHaveLength(1)
+    expect(copiesOf(messageId)[0]!.headers["x-error-type"]).toBe("ValidationError")
+    const rows = await rowsWhere((r) => r.organization_id === org)
+    expect(rows).toHaveLength(1)
+    expect(rows[0]!.event_type).not.toContain("\u0000")
+    expect(rows[0]!.dlq_copied_at).not.toBeNull()
+    expect(Buffer.from(rows[0]!.body).equals(copiesOf(messageId)[0]!.body)).toBe(true)
+  })
+
+  it("a NUL in a string header of an invalid message: one DLQ copy, one row, the header kept escaped", async () => {
+    const org = freshOrg()
+    const messageId = `${org}-nul-header`
+    await client.publish("order_events", "order.placed", "{not json", {
+      messageId,
+      headers: { "x-note": "before\u0000after", "x-tenant-hint": org }
+    })
+    await consumerGoesOn(org)
+
+    expect(copiesOf(messageId)).toHaveLength(1)
+    // The DLQ copy carries the header as sent: AMQP strings may hold NUL, only the record may not.
+    expect(copiesOf(messageId)[0]!.headers["x-note"]).toBe("before\u0000after")
+    const rows = await rowsWhere((r) => r.event_id === messageId)
+    expect(rows).toHaveLength(1)
+    expect(rows[0]!.headers["x-note"]).toBe("before\\u0000after")
+    expect(rows[0]!.headers["x-tenant-hint"]).toBe(org)
+  })
+
+  it("dead letters with a header value of 200 decode in kombu and pika", async () => {
+    const org = freshOrg()
+    const messageId = `${org}-typed-headers`
+    await client.publish("order_events", "order.placed", "{not json", {
+      messageId,
+      headers: { "x-count": 200, "x-big": 5_000_000_000, "x-ratio": 0.5, "x-flag": true, "x-text": "é" }
+    })
+    await eventually("the DLQ copy", () => copiesOf(messageId).length === 1)
+    await eventually("in the DLQ", async () => (await client.depth("inventory_failed_events")) > 0)
+    for (const pythonClient of ["kombu", "pika"] as const) {
+      const read = await readWithPython(pythonClient, "inventory_failed_events")
+      const copy = read.find((m) => m.message_id === messageId)
+      expect(copy, pythonClient).toBeDefined()
+      expect(copy!.headers).toMatchObject({
+        "x-count": 200,
+        "x-big": 5_000_000_000,
+        "x-flag": true,
+        "x-text": "é",
+        "x-error-type": "ValidationError",
+        "x-original-exchange": "order_events",
+        "x-original-routing-key": "order.placed",
+        "x-attempts": 1
+      })
+    }
+  })
+})
