@@ -1,7 +1,11 @@
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
+import type amqp from "amqplib"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { RuntimeConfig } from "../../src/config.ts"
+import { deadLetter } from "../../src/messaging/deadLetter.ts"
+import type { InboundMessage } from "../../src/messaging/inbound.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, quantities } from "../support/events.ts"
 import {
@@ -141,5 +145,83 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
         "x-attempts": 1
       })
     }
+  })
+  it("x-attempts >= 128, nested tables, arrays and byte arrays decode in kombu and pika; so does an outbound event", async () => {
+    const org = freshOrg()
+    const headers = {
+      "x-case": `${org}-many-deliveries`,
+      "x-table": { depth: 300, inner: { ok: true, list: [1, 40_000, "s", null] } },
+      "x-bytes": Buffer.from([0, 1, 254, 255]),
+      "x-negative": -200,
+      "x-delivery-count": 140
+    }
+    // A message redelivered 130 times: a delivery count no test can wait for, given to the dead-letter path directly.
+    const inbound: InboundMessage = {
+      delivery: { body: Buffer.from("{not json"), messageId: `${org}-many`, deliveryCount: 130, queue: "inventory_order_consumer", accepts: ["order.placed"] },
+      exchange: "order_events",
+      routingKey: "order.placed",
+      headers,
+      properties: { headers, messageId: `${org}-many`, contentType: "application/json" } as unknown as amqp.MessageProperties,
+      deliveryTag: 0,
+      redelivered: true,
+      via: undefined as never, // never settled here
+      raw: undefined as never
+    }
+    const result = await run(Effect.flatMap(RuntimeConfig, (config) =>
+      deadLetter(config, inbound, { errorType: "ValidationError", message: "Message body is not valid UTF-8 JSON" }, null)))
+    expect(result).toEqual({ _tag: "DeadLettered", parked: false })
+
+    await client.channel.assertQueue("py_outbound", { durable: false })
+    await client.channel.bindQueue("py_outbound", "inventory_events", "#")
+    await run(addWarehouse(org, "wh_1"))
+    const event = returned(org, "v-py")
+    await client.publish("order_events", "return.received", event)
+    await eventually("an outbound event", async () => (await client.depth("py_outbound")) > 0)
+    await eventually("in the DLQ", async () => (await client.depth("inventory_failed_events")) > 0)
+
+    for (const pythonClient of ["kombu", "pika"] as const) {
+      const copy = (await readWithPython(pythonClient, "inventory_failed_events")).find((m) => m.message_id === `${org}-many`)
+      expect(copy, pythonClient).toBeDefined()
+      expect(copy!.headers).toMatchObject({
+        "x-attempts": 130,
+        "x-table": { depth: 300, inner: { ok: true, list: [1, 40_000, "s", null] } },
+        "x-bytes": { bytes: Buffer.from([0, 1, 254, 255]).toString("base64") },
+        "x-negative": -200
+      })
+      const outbound = (await readWithPython(pythonClient, "py_outbound")).filter((m) =>
+        JSON.parse(Buffer.from(m.body, "base64").toString("utf8")).causation_id === event.event_id)
+      expect(outbound.length, pythonClient).toBeGreaterThan(0)
+      expect(outbound[0]!.headers["traceparent"], pythonClient).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/)
+      expect(typeof outbound[0]!.message_id).toBe("string")
+    }
+  })
+
+  it("a header table over 64 KiB and a messageId over 255 bytes are cut, never a reason to fail", async () => {
+    const org = freshOrg()
+    const messageId = `${org}-`.padEnd(300, "m")
+    const headers = { "x-case": org, "x-a": "a".repeat(40_000), "x-b": "b".repeat(40_000) }
+    const inbound: InboundMessage = {
+      delivery: { body: Buffer.from("{not json"), messageId, deliveryCount: 1, queue: "inventory_order_consumer", accepts: ["order.placed"] },
+      exchange: "order_events",
+      routingKey: "order.placed",
+      headers,
+      properties: { headers, messageId, contentType: "application/json" } as unknown as amqp.MessageProperties,
+      deliveryTag: 0,
+      redelivered: false,
+      via: undefined as never, // never settled here
+      raw: undefined as never
+    }
+    const result = await run(Effect.flatMap(RuntimeConfig, (config) =>
+      deadLetter(config, inbound, { errorType: "ValidationError", message: "Message body is not valid UTF-8 JSON" }, null)))
+    expect(result).toEqual({ _tag: "DeadLettered", parked: false })
+    const copy = await eventually("the DLQ copy", () => dead.find((m) => m.headers["x-case"] === org))
+    expect(copy.properties.messageId).toBe(messageId.slice(0, 255))
+    expect(copy.headers["x-a"]).toBe(headers["x-a"])
+    expect(copy.headers["x-b"]).toBeUndefined()
+    expect(copy.headers["x-error-type"]).toBe("ValidationError")
+    expect(copy.headers["x-attempts"]).toBe(1)
+    const rows = await rowsWhere((r) => r.event_id === messageId)
+    expect(rows).toHaveLength(1)
+    expect(rows[0]!.dlq_copied_at).not.toBeNull()
   })
 })
