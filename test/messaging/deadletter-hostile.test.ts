@@ -14,6 +14,7 @@ import {
   deleteVhost,
   eventually,
   queuesSettled,
+  rabbitmqctl,
   startRuntime,
   TestClient,
   testEnv,
@@ -223,5 +224,14 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
     const rows = await rowsWhere((r) => r.event_id === messageId)
     expect(rows).toHaveLength(1)
     expect(rows[0]!.dlq_copied_at).not.toBeNull()
+  })
+  it("declares x-delivery-limit above MAX_DELIVERIES on the quorum inbound queues and x-max-length-bytes on the DLQ", async () => {
+    const lines = (await rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "arguments")).split("\n")
+    const argumentsOf = (queue: string) => lines.find((line) => line.startsWith(`${queue}\t`)) ?? ""
+    for (const queue of ["inventory_order_consumer", "inventory_catalog_consumer"]) {
+      expect(argumentsOf(queue)).toMatch(/"x-delivery-limit",20\b/)
+    }
+    expect(argumentsOf("inventory_failed_events")).toMatch(/"x-max-length-bytes",268435456\b/)
+    expect(argumentsOf("inventory_failed_events")).not.toContain("x-delivery-limit")
   })
 })
