@@ -230,7 +230,12 @@ export const deadLetter = (config: DeadLetterConfig, message: InboundMessage, fa
     }
     if (Exit.isSuccess(first)) return yield* counted(message, failure, first.value, false)
     const firstCause = first.cause
-    if (storeDown(firstCause)) return { _tag: "StoreUnavailable" } as DeadLetterResult
+    if (storeDown(firstCause)) {
+      yield* Effect.logWarning("dead-lettering waits for the database; message returned to the queue").pipe(
+        Effect.annotateLogs({ dead_letter_id: id, error_type: full.error_type, cause: Cause.pretty(firstCause) })
+      )
+      return { _tag: "StoreUnavailable" } as DeadLetterResult
+    }
 
     // Parked: plain ASCII fields, no headers, a copy with only ours. The reason is kept.
     const reason = asciiText(reasonOf(firstCause), 500)
