@@ -28,7 +28,19 @@ export interface Topology {
   readonly deadLetterQueue: string
   readonly deadLetterTtlMs: number
   readonly deadLetterMaxLength: number
+  /** `x-max-length-bytes` of the DLQ: its size bound whatever the size of the messages. */
+  readonly deadLetterMaxLengthBytes: number
+  /** `x-delivery-limit` of quorum inbound queues; always above `MAX_DELIVERIES` (see topology.ts). */
+  readonly deliveryLimit: number
   readonly queueType: QueueType
+}
+
+/** The dead-letter path's own bounds (SPEC 5). */
+export interface DeadLetterSettings {
+  /** Stored dead-letter bodies are cut here (the DLQ copy keeps the whole body); SHA-256 and length describe the original. */
+  readonly bodyMaxBytes: number
+  /** Attempts at recording and copying a dead letter before it is parked with a minimal record. */
+  readonly attempts: number
 }
 
 export interface BrokerSettings {
@@ -65,6 +77,7 @@ export interface RuntimeSettings {
   readonly relay: RelaySettings
   readonly reservations: ReservationSettings
   readonly batch: BatchSettings
+  readonly deadLetter: DeadLetterSettings
   /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
   readonly shutdownTimeout: Duration.Duration
 }
@@ -142,6 +155,10 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   deadLetterQueue: brokerName("DLQ_QUEUE", "inventory_failed_events"),
   deadLetterTtlMs: int("DLQ_MESSAGE_TTL_MS", 86_400_000),
   deadLetterMaxLength: int("DLQ_MAX_LENGTH", 10_000),
+  deadLetterMaxLengthBytes: int("DLQ_MAX_LENGTH_BYTES", 256 * 1024 * 1024),
+  deadLetterBodyMaxBytes: int("DLQ_BODY_MAX_BYTES", 1024 * 1024, 0),
+  deadLetterAttempts: int("DLQ_RECORD_ATTEMPTS", 3),
+  deliveryLimit: int("QUEUE_DELIVERY_LIMIT", 20),
   queueType,
   retryBaseDelay: millis("RETRY_BASE_DELAY_MS", Duration.toMillis(defaultProcessingPolicy.retryBaseDelay)),
   retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
@@ -175,6 +192,9 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     deadLetterQueue: c.deadLetterQueue,
     deadLetterTtlMs: c.deadLetterTtlMs,
     deadLetterMaxLength: c.deadLetterMaxLength,
+    deadLetterMaxLengthBytes: c.deadLetterMaxLengthBytes,
+    // The broker's limit must stay above the consumer's own, or the broker would decide first.
+    deliveryLimit: Math.max(c.deliveryLimit, c.maxDeliveries + 1),
     queueType: c.queueType
   },
   processing: {
@@ -192,6 +212,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
+  deadLetter: { bodyMaxBytes: c.deadLetterBodyMaxBytes, attempts: c.deadLetterAttempts },
   shutdownTimeout: c.shutdownTimeout
 })))
 

@@ -184,8 +184,14 @@ export interface FailedEventFilter {
 }
 
 export class FailedEvents extends Context.Service<FailedEvents, {
-  record(event: FailedEvent): Db<void>
+  /**
+   * Stores a dead letter unless its id is stored already, and returns the stored one: a
+   * redelivery finds the record (and whether it was copied to the DLQ) of its first delivery.
+   */
+  record(event: FailedEvent): Db<FailedEvent>
   get(id: string): Db<Option.Option<FailedEvent>>
+  /** The record's copy was confirmed on the DLQ: a redelivery is only acknowledged. */
+  markCopied(id: string, at: Date): Db<void>
   list(filter: FailedEventFilter): Db<ReadonlyArray<FailedEvent>>
   markReplayed(id: string, at: Date): Db<void>
 }>()("inventory/stores/FailedEvents") {}

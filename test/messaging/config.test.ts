@@ -22,13 +22,22 @@ describe("runtime configuration", () => {
       deadLetterQueue: "inventory_failed_events",
       deadLetterTtlMs: 86_400_000,
       deadLetterMaxLength: 10_000,
+      deadLetterMaxLengthBytes: 256 * 1024 * 1024,
+      deliveryLimit: 20,
       queueType: "quorum"
     })
+    expect(c.deadLetter).toEqual({ bodyMaxBytes: 1024 * 1024, attempts: 3 })
     expect(Duration.toMillis(c.processing.retryBaseDelay)).toBe(1000)
     expect(c.processing.maxDeliveries).toBe(5)
     expect(Duration.toMillis(c.reservations.sweepInterval)).toBe(60_000)
     // Not SPEC's: order.placed group commit (issue 8) is on.
     expect(c.batch).toEqual({ maxSize: 256, concurrency: 3 })
+  })
+
+  it("keeps the broker's delivery limit above MAX_DELIVERIES whatever is set", () => {
+    const exit = parse({ MAX_DELIVERIES: "8", QUEUE_DELIVERY_LIMIT: "4" })
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+    expect(exit.value.topology.deliveryLimit).toBe(9)
   })
 
   it("reads overrides, amqps URLs and durations", () => {

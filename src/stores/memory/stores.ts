@@ -347,8 +347,19 @@ const FailedEventsMemory = Layer.effect(
   FailedEvents,
   Effect.map(MemoryDatabase, ({ atomically }) =>
     FailedEvents.of({
-      record: (event) => atomically((t) => { t.failedEvents.set(event.id, event) }),
+      record: (event) =>
+        atomically((t) => {
+          const stored = t.failedEvents.get(event.id)
+          if (stored !== undefined) return stored
+          t.failedEvents.set(event.id, event)
+          return event
+        }),
       get: (id) => atomically((t) => Option.fromNullishOr(t.failedEvents.get(id))),
+      markCopied: (id, at) =>
+        atomically((t) => {
+          const e = t.failedEvents.get(id)
+          if (e !== undefined && e.dlq_copied_at === null) t.failedEvents.set(id, { ...e, dlq_copied_at: at })
+        }),
       list: (filter) =>
         atomically((t) =>
           [...t.failedEvents.values()]
