@@ -1,5 +1,5 @@
 import { NodeHttpClient } from "@effect/platform-node"
-import { Cause, Config, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
+import { Cause, Config, DateTime, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
 import { HttpClient, HttpClientRequest } from "effect/http"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "../messaging/connection.ts"
@@ -42,7 +42,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
         depth,
         threshold: settings.threshold,
         action_required: "Review and reprocess failed events (inventory dlq list / dlq replay)",
-        at: new Date().toISOString()
+        at: DateTime.formatIso(yield* DateTime.now)
       }
       yield* Effect.logError(body.message).pipe(Effect.annotateLogs({ alert: "critical", queue, depth, threshold: settings.threshold }))
       if (Option.isNone(settings.webhook)) return
