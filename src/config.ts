@@ -1,4 +1,4 @@
-import { Config, ConfigProvider, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Config, ConfigProvider, Context, Duration, Effect, Layer, Redacted, Schema, SchemaTransformation } from "effect"
 import { catalogEventTypes, type InboundEventType, MAX_LINES_PER_EVENT, orderEventTypes } from "./domain/events.ts"
 import type { BatchSettings } from "./pipeline/batch.ts"
 import { defaultProcessingPolicy, type ProcessingPolicy } from "./pipeline/policy.ts"
@@ -100,23 +100,21 @@ const brokerName = (variable: string, fallback: string) =>
 
 const millis = (variable: string, fallback: number, min = 1) => Config.map(int(variable, fallback, min), Duration.millis)
 
-/** `60 seconds`, `5 minutes`, or a plain number of milliseconds. */
+/**
+ * `60 seconds`, `5 minutes` (`Config.Duration`'s format), or a plain number of milliseconds as
+ * documented before it, which `Config.Duration` alone refuses; positive and finite.
+ */
 const duration = (variable: string, fallback: Duration.Duration) =>
   Config.schema(
-    Schema.String.check(Schema.makeFilter((raw: string) => parseDuration(raw) !== undefined, {
-      message: `${variable} must be a positive duration such as "60 seconds" or a number of milliseconds`
-    })),
+    Schema.String.pipe(
+      Schema.decodeTo(Schema.DurationFromString, SchemaTransformation.transform({
+        decode: (raw: string) => (/^\d+$/.test(raw.trim()) ? `${raw.trim()} millis` : raw.trim()),
+        encode: (text: string) => text
+      })),
+      Schema.check(Schema.makeFilter((d: Duration.Duration) => Duration.isFinite(d) && Duration.isGreaterThan(d, Duration.zero)))
+    ).annotate({ message: `${variable} must be a positive duration such as "60 seconds" or a number of milliseconds` }),
     variable
-  ).pipe(Config.map((raw) => parseDuration(raw)!), Config.withDefault(fallback))
-
-const parseDuration = (raw: string): Duration.Duration | undefined => {
-  const text = raw.trim()
-  const parsed = /^\d+$/.test(text) ? Option.some(Duration.millis(Number(text))) : Duration.fromInput(text as Duration.Input)
-  return Option.match(parsed, {
-    onNone: () => undefined,
-    onSome: (d) => Duration.isFinite(d) && Duration.toMillis(d) > 0 ? d : undefined
-  })
-}
+  ).pipe(Config.withDefault(fallback))
 
 const amqpUrl = Config.schema(
   Schema.Redacted(Schema.String.check(Schema.makeFilter((url: string) => {

@@ -56,6 +56,16 @@ describe("runtime configuration", () => {
     expect(Duration.toMillis(exit.value.shutdownTimeout)).toBe(1500)
   })
 
+  it("reads a duration as words or as a plain number of milliseconds, and refuses one that is not positive and finite", () => {
+    const exit = parse({ OUTBOX_RETENTION: "90000", OUTBOX_PURGE_INTERVAL: "1.5 seconds" })
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+    expect(Duration.toMillis(exit.value.relay.retention)).toBe(90_000)
+    expect(Duration.toMillis(exit.value.relay.purgeInterval)).toBe(1500)
+    for (const refused of ["0", "0 millis", "-5 seconds", "Infinity", "1e3"]) {
+      expect(failureText({ OUTBOX_RETENTION: refused })).toContain("OUTBOX_RETENTION")
+    }
+  })
+
   it("refuses bad values with a message naming the variable, never echoing credentials", () => {
     expect(failureText({ CATALOG_PREFETCH: "ten" })).toContain("CATALOG_PREFETCH")
     expect(failureText({ ORDER_PREFETCH: "0" })).toContain("ORDER_PREFETCH")
