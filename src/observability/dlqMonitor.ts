@@ -4,6 +4,7 @@ import { HttpClient, HttpClientRequest } from "effect/http"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "../messaging/connection.ts"
 import { dlqDepth } from "./metrics.ts"
+import { formatTraceparent } from "./spans.ts"
 
 export interface DlqMonitorSettings {
   readonly interval: Duration.Duration
@@ -47,9 +48,18 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
       yield* Effect.logError(body.message).pipe(Effect.annotateLogs({ alert: "critical", queue, depth, threshold: settings.threshold }))
       if (Option.isNone(settings.webhook)) return
       const url = Redacted.value(settings.webhook.value)
-      yield* HttpClientRequest.post(url).pipe(
-        HttpClientRequest.bodyJsonUnsafe(body),
-        webhook.execute,
+      // The client's own span records the full URL, and a webhook's path is often its secret
+      // (Slack, Teams): our span names the host only, and carries the traceparent itself.
+      yield* Effect.gen(function*() {
+        const span = yield* Effect.currentSpan
+        return yield* HttpClientRequest.post(url).pipe(
+          HttpClientRequest.bodyJsonUnsafe(body),
+          HttpClientRequest.setHeader("traceparent", formatTraceparent(span)),
+          webhook.execute
+        )
+      }).pipe(
+        Effect.withSpan("dlq.alert_webhook POST", { kind: "client", attributes: { "server.address": url.host, "http.request.method": "POST" } }),
+        Effect.provideService(HttpClient.TracerDisabledWhen, () => true),
         // Read the (small) answer so the connection goes back to the pool.
         Effect.flatMap((response) => response.text),
         Effect.timeout(settings.webhookTimeout),
