@@ -1,43 +1,68 @@
 /**
  * npm run bench — end-to-end throughput of the consumer against the real RabbitMQ and
- * PostgreSQL on this machine, and the same data shape through the naive seed-style consumer.
+ * PostgreSQL on this machine, against the conventional consumer a good team writes by hand
+ * (bench/conventional/consumer.ts) and the seed's sketch taken literally (bench/naive/consumer.ts).
  *
- *   npm run bench                         20,000 order.placed over 1,000 variants, then a mixed run
- *   npm run bench -- --events 5000        fewer events
- *   npm run bench -- --rate 500           hold a publish rate (latency under load)
- *   npm run bench -- --skip-naive         ours only
- *   npm run bench -- --profile DIR        the consumer writes a V8 CPU profile (--cpu-prof) to DIR
- *   npm run bench -- --consumers 2        run that many consumer processes (replicas) side by side
- *   npm run bench -- --prefetch 20        the order queue's prefetch (default 500; SPEC's default is 20)
- *   npm run bench -- --warmup 0           order.placed events sent (at the same rate) and applied before
- *                                         the measured ones, not counted (default 1,000): a fresh process
- *                                         has no JIT-compiled code, prepared statements or open connections
- *   npm run bench -- --per-second         latency of each second of publishing on its own (where the tail is)
- *   BENCH_VERBOSE=1 npm run bench         show the consumers' logs
- *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for the consumer processes
+ *   npm run bench                          three workloads, each through ours then the conventional one,
+ *                                          with the ratio: order.placed alone (20,000 events over 1,000
+ *                                          variants), the order lifecycle (6,000 orders: placed, confirmed,
+ *                                          then shipped, or cancelled for one in ten, back to back), and a
+ *                                          mixed run (every type); then the naive one on order.placed
+ *   npm run bench -- --events 5000         events of the order.placed and mixed runs
+ *   npm run bench -- --orders 300          orders of the lifecycle run (3 events each)
+ *   npm run bench -- --runs lifecycle      only these workloads (comma-separated: placed,lifecycle,mixed)
+ *   npm run bench -- --prefetch 500        the order queue's prefetch, for ours and the conventional one;
+ *                                          default: what `npm start` uses (the consumer's own default, read
+ *                                          back from the broker and printed)
+ *   npm run bench -- --consumers 3         replicas: the lifecycle through 1 replica of ours, then through 3,
+ *                                          one SIGKILLed after --kill-after seconds (default 4) and started
+ *                                          again; prints events/s for both, outbound events published twice
+ *                                          (a capture queue bound to inventory_events), legitimate events
+ *                                          dead-lettered, live reservations left and the reconciliation
+ *   npm run bench -- --rate 500            hold a publish rate (latency under load)
+ *   npm run bench -- --skip-conventional   no conventional runs;  --skip-naive: no naive run
+ *   npm run bench -- --profile DIR         our consumer writes a V8 CPU profile (--cpu-prof) to DIR
+ *   npm run bench -- --warmup 0            order.placed events sent (at the same rate) and applied before
+ *                                          each run, not counted (default 1,000): a fresh process has no
+ *                                          JIT-compiled code, prepared statements or open connections
+ *   npm run bench -- --timeout 600         longest wait, in seconds, for a run's commits (default 1,800)
+ *   npm run bench -- --per-second          latency of each second of publishing on its own (where the tail is)
+ *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
+ *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
  *
- * Each run gets its own RabbitMQ vhost and database schemas, dropped at the end. The consumer
- * runs as its own process (`node src/main.ts`), as it would in production; latency is the time
- * from an event's `timestamp` (set when it is published) to its commit (`event_log.processed_at`).
- * Prints figures; asserts nothing (the reconciliation check must be clean).
+ * Every consumer gets its own RabbitMQ vhost and database schema, dropped at the end; all are
+ * fed by the same publisher (one confirm channel, an order's events back to back, in order) and
+ * run on this machine one after the other. Ours runs as its own process (`node src/main.ts`, with
+ * `npm start`'s Node flags), as in production. A run is timed from its first publish to its last
+ * commit; latency is the time from an event's `timestamp` (set when it is published) to its
+ * commit (`event_log.processed_at`). The machine is shared: figures are noisy. Prints figures;
+ * asserts nothing except that the reconciliation is clean (exit 1 otherwise).
  */
 import amqp from "amqplib"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import pg from "pg"
+import { conventionalSchemaSql } from "./conventional/consumer.ts"
 import { naiveSchemaSql } from "./naive/consumer.ts"
 
+const argv = process.argv
+const value = (name: string) => (argv.includes(`--${name}`) ? argv[argv.indexOf(`--${name}`) + 1] : undefined)
 const arg = (name: string, fallback: number) => {
-  const i = process.argv.indexOf(`--${name}`)
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback
+  const raw = value(name)
+  const n = raw === undefined ? fallback : Number(raw)
+  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} takes a number >= 0, got ${raw}`)
+  return n
 }
-const flag = (name: string) => process.argv.includes(`--${name}`)
+const flag = (name: string) => argv.includes(`--${name}`)
 
-const PROFILE_DIR = process.argv.includes("--profile") ? process.argv[process.argv.indexOf("--profile") + 1] : undefined
+const PROFILE_DIR = value("profile")
 const EVENTS = arg("events", 20_000)
+const ORDERS = arg("orders", 6_000)
 const CONSUMERS = arg("consumers", 1)
-/** SPEC's default prefetch (20) caps an order.placed group at 20; the throughput setting is deeper. */
-const PREFETCH = arg("prefetch", 500)
+const KILL_AFTER_MS = arg("kill-after", 4) * 1000
+/** Unset: the consumer's own default, i.e. what `npm start` does. */
+const PREFETCH = value("prefetch") === undefined ? undefined : arg("prefetch", 0)
+const RUNS = (value("runs") ?? "placed,lifecycle,mixed").split(",")
 const VARIANTS = arg("variants", 1_000)
 const RATE = arg("rate", 0)
 const WARMUP = arg("warmup", 1_000)
@@ -46,11 +71,10 @@ const STOCK_PER_ROW = arg("stock", 1_000)
 const ORG = "bench_org"
 const WAREHOUSES = ["wh_1", "wh_2"]
 const tag = `${process.pid.toString(36)}${Date.now().toString(36)}`
-const vhost = `bench_${tag}`
-const schema = `bench_${tag}`
-const naiveSchema = `bench_naive_${tag}`
+const targets = { ours: `bench_${tag}`, conventional: `bench_conv_${tag}`, naive: `bench_naive_${tag}` }
+const schema = targets.ours
 const databaseUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres"
-const amqpUrl = `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`
+const vhostUrl = (vhost: string) => `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}`
 const node = process.execPath
 /**
  * The Node/V8 flags `npm start` runs the consumer with (package.json): the heap and GC settings
@@ -63,8 +87,9 @@ const extraFlags = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter
 
 const db = new pg.Pool({ connectionString: databaseUrl, max: 4 })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-const rabbitmqctl = (...args: Array<string>) => execFileSync("rabbitmqctl", ["-q", ...args], { encoding: "utf8" })
+const rabbitmqctl = (...args: Array<string>) => execFileSync("rabbitmqctl", ["-q", ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
+const count = async (sql: string, params: Array<unknown> = []) => Number((await db.query(sql, params)).rows[0].n)
 
 // ---------------------------------------------------------------- event generation
 
@@ -80,11 +105,15 @@ const envelope = (event: string, data: unknown) => ({
   data
 })
 
-type Outgoing = { readonly exchange: string; readonly routingKey: string; readonly body: () => object }
+/** `order`: the order the message is about, so the reservations it should leave live can be counted. */
+type Outgoing = { readonly exchange: string; readonly routingKey: string; readonly order?: string; readonly body: () => object }
+/** `announcements`: outbox rows the workload should write when applied in order (known for the lifecycle). */
+type Workload = { readonly label: string; readonly messages: ReadonlyArray<Outgoing>; readonly orderPrefix: string; readonly announcements?: number }
 
 const orderPlaced = (orderId: string): Outgoing => ({
   exchange: "order_events",
   routingKey: "order.placed",
+  order: orderId,
   body: () => {
     const lines = 1 + Math.floor(Math.random() * 3)
     const items = Array.from({ length: lines }, () => ({ variant_id: variant(), quantity: 1 + Math.floor(Math.random() * 2), preferred_warehouse_id: pick(WAREHOUSES) }))
@@ -92,16 +121,52 @@ const orderPlaced = (orderId: string): Outgoing => ({
   }
 })
 
-const placedOnly = (n: number): Array<Outgoing> => Array.from({ length: n }, (_, i) => orderPlaced(`ord_${tag}_${i}`))
+const placedOnly = (n: number): Workload => ({
+  label: "order.placed",
+  orderPrefix: `ord_${tag}_`,
+  messages: Array.from({ length: n }, (_, i) => orderPlaced(`ord_${tag}_${i}`))
+})
 /** Sent before a run and not counted; order ids of their own, so they never meet the measured ones. */
 const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, (_, i) => orderPlaced(`warm_${run}_${tag}_${i}`))
 
 /**
- * Every consumed type in rough production proportions: each order is placed; most are
- * confirmed and shipped, some cancelled; a few come back; the catalog adds and renames variants.
- * An order's events are published in lifecycle order (per-key ordering keeps them so).
+ * The order lifecycle as an Order service publishes it (issues 17, 18): `order.placed` (1-3 units
+ * of one of the variants), `order.confirmed`, then `order.shipped` (nine in ten) or
+ * `order.cancelled` (one in ten), back to back. Ships from the preferred warehouse, which always
+ * has the stock here, so the shipment matches the reservation.
  */
-const mixed = (n: number): Array<Outgoing> => {
+const lifecycle = (orders: number, run: string): Workload => {
+  const messages: Array<Outgoing> = []
+  for (let i = 0; i < orders; i++) {
+    const order = `lc_${run}_${tag}_${i}`
+    const item = { variant_id: variant(), quantity: 1 + Math.floor(Math.random() * 3), warehouse_id: pick(WAREHOUSES) }
+    messages.push({
+      exchange: "order_events", routingKey: "order.placed", order,
+      body: () => envelope("order.placed", { order_id: order, customer_id: "cust_1", reservation_ttl_minutes: 60,
+        items: [{ variant_id: item.variant_id, quantity: item.quantity, preferred_warehouse_id: item.warehouse_id }] })
+    })
+    messages.push({ exchange: "order_events", routingKey: "order.confirmed", order, body: () => envelope("order.confirmed", { order_id: order, payment_confirmed: true }) })
+    messages.push(Math.random() < 0.9
+      ? { exchange: "order_events", routingKey: "order.shipped", order, body: () => envelope("order.shipped", { order_id: order, shipment_id: `s_${order}`, shipped_items: [item] }) }
+      : { exchange: "order_events", routingKey: "order.cancelled", order, body: () => envelope("order.cancelled", { order_id: order, cancellation_reason: "customer_request" }) })
+  }
+  // One stock.reserved per order, then one movement.out (a single line) or one stock.released.
+  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${tag}_`, announcements: 2 * orders }
+}
+
+/** Orders a workload leaves with a live reservation: placed, and neither cancelled nor shipped. */
+const expectedLive = (messages: ReadonlyArray<Outgoing>) => {
+  const placed = new Set<string>()
+  const closed = new Set<string>()
+  for (const m of messages) {
+    if (m.order === undefined) continue
+    if (m.routingKey === "order.placed") placed.add(m.order)
+    if (m.routingKey === "order.cancelled" || m.routingKey === "order.shipped") closed.add(m.order)
+  }
+  return [...placed].filter((o) => !closed.has(o)).length
+}
+
+const mixed = (n: number): Workload => {
   const out: Array<Outgoing> = []
   let i = 0
   while (out.length < n) {
@@ -121,11 +186,11 @@ const mixed = (n: number): Array<Outgoing> => {
     })
     const r = Math.random()
     if (r < 0.2) {
-      out.push({ exchange: "order_events", routingKey: "order.cancelled", body: () => envelope("order.cancelled", { order_id: orderId, cancellation_reason: "customer_request" }) })
+      out.push({ exchange: "order_events", routingKey: "order.cancelled", order: orderId, body: () => envelope("order.cancelled", { order_id: orderId, cancellation_reason: "customer_request" }) })
     } else {
-      out.push({ exchange: "order_events", routingKey: "order.confirmed", body: () => envelope("order.confirmed", { order_id: orderId, payment_confirmed: true }) })
+      out.push({ exchange: "order_events", routingKey: "order.confirmed", order: orderId, body: () => envelope("order.confirmed", { order_id: orderId, payment_confirmed: true }) })
       if (r < 0.75) {
-        out.push({ exchange: "order_events", routingKey: "order.shipped", body: () => envelope("order.shipped", { order_id: orderId, shipment_id: `s_${orderId}`, shipped_items: items }) })
+        out.push({ exchange: "order_events", routingKey: "order.shipped", order: orderId, body: () => envelope("order.shipped", { order_id: orderId, shipment_id: `s_${orderId}`, shipped_items: items }) })
         if (r < 0.3) {
           out.push({
             exchange: "order_events",
@@ -144,13 +209,13 @@ const mixed = (n: number): Array<Outgoing> => {
       out.push({ exchange: "catalog_events", routingKey: "catalog.variant.updated", body: () => envelope("catalog.variant.updated", { variant_id: v, changes: { sku: { old: `SKU-${i}`, new: `SKU-${i}-B` } } }) })
     }
   }
-  return out.slice(0, n)
+  return { label: "mixed", messages: out.slice(0, n), orderPrefix: `mix_${tag}_` }
 }
 
 // ---------------------------------------------------------------- plumbing
 
-const publishAll = async (messages: ReadonlyArray<Outgoing>, rate: number) => {
-  const connection = await amqp.connect(amqpUrl)
+const publishAll = async (vhost: string, messages: ReadonlyArray<Outgoing>, rate: number) => {
+  const connection = await amqp.connect(vhostUrl(vhost))
   const channel = await connection.createConfirmChannel()
   await channel.assertExchange("order_events", "topic", { durable: true })
   await channel.assertExchange("catalog_events", "topic", { durable: true })
@@ -201,49 +266,180 @@ const machineTicks = () => {
   return { busy: all - idle, all }
 }
 
+const stderrTails = new WeakMap<ChildProcess, string>()
 const start = (args: Array<string>, env: Record<string, string>) => {
   const child = spawn(node, args, { env: { ...process.env, ...env }, stdio: ["ignore", process.env["BENCH_VERBOSE"] ? "inherit" : "ignore", "pipe"] })
-  let stderr = ""
-  child.stderr!.on("data", (chunk) => { stderr = (stderr + String(chunk)).slice(-4000); if (process.env["BENCH_VERBOSE"]) process.stderr.write(chunk) })
-  child.on("exit", (code) => { if (code !== 0 && code !== null) console.error(`process exited ${code}: ${stderr}`) })
+  stderrTails.set(child, "")
+  child.stderr!.on("data", (chunk) => {
+    stderrTails.set(child, ((stderrTails.get(child) ?? "") + String(chunk)).slice(-4000))
+    if (process.env["BENCH_VERBOSE"]) process.stderr.write(chunk)
+  })
+  child.on("exit", (code) => { if (code !== 0 && code !== null) console.error(`process exited ${code}: ${stderrTails.get(child)}`) })
   return child
 }
 
 const stop = (child: ChildProcess) =>
   new Promise<void>((resolve) => {
-    if (child.exitCode !== null) return resolve()
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
     child.once("exit", () => resolve())
     child.kill("SIGTERM")
   })
 
-const waitFor = async (what: string, count: () => Promise<number>, target: number, deadlineMs: number) => {
+const TIMEOUT_MS = arg("timeout", 1_800) * 1000
+const waitFor = async (what: string, current: () => Promise<number>, target: number, deadlineMs = TIMEOUT_MS, children: ReadonlyArray<ChildProcess> = []) => {
   const until = Date.now() + deadlineMs
-  let last = -1
   for (;;) {
-    const n = await count()
+    const n = await current()
     if (n >= target) return
-    if (Date.now() > until) throw new Error(`${what}: ${n} of ${target} after ${deadlineMs} ms`)
-    if (n !== last) last = n
+    if (Date.now() > until) {
+      const logs = children.map((c) => stderrTails.get(c) ?? "").filter((t) => t !== "").join("\n---\n")
+      throw new Error(`${what}: ${n} of ${target} after ${deadlineMs} ms${logs === "" ? "" : `; consumer stderr:\n${logs}`}`)
+    }
     await sleep(50)
   }
 }
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
 
+/** The consumers subscribed in a vhost: queue and prefetch of each. */
+const consumersIn = (vhost: string) => {
+  try {
+    return rabbitmqctl("list_consumers", "-p", vhost, "--no-table-headers", "queue_name", "prefetch_count")
+      .split("\n").filter((l) => l.trim()).map((l) => { const [queue, prefetch] = l.trim().split(/\s+/); return { queue: queue!, prefetch: Number(prefetch) } })
+  } catch {
+    return []
+  }
+}
+
+/**
+ * Every message on `inventory_events` from now on, by messageId: what was published twice, and
+ * which outbox rows written from now on never showed up.
+ */
+const captureOutbound = async (vhost: string) => {
+  const from = await count(`SELECT coalesce(max(position), 0) AS n FROM ${schema}.outbox`)
+  const connection = await amqp.connect(vhostUrl(vhost))
+  const channel = await connection.createChannel()
+  const { queue } = await channel.assertQueue("", { exclusive: true })
+  await channel.bindQueue(queue, "inventory_events", "#")
+  const seen = new Map<string, number>()
+  let last = Date.now()
+  await channel.consume(queue, (m) => {
+    if (m === null) return
+    last = Date.now()
+    const id = typeof m.properties.messageId === "string" ? m.properties.messageId : String(JSON.parse(m.content.toString()).event_id)
+    seen.set(id, (seen.get(id) ?? 0) + 1)
+  }, { noAck: true })
+  return {
+    /** Once the outbox is empty, everything sent is on its way: wait for a quiet second. */
+    finish: async () => {
+      while (Date.now() - last < 1_000) await sleep(200)
+      await connection.close()
+      let total = 0
+      let twice = 0
+      for (const n of seen.values()) { total += n; if (n > 1) twice++ }
+      const written = (await db.query(`SELECT event_id FROM ${schema}.outbox WHERE position > $1`, [from])).rows.map((r) => r.event_id as string)
+      return { total, distinct: seen.size, twice, written: written.length, unseen: written.filter((id) => !seen.has(id)).length }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- one measured run
+
+type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; machineBusy: number; published: Map<string, number> }
+
+/**
+ * Starts `replicas` consumers, waits until they are subscribed, sends the warm-up and waits for
+ * it, then publishes the workload and waits until `finished` has grown by its length (the last
+ * commit). With `killAfterMs`, the first replica is SIGKILLed that long after the first publish
+ * and started again at once.
+ */
+const measure = async (options: {
+  readonly vhost: string
+  readonly label: string
+  readonly replicas: number
+  readonly spawnOne: (index: number) => ChildProcess
+  readonly subscriptions: number
+  readonly finished: () => Promise<number>
+  readonly messages: ReadonlyArray<Outgoing>
+  readonly killAfterMs?: number
+  readonly onReady?: () => Promise<void>
+  readonly settle?: () => Promise<void>
+}): Promise<Measured> => {
+  const consumers = Array.from({ length: options.replicas }, (_, i) => options.spawnOne(i))
+  const everyone = [...consumers]
+  let kill: NodeJS.Timeout | undefined
+  try {
+    await waitFor(`${options.label}: consumers subscribed`, async () => consumersIn(options.vhost).length, options.subscriptions * options.replicas, 60_000, everyone)
+    await options.onReady?.()
+    if (WARMUP > 0) {
+      const before = await options.finished()
+      await publishAll(options.vhost, warmup(options.label.replace(/\W/g, "_")), RATE)
+      await waitFor(`${options.label}: warm-up`, async () => (await options.finished()) - before, WARMUP, TIMEOUT_MS, everyone)
+    }
+    const published = new Map<string, number>()
+    const recorded = options.messages.map((m) => ({
+      ...m,
+      body: () => {
+        const body = m.body() as { event_id: string; timestamp: string }
+        published.set(body.event_id, Date.parse(body.timestamp))
+        return body
+      }
+    }))
+    const from = await options.finished()
+    const t0 = Date.now()
+    const cpu0 = consumers.map(cpuMs)
+    const machine0 = machineTicks()
+    let killedRss = 0
+    kill = options.killAfterMs === undefined ? undefined : setTimeout(() => {
+      killedRss = peakRss(consumers[0]!)
+      consumers[0]!.kill("SIGKILL")
+      consumers[0] = options.spawnOne(0)
+      everyone.push(consumers[0])
+      console.log(`  ${options.label}: replica 1 SIGKILLed ${fmt((Date.now() - t0) / 1000, 1)} s after the first publish, started again`)
+    }, options.killAfterMs)
+    const publishMs = await publishAll(options.vhost, recorded, RATE)
+    await waitFor(`${options.label}: commits`, async () => (await options.finished()) - from, options.messages.length, TIMEOUT_MS, everyone)
+    const elapsed = Date.now() - t0
+    clearTimeout(kill)
+    await options.settle?.()
+    const rss = Math.max(killedRss, ...consumers.map(peakRss))
+    // A killed replica's CPU is lost with it: the sum is of the processes alive at the end.
+    const cpu = consumers.reduce((sum, c, i) => {
+      const now = cpuMs(c)
+      const was = c === everyone[i] ? cpu0[i]! : { user: 0, system: 0 }
+      return { user: sum.user + now.user - was.user, system: sum.system + now.system - was.system }
+    }, { user: 0, system: 0 })
+    const machine1 = machineTicks()
+    const machineBusy = (machine1.busy - machine0.busy) / Math.max(1, machine1.all - machine0.all)
+    return { elapsed, publishMs, rss, cpu, machineBusy, published }
+  } finally {
+    clearTimeout(kill)
+    await Promise.all(everyone.map(stop))
+  }
+}
+
+const rateOf = (messages: ReadonlyArray<unknown>, elapsed: number) => messages.length / (elapsed / 1000)
+
+/** Latency per event: commit time minus the `timestamp` the event was published with. */
+const latencies = (published: Map<string, number>, rows: ReadonlyArray<{ event_id: string; processed_at: Date }>) =>
+  rows.flatMap((r) => {
+    const sent = published.get(r.event_id)
+    return sent === undefined ? [] : [r.processed_at.getTime() - sent]
+  }).sort((a, b) => a - b)
+
 // ---------------------------------------------------------------- our consumer
 
-const consumerEnv = {
-  AMQP_URL: amqpUrl,
+const ourEnv = {
+  AMQP_URL: vhostUrl(targets.ours),
   DATABASE_URL: databaseUrl,
   DATABASE_SCHEMA: schema,
   LOG_LEVEL: "Warn",
-  ORDER_PREFETCH: String(PREFETCH),
+  ...(PREFETCH === undefined ? {} : { ORDER_PREFETCH: String(PREFETCH) }),
   HTTP_PORT: String(19000 + (process.pid % 1000))
 }
 
 const seedOurs = async () => {
-  execFileSync(node, ["src/stores/sql/migrate.ts"], { env: { ...process.env, ...consumerEnv }, stdio: "ignore" })
-  await db.query(`SET search_path TO ${schema}`)
+  execFileSync(node, ["src/stores/sql/migrate.ts"], { env: { ...process.env, ...ourEnv }, stdio: "ignore" })
   const client = await db.connect()
   try {
     await client.query(`SET search_path TO ${schema}`)
@@ -263,179 +459,227 @@ const seedOurs = async () => {
   } finally {
     client.release()
   }
+  rabbitmqctl("add_vhost", targets.ours)
+  rabbitmqctl("set_permissions", "-p", targets.ours, "guest", ".*", ".*", ".*")
 }
 
-const committed = async () => {
-  const { rows } = await db.query(`SELECT count(*)::int AS n FROM ${schema}.event_log`)
-  return rows[0].n as number
-}
+/** Events done with: committed, or dead-lettered (so a run with dead letters still ends). */
+const oursFinished = () => count(`SELECT (SELECT count(*) FROM ${schema}.event_log) + (SELECT count(*) FROM ${schema}.failed_events) AS n`)
+const outboxDrained = () => waitFor("outbox drained", async () => (await count(`SELECT count(*) AS n FROM ${schema}.outbox WHERE sent_at IS NULL`)) === 0 ? 1 : 0, 1)
 
-const runOurs = async (label: string, messages: ReadonlyArray<Outgoing>) => {
-  const before = await committed()
+
+/** The order queue's prefetch our consumer ran with, read back from the broker (the default is the consumer's). */
+let ourPrefetch: number | undefined
+
+type Outbound = { total: number; distinct: number; twice: number; written: number; unseen: number }
+const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) => {
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
-  // Replicas share the queues; each gets its own HTTP port.
-  const consumers = Array.from({ length: CONSUMERS }, (_, i) =>
-    start([...startFlags, ...profile, ...extraFlags, "src/main.ts"], {
-      ...consumerEnv,
-      HTTP_PORT: String(Number(consumerEnv.HTTP_PORT) + i)
-    }))
-  // Ready once the topology exists and every replica is subscribed to both queues.
-  await waitFor("consumer start", async () => {
-    try {
-      return rabbitmqctl("list_consumers", "-p", vhost, "--no-table-headers", "queue_name").split("\n").filter((l) => l.trim()).length
-    } catch {
-      return 0
+  let capture: Awaited<ReturnType<typeof captureOutbound>> | undefined
+  let outbound: Outbound | undefined
+  let drainMs = 0
+  const run = await measure({
+    vhost: targets.ours, label: workload.label, replicas, subscriptions: 2, finished: oursFinished, messages: workload.messages,
+    ...(killAfterMs === undefined ? {} : { killAfterMs }),
+    // Replicas share the queues; each gets its own HTTP port.
+    spawnOne: (i) => start([...startFlags, ...profile, ...extraFlags, "src/main.ts"], { ...ourEnv, HTTP_PORT: String(Number(ourEnv.HTTP_PORT) + i) }),
+    onReady: async () => {
+      ourPrefetch ??= consumersIn(targets.ours).find((c) => c.queue === "inventory_order_consumer")?.prefetch
+      if (CONSUMERS > 1) capture = await captureOutbound(targets.ours)
+    },
+    // What the consumer announced must reach the broker too: how long the outbox takes to empty.
+    settle: async () => {
+      const t = Date.now()
+      await outboxDrained()
+      drainMs = Date.now() - t
+      outbound = await capture?.finish()
     }
-  }, 2 * CONSUMERS, 60_000)
-  if (WARMUP > 0) {
-    await publishAll(warmup(label), RATE)
-    await waitFor(`${label}: warm-up`, async () => (await committed()) - before, WARMUP, 600_000)
+  })
+  const ids = [...run.published.keys()]
+  const deadLettered = await count(`SELECT count(*) AS n FROM ${schema}.failed_events WHERE organization_id = $1 AND event_id = ANY($2)`, [ORG, ids])
+  const live = await count(`SELECT count(*) AS n FROM ${schema}.reservations WHERE organization_id = $1 AND order_id LIKE $2 AND status IN ('active', 'confirmed')`, [ORG, `${workload.orderPrefix}%`])
+  const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE organization_id = $1 AND event_id = ANY($2)`, [ORG, ids])).rows
+  const lat = latencies(run.published, rows)
+  if (PER_SECOND) {
+    // Where the tail is: each second of publishing on its own (GC pauses show as spikes).
+    const first = Math.min(...run.published.values())
+    const bySecond = new Map<number, Array<number>>()
+    for (const r of rows) {
+      const sent = run.published.get(r.event_id)
+      if (sent === undefined) continue
+      const second = Math.floor((sent - first) / 1000)
+      bySecond.set(second, [...(bySecond.get(second) ?? []), r.processed_at.getTime() - sent])
+    }
+    for (const [second, list] of [...bySecond].sort((a, b) => a[0] - b[0])) {
+      list.sort((a, b) => a - b)
+      console.log(`  second ${second}: ${list.length} events, p50 ${percentile(list, 50)} ms, p99 ${percentile(list, 99)} ms, max ${list[list.length - 1]} ms, over 50 ms: ${list.filter((x) => x > 50).length}`)
+    }
   }
-  const measuredFrom = await committed()
-  const t0 = Date.now()
-  const cpu0 = consumers.map(cpuMs)
-  const machine0 = machineTicks()
-  const publishMs = await publishAll(messages, RATE)
-  await waitFor(`${label}: commits`, async () => (await committed()) - measuredFrom, messages.length, 600_000)
-  const elapsed = Date.now() - t0
-  // What the consumer announced must reach the broker too: how long the outbox takes to empty.
-  await waitFor(`${label}: outbox drained`, async () =>
-    (await db.query(`SELECT count(*)::int AS n FROM ${schema}.outbox WHERE sent_at IS NULL`)).rows[0].n === 0 ? 1 : 0, 1, 600_000)
-  const drainMs = Date.now() - t0 - elapsed
-  const rss = Math.max(...consumers.map(peakRss))
-  // The consumers' own CPU from the first publish until the outbox emptied: a steadier figure
-  // than events/s on a machine whose two cores are shared with the broker and the database.
-  const cpu = consumers.reduce((sum, c, i) => {
-    const now = cpuMs(c)
-    return { user: sum.user + now.user - cpu0[i]!.user, system: sum.system + now.system - cpu0[i]!.system }
-  }, { user: 0, system: 0 })
-  const machine1 = machineTicks()
-  const machineBusy = (machine1.busy - machine0.busy) / Math.max(1, machine1.all - machine0.all)
-  await Promise.all(consumers.map(stop))
-  return { elapsed, publishMs, drainMs, rss, cpu, machineBusy }
+  // An upper bound that includes the commit: the broker's confirm of what the event announced.
+  const announced = (await db.query(`
+    SELECT payload->>'causation_id' AS event_id, min(sent_at) AS processed_at FROM ${schema}.outbox
+    WHERE payload->>'causation_id' = ANY($1) AND sent_at IS NOT NULL GROUP BY 1`, [ids])).rows
+  const out = latencies(run.published, announced)
+  const rate = rateOf(workload.messages, run.elapsed)
+  const expected = expectedLive(workload.messages)
+  const cpuTotal = run.cpu.user + run.cpu.system
+  const who = replicas > 1 ? `ours ×${replicas}` : "ours"
+  console.log(`${who.padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s, first publish to last commit); ` +
+    `latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
+    `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
+    `machine ${fmt(100 * run.machineBusy)}% busy (all cores, all processes); publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
+    `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
+    (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
+  return { rate, live, expected, deadLettered, outbound }
 }
 
-/** Latency per event: commit time minus the `timestamp` the event was published with. */
-const latencies = (published: Map<string, number>, rows: ReadonlyArray<{ event_id: string; processed_at: Date }>) =>
-  rows.flatMap((r) => {
-    const sent = published.get(r.event_id)
-    return sent === undefined ? [] : [r.processed_at.getTime() - sent]
-  }).sort((a, b) => a - b)
+const checkOurs = () => {
+  try {
+    execFileSync(node, ["src/cli/main.ts", "check", "--org", ORG], { env: { ...process.env, ...ourEnv }, stdio: "pipe" })
+    return "clean"
+  } catch (error) {
+    return `VIOLATIONS\n${String((error as { stdout?: Buffer }).stdout ?? error)}`
+  }
+}
 
-// ---------------------------------------------------------------- naive consumer
+// ---------------------------------------------------------------- the conventional consumer
 
-const seedNaive = async () => {
+const convSchema = targets.conventional
+
+const seedConventional = async () => {
+  for (const sql of conventionalSchemaSql(convSchema)) await db.query(sql)
+  await db.query(`INSERT INTO ${convSchema}.stock (org, variant_id, warehouse_id, total, available)
+    SELECT $1, 'var_' || v, w, $2, $2 FROM generate_series(0, $3 - 1) v, unnest($4::text[]) w`, [ORG, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
+  await db.query(`INSERT INTO ${convSchema}.movements (org, variant_id, warehouse_id, change, before, after, reason, caused_by)
+    SELECT org, variant_id, warehouse_id, total, 0, total, 'opening_balance', 'bench' FROM ${convSchema}.stock`)
+  rabbitmqctl("add_vhost", targets.conventional)
+  rabbitmqctl("set_permissions", "-p", targets.conventional, "guest", ".*", ".*", ".*")
+}
+
+const runConventional = async (workload: Workload) => {
+  const finished = () => count(`SELECT count(*) AS n FROM ${convSchema}.processed_events`)
+  const run = await measure({
+    vhost: targets.conventional, label: `conventional ${workload.label}`, replicas: 1, subscriptions: 1, finished, messages: workload.messages,
+    spawnOne: () => start(["bench/conventional/consumer.ts"], {
+      AMQP_URL: vhostUrl(targets.conventional), DATABASE_URL: databaseUrl, CONVENTIONAL_SCHEMA: convSchema,
+      CONVENTIONAL_PREFETCH: String(ourPrefetch ?? PREFETCH ?? 20), CONVENTIONAL_WAREHOUSES: WAREHOUSES.join(",")
+    })
+  })
+  const live = await count(`SELECT count(*) AS n FROM ${convSchema}.reservations WHERE org = $1 AND order_id LIKE $2 AND status IN ('active', 'confirmed')`, [ORG, `${workload.orderPrefix}%`])
+  const rate = rateOf(workload.messages, run.elapsed)
+  const cpuTotal = run.cpu.user + run.cpu.system
+  console.log(`${"conventional".padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s); peak RSS ${fmt(run.rss / 1048576, 1)} MB; ` +
+    `consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event); machine ${fmt(100 * run.machineBusy)}% busy; ` +
+    `live reservations left ${fmt(live)} (expected ${fmt(expectedLive(workload.messages))})`)
+  return rate
+}
+
+/** The same invariants on its tables: I3 (reserved = live reservation items) and I8 (movements sum to total). */
+const checkConventional = async () => {
+  const i3 = await count(`
+    WITH held AS (SELECT r.org, i->>'variant_id' AS variant_id, i->>'warehouse_id' AS warehouse_id, sum((i->>'quantity')::int) AS q
+                  FROM ${convSchema}.reservations r, jsonb_array_elements(r.items) i WHERE r.status IN ('active', 'confirmed') GROUP BY 1, 2, 3)
+    SELECT count(*) AS n FROM ${convSchema}.stock s FULL JOIN held h USING (org, variant_id, warehouse_id) WHERE coalesce(s.reserved, -1) <> coalesce(h.q, 0)`)
+  const i8 = await count(`
+    SELECT count(*) AS n FROM ${convSchema}.stock s LEFT JOIN (SELECT org, variant_id, warehouse_id, sum(change) AS t FROM ${convSchema}.movements GROUP BY 1, 2, 3) m
+      USING (org, variant_id, warehouse_id) WHERE s.total <> coalesce(m.t, 0)`)
+  return i3 + i8 === 0 ? "clean" : `VIOLATIONS: I3 ${i3} rows, I8 ${i8} rows`
+}
+
+// ---------------------------------------------------------------- the naive consumer
+
+const naiveSchema = targets.naive
+
+const runNaive = async (workload: Workload) => {
   for (const sql of naiveSchemaSql(naiveSchema)) await db.query(sql)
   await db.query(`
     INSERT INTO ${naiveSchema}.stock (stock_id, organization_id, variant_id, warehouse_id, total_quantity, available_quantity, reserved_quantity)
     SELECT 'var_' || v || '@' || w, $1, 'var_' || v, w, $2, $2, 0 FROM generate_series(0, $3 - 1) v, unnest($4::text[]) w`,
     [ORG, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
-}
-
-const runNaive = async (messages: ReadonlyArray<Outgoing>) => {
-  const env = { AMQP_URL: amqpUrl, DATABASE_URL: databaseUrl, NAIVE_SCHEMA: naiveSchema, NAIVE_QUEUE: `naive_orders_${tag}` }
-  const consumer = start(["bench/naive/consumer.ts"], env)
-  await waitFor("naive start", async () => {
-    try {
-      return rabbitmqctl("list_consumers", "-p", vhost, "--no-table-headers", "queue_name").split("\n").filter((l) => l.includes("naive")).length
-    } catch {
-      return 0
-    }
-  }, 1, 60_000)
-  const count = async () => Number((await db.query(`SELECT count(*)::int AS n FROM ${naiveSchema}.reservations`)).rows[0].n)
-  if (WARMUP > 0) {
-    await publishAll(warmup("naive"), RATE)
-    await waitFor("naive: warm-up", count, WARMUP, 600_000)
-  }
-  const t0 = Date.now()
-  await publishAll(messages, RATE)
-  await waitFor("naive: reservations", count, WARMUP + messages.length, 600_000)
-  const elapsed = Date.now() - t0
-  const rss = peakRss(consumer)
-  await stop(consumer)
+  rabbitmqctl("add_vhost", targets.naive)
+  rabbitmqctl("set_permissions", "-p", targets.naive, "guest", ".*", ".*", ".*")
+  const run = await measure({
+    vhost: targets.naive, label: "naive order.placed", replicas: 1, subscriptions: 1, messages: workload.messages,
+    finished: () => count(`SELECT count(*) AS n FROM ${naiveSchema}.reservations`),
+    spawnOne: () => start(["bench/naive/consumer.ts"], { AMQP_URL: vhostUrl(targets.naive), DATABASE_URL: databaseUrl, NAIVE_SCHEMA: naiveSchema })
+  })
   const drift = (await db.query(`
     SELECT (SELECT coalesce(sum(reserved_quantity), 0) FROM ${naiveSchema}.stock)::bigint AS counter,
            (SELECT coalesce(sum((i->>'quantity')::int), 0) FROM ${naiveSchema}.reservations, jsonb_array_elements(items) i)::bigint AS truth`)).rows[0]
-  return { elapsed, rss, drift: { counter: Number(drift.counter), truth: Number(drift.truth) } }
+  const rate = rateOf(workload.messages, run.elapsed)
+  console.log(`${"naive".padEnd(13)} ${"order.placed".padEnd(16)} ${fmt(rate)} events/s (prefetch 20, its own); peak RSS ${fmt(run.rss / 1048576, 1)} MB; reserved counter ${fmt(Number(drift.counter))} vs reservations ${fmt(Number(drift.truth))}`)
+  return rate
 }
 
 // ---------------------------------------------------------------- main
 
+/** Each workload through ours then the conventional consumer, then the naive one; true when the reconciliation is clean. */
+const compare = async () => {
+  const workloads: Array<Workload> = []
+  if (RUNS.includes("placed")) workloads.push(placedOnly(EVENTS))
+  if (RUNS.includes("lifecycle")) workloads.push(lifecycle(ORDERS, "lifecycle"))
+  if (RUNS.includes("mixed")) workloads.push(mixed(EVENTS))
+  const conventional = !flag("skip-conventional")
+  if (conventional) await seedConventional()
+  const summary: Array<[string, number, number | undefined]> = []
+  for (const workload of workloads) {
+    const ours = (await runOurs(workload)).rate
+    summary.push([workload.label, ours, conventional ? await runConventional(workload) : undefined])
+  }
+  const check = checkOurs()
+  console.log(`ours reconciliation (I1 I2 I3 I8 I9): ${check}`)
+  let clean = check === "clean"
+  if (conventional) {
+    const convCheck = await checkConventional()
+    console.log(`conventional reconciliation (I3 I8 on its tables): ${convCheck}`)
+    clean &&= convCheck === "clean"
+  }
+  const naive = flag("skip-naive") ? undefined : await runNaive(placedOnly(EVENTS))
+  console.log(`\nprefetch of the order queue: ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}, the same for the conventional consumer` +
+    `\n${"events/s (noisy)".padEnd(18)}${"ours".padStart(10)}${"conventional".padStart(14)}${"ratio".padStart(8)}`)
+  for (const [label, ours, theirs] of summary) {
+    console.log(`${label.padEnd(18)}${fmt(ours).padStart(10)}${(theirs === undefined ? "-" : fmt(theirs)).padStart(14)}${(theirs === undefined ? "-" : fmt(ours / theirs, 2)).padStart(8)}`)
+  }
+  const placed = summary.find(([label]) => label === "order.placed")
+  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(placed[1] / naive, 2)}`)
+  return clean
+}
+
 const main = async () => {
-  console.log(`bench: ${fmt(EVENTS)} events over ${fmt(VARIANTS)} variants${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ORDER_PREFETCH=${PREFETCH}${CONSUMERS > 1 ? `, ${CONSUMERS} consumer processes` : ""}; node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, ${(await db.query("SHOW server_version")).rows[0].server_version} PostgreSQL`)
-  rabbitmqctl("add_vhost", vhost)
-  rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+  const pgVersion = (await db.query("SHOW server_version")).rows[0].server_version
+  console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS} with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants` +
+    `${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ` +
+    `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}. Shared machine: figures are noisy.`)
+  let clean = true
   try {
     await seedOurs()
-    const runs: Array<[string, Array<Outgoing>]> = [["order.placed", placedOnly(EVENTS)]]
-    if (!flag("skip-mixed")) runs.push(["mixed", mixed(EVENTS)])
-    const results: Record<string, number> = {}
-    for (const [label, messages] of runs) {
-      const published = new Map<string, number>()
-      const recorded = messages.map((m) => ({
-        ...m,
-        body: () => {
-          const body = m.body() as { event_id: string; timestamp: string }
-          published.set(body.event_id, Date.parse(body.timestamp))
-          return body
-        }
-      }))
-      const { elapsed, publishMs, drainMs, rss, cpu, machineBusy } = await runOurs(label, recorded)
-      const cpuTotal = cpu.user + cpu.system
-      const rows = (await db.query(`SELECT event_id, processed_at FROM ${schema}.event_log WHERE event_id = ANY($1)`, [[...published.keys()]])).rows
-      const lat = latencies(published, rows)
-      if (PER_SECOND) {
-        // Where the tail is: each second of publishing on its own (GC pauses show as spikes).
-        const first = Math.min(...published.values())
-        const bySecond = new Map<number, Array<number>>()
-        for (const r of rows) {
-          const sent = published.get(r.event_id)
-          if (sent === undefined) continue
-          const second = Math.floor((sent - first) / 1000)
-          const list = bySecond.get(second) ?? []
-          list.push(r.processed_at.getTime() - sent)
-          bySecond.set(second, list)
-        }
-        for (const [second, list] of [...bySecond].sort((a, b) => a[0] - b[0])) {
-          list.sort((a, b) => a - b)
-          console.log(`  second ${second}: ${list.length} events, p50 ${percentile(list, 50)} ms, p99 ${percentile(list, 99)} ms, max ${list[list.length - 1]} ms, over 50 ms: ${list.filter((x) => x > 50).length}`)
-        }
-      }
-      // An upper bound that includes the commit: the broker's confirm of what the event announced.
-      const announced = (await db.query(`
-        SELECT payload->>'causation_id' AS event_id, min(sent_at) AS processed_at FROM ${schema}.outbox
-        WHERE payload->>'causation_id' = ANY($1) AND sent_at IS NOT NULL GROUP BY 1`, [[...published.keys()]])).rows
-      const out = latencies(published, announced)
-      const rate = messages.length / (elapsed / 1000)
-      results[label] = rate
-      console.log(`ours  ${label.padEnd(12)} ${fmt(rate)} events/s end to end (${fmt(messages.length)} in ${fmt(elapsed / 1000, 1)} s); latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); peak RSS ${fmt(rss / 1048576, 1)} MB${CONSUMERS > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / messages.length)} µs/event, ${fmt((100 * cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel); machine ${fmt(100 * machineBusy)}% busy (all cores, all processes); publishing took ${fmt(publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit`)
-    }
-    const check = (() => {
-      try {
-        execFileSync(node, ["src/cli/main.ts", "check", "--org", ORG], { env: { ...process.env, ...consumerEnv }, stdio: "pipe" })
-        return "clean"
-      } catch (error) {
-        return `VIOLATIONS\n${String((error as { stdout?: Buffer }).stdout ?? error)}`
-      }
-    })()
-    console.log(`ours  reconciliation (I1 I2 I3 I8 I9): ${check}`)
-    if (!flag("skip-naive")) {
-      await seedNaive()
-      const naive = await runNaive(placedOnly(EVENTS))
-      const rate = EVENTS / (naive.elapsed / 1000)
-      console.log(`naive order.placed   ${fmt(rate)} events/s end to end; peak RSS ${fmt(naive.rss / 1048576, 1)} MB; reserved counter ${fmt(naive.drift.counter)} vs reservations ${fmt(naive.drift.truth)}`)
-      console.log(`ratio ours / naive (order.placed): ${fmt(results["order.placed"]! / rate, 2)}`)
+    if (CONSUMERS > 1) {
+      const one = await runOurs(lifecycle(ORDERS, "r1"), 1)
+      const many = await runOurs(lifecycle(ORDERS, `r${CONSUMERS}`), CONSUMERS, KILL_AFTER_MS)
+      const check = checkOurs()
+      clean = check === "clean"
+      const line = (name: string, r: typeof one) =>
+        `${name.padEnd(30)}${fmt(r.rate).padStart(10)}${fmt(r.outbound?.twice ?? NaN).padStart(16)}${fmt(r.deadLettered).padStart(15)}${`${fmt(r.live)} (${fmt(r.expected)})`.padStart(16)}`
+      console.log(`\nlifecycle, ${fmt(ORDERS)} orders; prefetch of the order queue ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}`)
+      console.log(`${"(noisy)".padEnd(30)}${"events/s".padStart(10)}${"sent twice".padStart(16)}${"dead-lettered".padStart(15)}${"live (expected)".padStart(16)}`)
+      console.log(line("1 replica", one))
+      console.log(line(`${CONSUMERS} replicas, one SIGKILLed`, many))
+      console.log(`${CONSUMERS} replicas / 1 replica: ${fmt(many.rate / one.rate, 2)}`)
+      console.log(`ours reconciliation (I1 I2 I3 I8 I9): ${check}`)
+    } else {
+      clean = await compare()
     }
   } finally {
-    await db.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => undefined)
-    await db.query(`DROP SCHEMA IF EXISTS ${naiveSchema} CASCADE`).catch(() => undefined)
+    for (const s of Object.values(targets)) await db.query(`DROP SCHEMA IF EXISTS ${s} CASCADE`).catch(() => undefined)
     await db.end()
-    try {
-      rabbitmqctl("delete_vhost", vhost)
-    } catch {
-      // already gone
+    for (const vhost of Object.values(targets)) {
+      try {
+        rabbitmqctl("delete_vhost", vhost)
+      } catch {
+        // never created, or already gone
+      }
     }
   }
+  if (!clean) process.exitCode = 1
 }
 
 main().catch((error) => {

@@ -1,4 +1,4 @@
-import { Config, ConfigProvider, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Config, ConfigProvider, Context, Duration, Effect, Layer, Redacted, Schema, SchemaTransformation } from "effect"
 import { catalogEventTypes, type InboundEventType, MAX_LINES_PER_EVENT, orderEventTypes } from "./domain/events.ts"
 import type { BatchSettings } from "./pipeline/batch.ts"
 import { defaultProcessingPolicy, type ProcessingPolicy } from "./pipeline/policy.ts"
@@ -28,6 +28,10 @@ export interface Topology {
   readonly deadLetterQueue: string
   readonly deadLetterTtlMs: number
   readonly deadLetterMaxLength: number
+  /** `x-max-length-bytes` of the DLQ: its size bound whatever the size of the messages. */
+  readonly deadLetterMaxLengthBytes: number
+  /** `x-delivery-limit` of quorum inbound queues; always above `MAX_DELIVERIES` (see topology.ts). */
+  readonly deliveryLimit: number
   /**
    * Our own queue on the dead-letter exchange (`#`), from which the dead letters the broker
    * makes itself (expired, delivery limit, overflow) are recorded; bounded in bytes.
@@ -35,6 +39,14 @@ export interface Topology {
   readonly deadLetterRecorderQueue: string
   readonly deadLetterRecorderMaxBytes: number
   readonly queueType: QueueType
+}
+
+/** The dead-letter path's own bounds (SPEC 5). */
+export interface DeadLetterSettings {
+  /** Stored dead-letter bodies are cut here (the DLQ copy keeps the whole body); SHA-256 and length describe the original. */
+  readonly bodyMaxBytes: number
+  /** Attempts at recording and copying a dead letter before it is parked with a minimal record. */
+  readonly attempts: number
 }
 
 export interface BrokerSettings {
@@ -59,7 +71,7 @@ export interface RelaySettings {
   readonly purgeInterval: Duration.Duration
 }
 
-export interface DeadLetterSettings {
+export interface FailedEventRetentionSettings {
   /** How long a `failed_events` record is kept before it is deleted. */
   readonly retention: Duration.Duration
   /** How often records past `retention` are deleted. */
@@ -76,9 +88,10 @@ export interface RuntimeSettings {
   readonly topology: Topology
   readonly processing: ProcessingPolicy
   readonly relay: RelaySettings
-  readonly deadLetters: DeadLetterSettings
+  readonly failedEvents: FailedEventRetentionSettings
   readonly reservations: ReservationSettings
   readonly batch: BatchSettings
+  readonly deadLetter: DeadLetterSettings
   /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
   readonly shutdownTimeout: Duration.Duration
 }
@@ -101,23 +114,21 @@ const brokerName = (variable: string, fallback: string) =>
 
 const millis = (variable: string, fallback: number, min = 1) => Config.map(int(variable, fallback, min), Duration.millis)
 
-/** `60 seconds`, `5 minutes`, or a plain number of milliseconds. */
+/**
+ * `60 seconds`, `5 minutes` (`Config.Duration`'s format), or a plain number of milliseconds as
+ * documented before it, which `Config.Duration` alone refuses; positive and finite.
+ */
 const duration = (variable: string, fallback: Duration.Duration) =>
   Config.schema(
-    Schema.String.check(Schema.makeFilter((raw: string) => parseDuration(raw) !== undefined, {
-      message: `${variable} must be a positive duration such as "60 seconds" or a number of milliseconds`
-    })),
+    Schema.String.pipe(
+      Schema.decodeTo(Schema.DurationFromString, SchemaTransformation.transform({
+        decode: (raw: string) => (/^\d+$/.test(raw.trim()) ? `${raw.trim()} millis` : raw.trim()),
+        encode: (text: string) => text
+      })),
+      Schema.check(Schema.makeFilter((d: Duration.Duration) => Duration.isFinite(d) && Duration.isGreaterThan(d, Duration.zero)))
+    ).annotate({ message: `${variable} must be a positive duration such as "60 seconds" or a number of milliseconds` }),
     variable
-  ).pipe(Config.map((raw) => parseDuration(raw)!), Config.withDefault(fallback))
-
-const parseDuration = (raw: string): Duration.Duration | undefined => {
-  const text = raw.trim()
-  const parsed = /^\d+$/.test(text) ? Option.some(Duration.millis(Number(text))) : Duration.fromInput(text as Duration.Input)
-  return Option.match(parsed, {
-    onNone: () => undefined,
-    onSome: (d) => Duration.isFinite(d) && Duration.toMillis(d) > 0 ? d : undefined
-  })
-}
+  ).pipe(Config.withDefault(fallback))
 
 const amqpUrl = Config.schema(
   Schema.Redacted(Schema.String.check(Schema.makeFilter((url: string) => {
@@ -156,6 +167,10 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   deadLetterQueue: brokerName("DLQ_QUEUE", "inventory_failed_events"),
   deadLetterTtlMs: int("DLQ_MESSAGE_TTL_MS", 86_400_000),
   deadLetterMaxLength: int("DLQ_MAX_LENGTH", 10_000),
+  deadLetterMaxLengthBytes: int("DLQ_MAX_LENGTH_BYTES", 256 * 1024 * 1024),
+  deadLetterBodyMaxBytes: int("DLQ_BODY_MAX_BYTES", 1024 * 1024, 0),
+  deadLetterAttempts: int("DLQ_RECORD_ATTEMPTS", 3),
+  deliveryLimit: int("QUEUE_DELIVERY_LIMIT", 20),
   deadLetterRecorderQueue: brokerName("DLQ_RECORDER_QUEUE", "inventory_dead_letter_recorder"),
   // Drained as fast as the database takes it; the bound only matters while the service is down.
   deadLetterRecorderMaxBytes: int("DLQ_RECORDER_MAX_LENGTH_BYTES", 64 * 1024 * 1024),
@@ -194,6 +209,9 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     deadLetterQueue: c.deadLetterQueue,
     deadLetterTtlMs: c.deadLetterTtlMs,
     deadLetterMaxLength: c.deadLetterMaxLength,
+    deadLetterMaxLengthBytes: c.deadLetterMaxLengthBytes,
+    // The broker's limit must stay above the consumer's own, or the broker would decide first.
+    deliveryLimit: Math.max(c.deliveryLimit, c.maxDeliveries + 1),
     deadLetterRecorderQueue: c.deadLetterRecorderQueue,
     deadLetterRecorderMaxBytes: c.deadLetterRecorderMaxBytes,
     queueType: c.queueType
@@ -211,9 +229,10 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     retention: c.outboxRetention,
     purgeInterval: c.outboxPurgeInterval
   },
-  deadLetters: { retention: c.failedEventsRetention, purgeInterval: c.failedEventsPurgeInterval },
+  failedEvents: { retention: c.failedEventsRetention, purgeInterval: c.failedEventsPurgeInterval },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
+  deadLetter: { bodyMaxBytes: c.deadLetterBodyMaxBytes, attempts: c.deadLetterAttempts },
   shutdownTimeout: c.shutdownTimeout
 })))
 

@@ -99,8 +99,8 @@ describe("reservation TTL timers", () => {
       yield* place(org, "later", 1, 60)
       const timers = yield* ReservationTimers
       // Simulate a restart: the old timers die with their process, the rows stay.
-      yield* timers.cancel((yield* reservationsOf(org, "due"))[0]!.reservation_id)
-      yield* timers.cancel((yield* reservationsOf(org, "later"))[0]!.reservation_id)
+      yield* timers.cancel(org, (yield* reservationsOf(org, "due"))[0]!.reservation_id)
+      yield* timers.cancel(org, (yield* reservationsOf(org, "later"))[0]!.reservation_id)
       yield* TestClock.adjust("5 minutes")
       assert.strictEqual(yield* status(org, "due"), "active", "no timer left: nothing expired it")
       const restarted = yield* Layer.build(Scheduler.layer({ sweepInterval: "1000 days", sweepBatch: 100 }))
@@ -119,9 +119,9 @@ describe("reservation TTL timers", () => {
       const context = yield* Layer.build(withSweep)
       const timers = Context.get(context, ReservationTimers)
       for (const o of ["a", "b", "c", "d", "e"]) yield* place(org, o, 1, 1)
-      for (const o of ["a", "b", "c", "d", "e"]) yield* timers.cancel((yield* reservationsOf(org, o))[0]!.reservation_id)
+      for (const o of ["a", "b", "c", "d", "e"]) yield* timers.cancel(org, (yield* reservationsOf(org, o))[0]!.reservation_id)
       const stale = yield* ReservationTimers
-      for (const o of ["a", "b", "c", "d", "e"]) yield* stale.cancel((yield* reservationsOf(org, o))[0]!.reservation_id)
+      for (const o of ["a", "b", "c", "d", "e"]) yield* stale.cancel(org, (yield* reservationsOf(org, o))[0]!.reservation_id)
       yield* TestClock.adjust("2 minutes")
       for (const o of ["a", "b", "c", "d", "e"]) assert.strictEqual(yield* status(org, o), "expired", `order ${o}`)
     })).pipe(Effect.provide(timersOnly)))
@@ -136,7 +136,7 @@ describe("reservation TTL timers", () => {
       for (const o of ["a", "b", "c"]) {
         yield* place(org, o, 1, 1)
         const [r] = yield* reservationsOf(org, o)
-        yield* ambient.cancel(r!.reservation_id)
+        yield* ambient.cancel(org, r!.reservation_id)
         yield* timers.schedule({ organization_id: org, reservation_id: r!.reservation_id, expires_at: r!.expires_at! })
       }
       assert.strictEqual(yield* timers.pending, 3)

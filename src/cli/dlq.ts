@@ -1,4 +1,4 @@
-import { Console, Duration, Effect, Option, Schema } from "effect"
+import { Clock, Console, Duration, Effect, Option, Schema } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
 import { Id } from "../domain/primitives.ts"
 import { Publisher } from "../messaging/publisher.ts"
@@ -276,7 +276,7 @@ const republish = (event: FailedEvent) =>
       },
       causedBy: typeof event.headers["traceparent"] === "string" ? event.headers["traceparent"] : null
     })
-    yield* (yield* FailedEvents).markReplayed(event.id, new Date())
+    yield* (yield* FailedEvents).markReplayed(event.id, new Date(yield* Clock.currentTimeMillis))
   })
 
 const PositiveRate = Schema.Number.check(Schema.isGreaterThanOrEqualTo(1, { message: "must be at least 1 (messages per second)" }))

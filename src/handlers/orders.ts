@@ -145,9 +145,9 @@ export const releaseReservation = Effect.fnUntraced(function*(
   return true
 })
 
-const cancelTimerAfterCommit = Effect.fnUntraced(function*(reservationId: string) {
+const cancelTimerAfterCommit = Effect.fnUntraced(function*(reservation: Reservation) {
   const timers = yield* ReservationTimers
-  yield* (yield* UnitOfWork).afterCommit(timers.cancel(reservationId))
+  yield* (yield* UnitOfWork).afterCommit(timers.cancel(reservation.organization_id, reservation.reservation_id))
 })
 
 /**
@@ -399,7 +399,7 @@ export const orderConfirmed = Effect.fn("order.confirmed")(function*(event: Orde
   switch (reservation.status) {
     case "active": {
       yield* reservations.transition(org, reservation.reservation_id, ["active"], "confirmed", null)
-      yield* cancelTimerAfterCommit(reservation.reservation_id)
+      yield* cancelTimerAfterCommit(reservation)
       return
     }
     case "expired": {
@@ -450,7 +450,7 @@ export const orderCancelled = Effect.fn("order.cancelled")(function*(event: Orde
     return
   }
   const released = yield* releaseReservation(found.value, "cancelled", reason, { organization_id: org, event_id: eventId })
-  if (released) yield* cancelTimerAfterCommit(found.value.reservation_id)
+  if (released) yield* cancelTimerAfterCommit(found.value)
   else {
     yield* Effect.logWarning("reservation already released; nothing changed").pipe(
       Effect.annotateLogs({ order_id: data.order_id, reservation_id: found.value.reservation_id, status: found.value.status })
@@ -543,7 +543,7 @@ export const orderShipped = Effect.fn("order.shipped")(function*(event: OrderShi
   }
   yield* (yield* Movements).append(movements)
   yield* reservations.transition(org, reservation.reservation_id, liveStatuses, "fulfilled", `shipped:${data.shipment_id}`)
-  yield* cancelTimerAfterCommit(reservation.reservation_id)
+  yield* cancelTimerAfterCommit(reservation)
   yield* emit(cause, `order/${data.order_id}`, movements.map((m) => ({
     event: "inventory.movement.out" as const,
     data: {

@@ -70,6 +70,7 @@ const toInbound = (via: DeliveryChannel, spec: ConsumerQueue, counter: DeliveryC
   delivery: {
     body: raw.content,
     messageId: typeof raw.properties.messageId === "string" ? raw.properties.messageId : undefined,
+    headers: raw.properties.headers ?? {},
     deliveryCount: counter.count(raw),
     queue: spec.queue,
     accepts: spec.eventTypes
@@ -197,7 +198,7 @@ export const consume = (
 
       const finish = (message: InboundMessage, how: Settlement) => {
         held.delete(message.deliveryTag)
-        if (how === "ack") counter.forget(message.raw)
+        if (how === "ack" || how === "reject") counter.forget(message.raw)
         settle(message, how)
       }
 
@@ -221,24 +222,31 @@ export const consume = (
               yield* finishDelivery(work.trace, outcome)
               return "done" as const
             case "DeadLetter": {
-              const moved = yield* deadLetter(config.topology, message, outcome.failure, outcome.decoded).pipe(
-                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": outcome.failure.errorType } }, noStackTrace),
-                Effect.exit
+              const result = yield* deadLetter(config, message, outcome.failure, outcome.decoded).pipe(
+                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": outcome.failure.errorType } }, noStackTrace)
               )
-              if (Exit.isSuccess(moved)) {
-                finish(message, "ack")
-                yield* finishDelivery(work.trace, outcome)
-                return "done" as const
+              switch (result._tag) {
+                case "DeadLettered":
+                  finish(message, "ack")
+                  yield* finishDelivery(work.trace, outcome)
+                  return "done" as const
+                case "StoreUnavailable":
+                  // An outage is not the message's fault: back to the queue, uncounted, and pause.
+                  current.pausing = true
+                  finish(message, "requeue")
+                  yield* abandonDelivery(work.trace, `dead-lettering waits for the database (${outcome.failure.errorType})`)
+                  return "requeued" as const
+                case "CopyUnconfirmed":
+                  // Counted, so the queue's x-delivery-limit bounds it if the broker never confirms.
+                  finish(message, "retry")
+                  yield* abandonDelivery(work.trace, `dead-letter copy unconfirmed (${outcome.failure.errorType})`)
+                  return "requeued" as const
+                case "Unrecordable":
+                  // The broker dead-letters it to the same DLQ (x-death says why): it terminates.
+                  finish(message, "reject")
+                  yield* abandonDelivery(work.trace, `dead-letter record impossible (${outcome.failure.errorType})`)
+                  return "done" as const
               }
-              // Not in the DLQ, or not recorded: keep the message rather than lose it.
-              yield* Effect.logError("dead-lettering failed; message returned to the queue").pipe(
-                Effect.annotateLogs({ cause: Cause.pretty(moved.cause), error_type: outcome.failure.errorType })
-              )
-              const storeDown = moved.cause.reasons.some((r) => Cause.isFailReason(r) && r.error._tag === "DatabaseError")
-              if (storeDown) current.pausing = true
-              finish(message, "requeue")
-              yield* abandonDelivery(work.trace, `dead-lettering failed (${outcome.failure.errorType})`)
-              return "requeued" as const
             }
             case "Retry":
               if (outcome.failure.errorType === "ReservationNotFound" && mayDefer()) {

@@ -1,13 +1,16 @@
 import type amqp from "amqplib"
-import { Effect, Metric, Option } from "effect"
+import { Cause, Effect, Exit, Metric } from "effect"
+import type { DeadLetterSettings, Topology } from "../config.ts"
+import type { InventoryError } from "../domain/errors.ts"
+import { fateOf, fates } from "../domain/fates.ts"
 import { bodyDigest, deriveId } from "../domain/ids.ts"
-import type { Topology } from "../config.ts"
 import { type Decoded, peek } from "../pipeline/decode.ts"
 import type { Failure } from "../pipeline/pipeline.ts"
 import { eventsDeadLettered } from "../observability/metrics.ts"
+import type { FailedEvent } from "../stores/model.ts"
 import { FailedEvents } from "../stores/services.ts"
 import type { InboundMessage } from "./inbound.ts"
-import { Publisher } from "./publisher.ts"
+import { Publisher, PublishError } from "./publisher.ts"
 
 /** The headers SPEC 5 adds to a dead-lettered message. */
 export const deadLetterHeaders = {
@@ -37,17 +40,50 @@ const carriedProperties = (p: amqp.MessageProperties): amqp.Options.Publish => {
 /** Headers the broker or a replay sets; a replay must not carry the old ones. */
 const bookkeeping = /^x-(delivery-count|death|first-death-|last-death-|replay-)/
 
+/** Longest text kept in a record's fields; header values and error messages get more room. */
+const fieldLimit = 255
+const messageLimit = 2000
+const headerValueLimit = 4096
+/** The record's headers (jsonb) stay under this many characters of JSON. */
+const headerRecordLimit = 64 * 1024
+
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
+
+/**
+ * Text PostgreSQL can always store (`text` and `jsonb` refuse NUL, `jsonb` lone surrogates): NUL
+ * becomes a visible `\u0000`, a lone surrogate U+FFFD, and the result is cut to `limit`.
+ */
+export const storableText = (text: string, limit: number): string =>
+  text.replace(loneSurrogate, "\uFFFD").replaceAll("\u0000", "\\u0000").slice(0, limit).replace(loneSurrogate, "")
+
+/** Printable ASCII only, every other character as a visible `\uXXXX`: the parked record's fields. */
+export const asciiText = (text: string, limit: number): string =>
+  text.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`).slice(0, limit)
+
+const storableOrNull = (text: string | null | undefined, limit = fieldLimit) =>
+  typeof text === "string" ? storableText(text, limit) : null
+
 /**
  * The message's own headers with a plain value, for the record: `dlq replay` sends them again,
  * so a replayed event stays in its trace (`traceparent`) and keeps what its publisher attached.
+ * Names and strings are made storable and cut; past the record's budget, headers are left out.
  */
 const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
   const carried: Record<string, string | number | boolean> = {}
-  for (const [name, value] of Object.entries(headers)) {
-    if (bookkeeping.test(name)) continue
-    if (typeof value === "string" || typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))) {
-      carried[name] = value
-    }
+  let size = 2
+  for (const [rawName, value] of Object.entries(headers)) {
+    if (bookkeeping.test(rawName)) continue
+    const plain = typeof value === "string"
+      ? storableText(value, headerValueLimit)
+      : typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))
+      ? value
+      : undefined
+    if (plain === undefined) continue
+    const name = storableText(rawName, fieldLimit)
+    const added = JSON.stringify(name).length + JSON.stringify(plain).length + 2
+    if (size + added > headerRecordLimit) continue
+    carried[name] = plain
+    size += added
   }
   return carried
 }
@@ -70,60 +106,171 @@ export const deadLetterId = (message: InboundMessage, decoded: Decoded | null): 
   )
 }
 
+/** What became of a message on the dead-letter path; the consumer settles it accordingly. */
+export type DeadLetterResult =
+  /** Recorded and copied to the DLQ (now or on an earlier delivery): ack. */
+  | { readonly _tag: "DeadLettered"; readonly parked: boolean }
+  /** The database is down (its fate is `retry_until_healthy`): back to the queue, pause. */
+  | { readonly _tag: "StoreUnavailable" }
+  /** The DLQ copy was not confirmed even in its minimal form (broker away?): back to the queue, counted. */
+  | { readonly _tag: "CopyUnconfirmed" }
+  /** Not even the minimal record could be written: the broker dead-letters it (reject). */
+  | { readonly _tag: "Unrecordable" }
+
+/** What the dead-letter path needs from the settings. */
+export interface DeadLetterConfig {
+  readonly topology: Topology
+  readonly deadLetter: DeadLetterSettings
+}
+
+interface Attempt {
+  readonly id: string
+  readonly record: FailedEvent
+  /** The DLQ copy's properties and headers besides ours. */
+  readonly carried: { readonly options: amqp.Options.Publish; readonly headers: Readonly<Record<string, unknown>> }
+}
+
 /**
- * Moves a message that failed for good to the dead-letter exchange, byte for byte, with the
- * failure in its headers; waits for the publisher confirm; then stores it in `FailedEvents`,
- * so the DLQ's TTL and length cap never lose it. The caller acks only after both succeeded.
- * A message already dead-lettered (its ack was lost) is not moved again: the caller just acks.
+ * SPEC 5's protocol: record first (a redelivery finds the record of its first delivery), copy
+ * to the DLQ once and wait for the confirm, then mark the record copied. A record already
+ * copied means the ack was lost: nothing is copied again. A crash between the confirm and the
+ * mark is the one window in which a second copy can happen.
  */
-export const deadLetter = (topology: Topology, message: InboundMessage, failure: Failure, decoded: Decoded | null) =>
+const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: Attempt) =>
   Effect.gen(function*() {
     const publisher = yield* Publisher
     const failedEvents = yield* FailedEvents
-    const id = deadLetterId(message, decoded)
-    if (Option.isSome(yield* failedEvents.get(id))) {
+    const stored = yield* failedEvents.record(attempt.record)
+    if (stored.dlq_copied_at !== null) {
       yield* Effect.logInfo("message was dead-lettered before; acknowledging its redelivery").pipe(
-        Effect.annotateLogs({ dead_letter_id: id, error_type: failure.errorType })
+        Effect.annotateLogs({ dead_letter_id: attempt.id, error_type: stored.error_type })
       )
-      return
+      return false
     }
-    const failedAt = new Date()
-    const errorMessage = failure.message.slice(0, 2000)
     yield* publisher.publish({
       exchange: topology.deadLetterExchange,
       routingKey: message.routingKey,
       body: message.delivery.body,
+      ownHeaders: Object.values(deadLetterHeaders),
       options: {
-        ...carriedProperties(message.properties),
+        ...attempt.carried.options,
         persistent: true,
         headers: {
-          ...message.headers,
-          [deadLetterHeaders.errorType]: failure.errorType,
-          [deadLetterHeaders.errorMessage]: errorMessage,
+          ...attempt.carried.headers,
+          [deadLetterHeaders.errorType]: stored.error_type,
+          [deadLetterHeaders.errorMessage]: stored.error_message,
           [deadLetterHeaders.originalExchange]: message.exchange,
           [deadLetterHeaders.originalRoutingKey]: message.routingKey,
-          [deadLetterHeaders.failedAt]: failedAt.toISOString(),
+          [deadLetterHeaders.failedAt]: stored.failed_at.toISOString(),
           [deadLetterHeaders.attempts]: message.delivery.deliveryCount
         }
       }
     })
+    yield* failedEvents.markCopied(attempt.id, new Date())
+    return true
+  })
+
+/** Whether a failure is an outage of the store, decided by the fate table (an outage never dead-letters). */
+const storeDown = (cause: Cause.Cause<unknown>): boolean =>
+  cause.reasons.some((r) =>
+    Cause.isFailReason(r) && isInventoryError(r.error) && fateOf(r.error) === "retry_until_healthy"
+  )
+const publishFailed = (cause: Cause.Cause<unknown>): boolean =>
+  cause.reasons.some((r) => Cause.isFailReason(r) && r.error instanceof PublishError)
+
+const isInventoryError = (error: unknown): error is InventoryError =>
+  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && Object.hasOwn(fates, error._tag)
+
+/** The first line of a failure, for the parked record's reason. */
+const reasonOf = (cause: Cause.Cause<unknown>): string => Cause.pretty(cause).split("\n")[0] ?? "unknown failure"
+
+/**
+ * Moves a message that failed for good to the DLQ, byte for byte, with the failure in its
+ * headers, and into `FailedEvents`, so the DLQ's TTL and length cap never lose it; the caller
+ * acks on `DeadLettered`. It always terminates (SPEC 5): the record is one the database can hold
+ * (text escaped and cut, the body in `bytea` up to `DLQ_BODY_MAX_BYTES`); a failure that is not
+ * an outage gets `DLQ_RECORD_ATTEMPTS` attempts, then the message is parked with a minimal
+ * record (plain ASCII, no headers) and a copy with only our headers, so it is never requeued
+ * without bound. An outage of the store still returns it to the queue and pauses.
+ */
+export const deadLetter = (config: DeadLetterConfig, message: InboundMessage, failure: Failure, decoded: Decoded | null) =>
+  Effect.gen(function*() {
+    const id = deadLetterId(message, decoded)
+    const failedAt = new Date()
     const seen = peek(message.delivery.body, message.delivery.messageId)
-    yield* failedEvents.record({
+    const body = message.delivery.body
+    const cut = body.subarray(0, config.deadLetter.bodyMaxBytes)
+    const full: FailedEvent = {
       id,
-      event_id: decoded?.eventId ?? seen.eventId,
-      event_type: decoded?.event.event ?? seen.eventType,
-      organization_id: decoded?.event.organization_id ?? seen.organizationId,
-      error_type: failure.errorType,
-      error_message: errorMessage,
-      body: message.delivery.body,
-      content_type: typeof message.properties.contentType === "string" ? message.properties.contentType : null,
-      original_exchange: message.exchange,
-      original_routing_key: message.routingKey,
+      event_id: storableOrNull(decoded?.eventId ?? seen.eventId, 512),
+      event_type: storableOrNull(decoded?.event.event ?? seen.eventType),
+      organization_id: storableOrNull(decoded?.event.organization_id ?? seen.organizationId),
+      error_type: storableText(failure.errorType, fieldLimit),
+      error_message: storableText(failure.message, messageLimit),
+      body: cut,
+      body_sha256: bodyDigest(body),
+      body_length: body.length,
+      content_type: storableOrNull(typeof message.properties.contentType === "string" ? message.properties.contentType : null),
+      original_exchange: storableText(message.exchange, fieldLimit),
+      original_routing_key: storableText(message.routingKey, fieldLimit),
       attempts: message.delivery.deliveryCount,
       failed_at: failedAt,
       replay_count: 0,
       last_replayed_at: null,
+      dlq_copied_at: null,
       headers: carriedHeaders(message.headers)
-    })
-    yield* Metric.update(Metric.withAttributes(eventsDeadLettered, { queue: message.delivery.queue, error_type: failure.errorType }), 1)
+    }
+    const carried = { options: carriedProperties(message.properties), headers: message.headers }
+
+    const attempt = Effect.exit(recordThenCopy(config.topology, message, { id, record: full, carried }))
+    let first = yield* attempt
+    // Another attempt only for what is neither an outage nor an unconfirmed copy: those would fail the same way now.
+    for (let n = 1; n < config.deadLetter.attempts && Exit.isFailure(first) && !storeDown(first.cause) && !publishFailed(first.cause); n++) {
+      first = yield* attempt
+    }
+    if (Exit.isSuccess(first)) return yield* counted(message, failure, first.value, false)
+    const firstCause = first.cause
+    if (storeDown(firstCause)) {
+      yield* Effect.logWarning("dead-lettering waits for the database; message returned to the queue").pipe(
+        Effect.annotateLogs({ dead_letter_id: id, error_type: full.error_type, cause: Cause.pretty(firstCause) })
+      )
+      return { _tag: "StoreUnavailable" } as DeadLetterResult
+    }
+
+    // Parked: plain ASCII fields, no headers, a copy with only ours. The reason is kept.
+    const reason = asciiText(reasonOf(firstCause), 500)
+    yield* Effect.logError("dead-letter record or copy failed; parking the message with a minimal record").pipe(
+      Effect.annotateLogs({ dead_letter_id: id, error_type: full.error_type, cause: Cause.pretty(firstCause) })
+    )
+    const minimal: FailedEvent = {
+      ...full,
+      event_id: full.event_id === null ? null : asciiText(full.event_id, fieldLimit),
+      event_type: full.event_type === null ? null : asciiText(full.event_type, fieldLimit),
+      organization_id: full.organization_id === null ? null : asciiText(full.organization_id, fieldLimit),
+      error_type: asciiText(full.error_type, fieldLimit),
+      error_message: asciiText(`${failure.message.slice(0, 1000)} [parked: ${reason}]`, messageLimit),
+      content_type: null,
+      original_exchange: asciiText(full.original_exchange, fieldLimit),
+      original_routing_key: asciiText(full.original_routing_key, fieldLimit),
+      headers: {}
+    }
+    const parked = yield* recordThenCopy(config.topology, message, { id, record: minimal, carried: { options: {}, headers: {} } }).pipe(
+      Effect.exit
+    )
+    if (Exit.isSuccess(parked)) return yield* counted(message, failure, parked.value, true)
+    const parkedCause = parked.cause
+    yield* Effect.logError("parking the dead letter failed too").pipe(
+      Effect.annotateLogs({ dead_letter_id: id, cause: Cause.pretty(parkedCause) })
+    )
+    if (storeDown(parkedCause)) return { _tag: "StoreUnavailable" } as DeadLetterResult
+    if (publishFailed(parkedCause)) return { _tag: "CopyUnconfirmed" } as DeadLetterResult
+    return { _tag: "Unrecordable" } as DeadLetterResult
   })
+
+const counted = (message: InboundMessage, failure: Failure, copied: boolean, parked: boolean) =>
+  Effect.as(
+    copied
+      ? Metric.update(Metric.withAttributes(eventsDeadLettered, { queue: message.delivery.queue, error_type: failure.errorType }), 1)
+      : Effect.void,
+    { _tag: "DeadLettered", parked } as DeadLetterResult
+  )

@@ -7,7 +7,7 @@ import type { FailedEvent } from "../stores/model.ts"
 import { FailedEvents } from "../stores/services.ts"
 import { Broker, brokerError } from "./connection.ts"
 import { deliveries, deliveryCounter } from "./consumer.ts"
-import { deadLetterHeaders } from "./deadLetter.ts"
+import { deadLetterHeaders, storableText } from "./deadLetter.ts"
 import { deliveryChannel, type InboundMessage, settle } from "./inbound.ts"
 
 /**
@@ -30,21 +30,8 @@ export const brokerErrorTypes = {
 /** A dead letter with no `x-death` reason we know (published to the exchange by hand, say). */
 export const unknownBrokerErrorType = "BrokerDeadLettered"
 
-const loneSurrogateOrNul = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g
-
-/**
- * Text PostgreSQL can store (in `text` and in `jsonb`): NUL and lone surrogates become U+FFFD,
- * and the text is cut at `max` code units (without splitting a pair).
- */
-export const storable = (text: string, max = 2000): string => {
-  const clean = text.replace(loneSurrogateOrNul, "\uFFFD")
-  if (clean.length <= max) return clean
-  const cut = clean.slice(0, max)
-  return /[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut
-}
-
-const storableOrNull = (text: string | null | undefined, max?: number): string | null =>
-  text === null || text === undefined ? null : storable(text, max)
+const storableOrNull = (text: string | null | undefined, max = 255): string | null =>
+  text === null || text === undefined ? null : storableText(text, max)
 
 /** Headers the broker or a replay sets; a replay must not carry them again. */
 const bookkeeping = /^x-(delivery-count|death|first-death-|last-death-|replay-)/
@@ -54,8 +41,8 @@ const storableHeaders = (headers: Readonly<Record<string, unknown>>): Record<str
   const kept: Record<string, string | number | boolean> = {}
   for (const [name, value] of Object.entries(headers)) {
     if (bookkeeping.test(name)) continue
-    const key = storable(name, 255)
-    if (typeof value === "string") kept[key] = storable(value, 4096)
+    const key = storableText(name, 255)
+    if (typeof value === "string") kept[key] = storableText(value, 4096)
     else if (typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))) kept[key] = value
   }
   return kept
@@ -100,7 +87,7 @@ const errorTypeOf = (reason: string | null): string =>
  * reason, count) and the message's event id, so a redelivery of the same copy maps to the same
  * record; a replay that dies again counts in `x-replay-count` and gets its own.
  */
-export const brokerDeadLetter = (message: InboundMessage, now: Date): FailedEvent => {
+export const brokerDeadLetter = (message: InboundMessage, now: Date, bodyMaxBytes: number): FailedEvent => {
   const death = lastDeath(message.headers)
   const seen = peek(message.delivery.body, message.delivery.messageId)
   const replay = message.headers["x-replay-count"]
@@ -118,26 +105,34 @@ export const brokerDeadLetter = (message: InboundMessage, now: Date): FailedEven
   )
   const deliveries = message.headers["x-delivery-count"]
   const contentType = message.properties.contentType
+  const body = message.delivery.body
+  const failedAt = death?.time ?? now
   return {
     id,
-    event_id: storableOrNull(seen.eventId, 256),
-    event_type: storableOrNull(seen.eventType, 256),
-    organization_id: storableOrNull(seen.organizationId, 256),
+    event_id: storableOrNull(seen.eventId, 512),
+    event_type: storableOrNull(seen.eventType),
+    organization_id: storableOrNull(seen.organizationId),
     error_type: errorType,
-    error_message: storable(
+    error_message: storableText(
       death === null
         ? "Dead-lettered without x-death or x-error-type: the broker's reason is unknown"
-        : `Dead-lettered by the broker (${death.reason ?? "no reason"}) from queue ${queue}, ${death.count} time(s)`
+        : `Dead-lettered by the broker (${death.reason ?? "no reason"}) from queue ${queue}, ${death.count} time(s)`,
+      2000
     ),
-    body: message.delivery.body,
-    content_type: typeof contentType === "string" ? storable(contentType, 255) : null,
-    original_exchange: storable(death?.exchange ?? "", 255),
-    original_routing_key: storable(death?.routingKey ?? message.routingKey, 255),
+    // Cut as our own records are (DLQ_BODY_MAX_BYTES); the DLQ holds the whole copy already.
+    body: body.subarray(0, bodyMaxBytes),
+    body_sha256: bodyDigest(body),
+    body_length: body.length,
+    content_type: typeof contentType === "string" ? storableText(contentType, 255) : null,
+    original_exchange: storableText(death?.exchange ?? "", 255),
+    original_routing_key: storableText(death?.routingKey ?? message.routingKey, 255),
     // The broker drops `x-delivery-count` when it dead-letters (RabbitMQ 3.10): 0 when unknown.
     attempts: typeof deliveries === "number" && Number.isSafeInteger(deliveries) && deliveries >= 0 ? deliveries : 0,
-    failed_at: death?.time ?? now,
+    failed_at: failedAt,
     replay_count: 0,
     last_replayed_at: null,
+    // The broker put the copy on the DLQ when it dead-lettered the message.
+    dlq_copied_at: failedAt,
     headers: storableHeaders(message.headers)
   }
 }
@@ -146,11 +141,11 @@ export const brokerDeadLetter = (message: InboundMessage, now: Date): FailedEven
 export type Recorded = "ours" | "recorded" | "seen before"
 
 /** Records one message of the recorder queue unless it is ours or recorded already. */
-export const recordDeadLetter = (message: InboundMessage) =>
+export const recordDeadLetter = (message: InboundMessage, bodyMaxBytes: number) =>
   Effect.gen(function*() {
     if (message.headers[deadLetterHeaders.errorType] !== undefined) return "ours" as Recorded
     const failedEvents = yield* FailedEvents
-    const record = brokerDeadLetter(message, new Date(yield* Clock.currentTimeMillis))
+    const record = brokerDeadLetter(message, new Date(yield* Clock.currentTimeMillis), bodyMaxBytes)
     if (Option.isSome(yield* failedEvents.get(record.id))) return "seen before" as Recorded
     yield* failedEvents.record(record)
     yield* Metric.update(
@@ -182,7 +177,7 @@ export const recorderLayer = Layer.effectDiscard(Effect.gen(function*() {
   let failures = 0
 
   const handle = (message: InboundMessage) =>
-    recordDeadLetter(message).pipe(
+    recordDeadLetter(message, config.deadLetter.bodyMaxBytes).pipe(
       Effect.provideService(FailedEvents, failedEvents),
       Effect.matchCauseEffect({
         onSuccess: () =>
@@ -232,7 +227,7 @@ export const retentionLayer = Layer.effectDiscard(Effect.gen(function*() {
   const config = yield* RuntimeConfig
   const failedEvents = yield* FailedEvents
   const purge = Effect.gen(function*() {
-    const cutoff = new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(config.deadLetters.retention))
+    const cutoff = new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(config.failedEvents.retention))
     let deleted = 0
     while (true) {
       const n = yield* failedEvents.purge(cutoff, purgeBatch)
@@ -248,7 +243,7 @@ export const retentionLayer = Layer.effectDiscard(Effect.gen(function*() {
     ),
     Effect.withSpan("failed_events.purge")
   )
-  yield* purge.pipe(Effect.repeat(Schedule.spaced(config.deadLetters.purgeInterval)), Effect.forkScoped)
+  yield* purge.pipe(Effect.repeat(Schedule.spaced(config.failedEvents.purgeInterval)), Effect.forkScoped)
 }))
 
 /** The recorder and the retention, as the runtime starts them beside the consumers. */

@@ -122,9 +122,10 @@ export interface InboundMessage {
  * How a message ended for this delivery; each message is settled once. `retry` (basic.reject)
  * counts as a failed delivery in a quorum queue's `x-delivery-count` on every RabbitMQ version;
  * `requeue` (basic.nack) is for messages that did nothing wrong (shutdown, pause, order kept
- * behind a retried one), which RabbitMQ 4 does not count.
+ * behind a retried one), which RabbitMQ 4 does not count. `reject` (basic.reject without requeue)
+ * hands the message to the queue's dead-letter exchange: the last resort of the dead-letter path.
  */
-export type Settlement = "ack" | "retry" | "requeue"
+export type Settlement = "ack" | "retry" | "requeue" | "reject"
 
 const settled = new WeakSet<InboundMessage>()
 
@@ -142,6 +143,7 @@ export const settle = (message: InboundMessage, how: Settlement): boolean => {
       return true
     }
     if (how === "retry") message.via.channel.reject(message.raw, true)
+    else if (how === "reject") message.via.channel.reject(message.raw, false)
     else message.via.channel.nack(message.raw, false, true)
     message.via.settledOtherwise(message.raw)
     return true

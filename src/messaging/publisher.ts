@@ -4,6 +4,7 @@ import { formatTraceparent } from "../observability/spans.ts"
 import { parseTraceparent } from "../observability/tracing.ts"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "./connection.ts"
+import { shortString, typedHeaders } from "./headers.ts"
 
 /** A publish the broker did not confirm in time, refused, or could not take at all. */
 export class PublishError extends Schema.TaggedError<PublishError>()("PublishError", {
@@ -22,6 +23,28 @@ export interface OutgoingMessage {
    * (the outbox relay publishes rows written by earlier transactions).
    */
   readonly causedBy?: string | null | undefined
+  /** Headers that must survive when the header table is cut to fit (the publisher's own). */
+  readonly ownHeaders?: ReadonlyArray<string> | undefined
+}
+
+/** The AMQP short-string properties amqplib refuses past 255 bytes. */
+const shortStringProperties = ["messageId", "correlationId", "replyTo", "contentType", "contentEncoding", "type", "appId", "userId", "expiration"] as const
+
+/**
+ * What amqplib is given: every header typed for all clients and the table cut to fit, short
+ * strings cut to 255 bytes (see headers.ts). Nothing here makes a publish fail.
+ */
+export const encodable = (
+  options: amqp.Options.Publish,
+  ownHeaders: ReadonlyArray<string>
+): { readonly options: amqp.Options.Publish; readonly dropped: ReadonlyArray<string> } => {
+  const fitted = typedHeaders(options.headers ?? {}, (name) => name === "traceparent" || ownHeaders.includes(name))
+  const out: Record<string, unknown> = { ...options, headers: fitted.headers }
+  for (const property of shortStringProperties) {
+    const value = out[property]
+    if (typeof value === "string") out[property] = shortString(value)
+  }
+  return { options: out as amqp.Options.Publish, dropped: fitted.dropped }
 }
 
 /**
@@ -88,6 +111,7 @@ export class Publisher extends Context.Service<Publisher, {
           // One deadline for the whole call: waiting for a channel and for the confirms.
           const deadline = Date.now() + Duration.toMillis(timeout)
           const channel = yield* Deferred.await(current).pipe(Effect.timeoutOption(timeout))
+          const dropped: Array<{ readonly exchange: string; readonly headers: ReadonlyArray<string> }> = []
           const results = Option.isNone(channel)
             ? messages.map((message) => fail(message, unavailable))
             : yield* Effect.callback<Array<PublishError | undefined>>((resume) => {
@@ -109,7 +133,9 @@ export class Publisher extends Context.Service<Publisher, {
                   const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
                   // The message carries its producer span's traceparent, so its consumers join the trace.
                   const headers = { ...message.options.headers, traceparent: formatTraceparent(spans[i]!) }
-                  channel.value.publish(message.exchange, message.routingKey, content, { ...message.options, headers }, (error: unknown) => {
+                  const encoded = encodable({ ...message.options, headers }, message.ownHeaders ?? [])
+                  if (encoded.dropped.length > 0) dropped.push({ exchange: message.exchange, headers: encoded.dropped })
+                  channel.value.publish(message.exchange, message.routingKey, content, encoded.options, (error: unknown) => {
                     settle(i, error ? fail(message, `broker did not confirm: ${error instanceof Error ? error.message : String(error)}`) : undefined)
                   })
                 } catch (error) {
@@ -118,6 +144,11 @@ export class Publisher extends Context.Service<Publisher, {
               }
               return Effect.sync(() => clearTimeout(timer))
             })
+          for (const cut of dropped) {
+            yield* Effect.logWarning("headers left out: the header table would exceed what AMQP can carry").pipe(
+              Effect.annotateLogs({ exchange: cut.exchange, headers: cut.headers.slice(0, 20).map((name) => name.slice(0, 100)) })
+            )
+          }
           const now = yield* Clock.currentTimeNanos
           for (const [i, span] of spans.entries()) {
             const error = results[i]

@@ -110,26 +110,22 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
       const round = lock.withPermit(publishPending)
 
       /** Rounds until the outbox is empty or a round makes no progress. */
-      const drain = Effect.gen(function*() {
-        while (true) {
-          const result = yield* round
-          if (result.held > 0 || result.published < config.relay.batchSize) return result
-        }
-      })
+      const drain = round.pipe(
+        Effect.repeat({ until: (result) => result.held > 0 || result.published < config.relay.batchSize })
+      )
 
-      yield* Effect.gen(function*() {
-        let failures = 0
-        while (true) {
-          const result = yield* drain
-          failures = result.held > 0 ? failures + 1 : 0
-          const wait = failures === 0
-            ? config.relay.pollInterval
-            : Duration.min(Duration.times(config.relay.pollInterval, 2 ** Math.min(failures, 5)), Duration.seconds(30))
-          // A nudge cuts the wait short unless the broker is failing.
-          if (failures === 0) yield* Queue.take(wake).pipe(Effect.timeoutOption(wait))
-          else yield* Effect.sleep(wait)
-        }
-      }).pipe(Effect.forkScoped)
+      // While rounds fail (the broker is away) the wait doubles from twice the poll interval, up
+      // to 32 times it and at most 30 s; a clean round waits for a nudge or the poll interval.
+      const backoff = Schedule.min([
+        Schedule.exponential(Duration.times(config.relay.pollInterval, 2)),
+        Schedule.spaced(Duration.min(Duration.times(config.relay.pollInterval, 32), Duration.seconds(30)))
+      ])
+      yield* drain.pipe(
+        Effect.repeat({ schedule: backoff, while: (result) => result.held > 0 }),
+        Effect.andThen(Queue.take(wake).pipe(Effect.timeoutOption(config.relay.pollInterval))),
+        Effect.forever,
+        Effect.forkScoped
+      )
 
       // Sent messages are kept `retention` (to inspect what went out), then deleted in batches,
       // so the table holds what is pending and a window of history, not everything ever sent.

@@ -19,7 +19,8 @@ export const declareTopology = async (channel: Channel, topology: Topology): Pro
     arguments: {
       ...queueArguments(topology),
       "x-message-ttl": topology.deadLetterTtlMs,
-      "x-max-length": topology.deadLetterMaxLength
+      "x-max-length": topology.deadLetterMaxLength,
+      "x-max-length-bytes": topology.deadLetterMaxLengthBytes
     }
   })
   await channel.bindQueue(topology.deadLetterQueue, topology.deadLetterExchange, "#")
@@ -37,7 +38,14 @@ export const declareTopology = async (channel: Channel, topology: Topology): Pro
     await channel.assertExchange(consumer.exchange, "topic", { durable: true })
     await channel.assertQueue(consumer.queue, {
       durable: true,
-      arguments: { ...queueArguments(topology), "x-dead-letter-exchange": topology.deadLetterExchange }
+      arguments: {
+        ...queueArguments(topology),
+        "x-dead-letter-exchange": topology.deadLetterExchange,
+        // The consumer decides every dead letter (MAX_DELIVERIES, counted the same on 3.10 and
+        // 4.x, where requeues count differently); the broker's limit, above it, is the last bound
+        // should the consumer itself keep failing on a message.
+        ...(topology.queueType === "quorum" ? { "x-delivery-limit": topology.deliveryLimit } : {})
+      }
     })
     for (const routingKey of consumer.eventTypes) {
       await channel.bindQueue(consumer.queue, consumer.exchange, routingKey)

@@ -1,7 +1,10 @@
-import { Cause, Config, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Cause, Config, DateTime, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
+import { HttpClient, HttpClientRequest } from "effect/http"
 import { RuntimeConfig } from "../config.ts"
 import { Broker } from "../messaging/connection.ts"
 import { dlqDepth } from "./metrics.ts"
+import { formatTraceparent } from "./spans.ts"
 
 export interface DlqMonitorSettings {
   readonly interval: Duration.Duration
@@ -28,6 +31,8 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const settings = yield* dlqMonitorSettings
   const broker = yield* Broker
   const queue = (yield* RuntimeConfig).topology.deadLetterQueue
+  // A 4xx/5xx answer is a failed alert, as a refused connection is.
+  const webhook = HttpClient.filterStatusOk(yield* HttpClient.HttpClient)
 
   const alert = (depth: number) =>
     Effect.gen(function*() {
@@ -38,24 +43,28 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
         depth,
         threshold: settings.threshold,
         action_required: "Review and reprocess failed events (inventory dlq list / dlq replay)",
-        at: new Date().toISOString()
+        at: DateTime.formatIso(yield* DateTime.now)
       }
       yield* Effect.logError(body.message).pipe(Effect.annotateLogs({ alert: "critical", queue, depth, threshold: settings.threshold }))
       if (Option.isNone(settings.webhook)) return
       const url = Redacted.value(settings.webhook.value)
-      yield* Effect.tryPromise({
-        try: (signal) =>
-          fetch(url, {
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: JSON.stringify(body),
-            signal: AbortSignal.any([signal, AbortSignal.timeout(Duration.toMillis(settings.webhookTimeout))])
-          }).then((response) => {
-            if (!response.ok) throw new Error(`webhook answered ${response.status}`)
-          }),
-        catch: (cause) => (cause instanceof Error ? cause.message : String(cause))
+      // The client's own span records the full URL, and a webhook's path is often its secret
+      // (Slack, Teams): our span names the host only, and carries the traceparent itself.
+      yield* Effect.gen(function*() {
+        const span = yield* Effect.currentSpan
+        return yield* HttpClientRequest.post(url).pipe(
+          HttpClientRequest.bodyJsonUnsafe(body),
+          HttpClientRequest.setHeader("traceparent", formatTraceparent(span)),
+          webhook.execute
+        )
       }).pipe(
-        Effect.catch((reason) => Effect.logWarning("DLQ alert webhook failed").pipe(Effect.annotateLogs({ reason, host: url.host })))
+        Effect.withSpan("dlq.alert_webhook POST", { kind: "client", attributes: { "server.address": url.host, "http.request.method": "POST" } }),
+        Effect.provideService(HttpClient.TracerDisabledWhen, () => true),
+        // Read the (small) answer so the connection goes back to the pool.
+        Effect.flatMap((response) => response.text),
+        Effect.timeout(settings.webhookTimeout),
+        Effect.catch((error) =>
+          Effect.logWarning("DLQ alert webhook failed").pipe(Effect.annotateLogs({ reason: error.message, host: url.host })))
       )
     })
 
@@ -69,4 +78,4 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   )
 
   yield* check.pipe(Effect.repeat(Schedule.spaced(settings.interval)), Effect.forkScoped)
-}))
+})).pipe(Layer.provide(NodeHttpClient.layerUndici))

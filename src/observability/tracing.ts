@@ -1,7 +1,8 @@
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Config, Effect, Layer, Option, Tracer } from "effect"
+import { Config, Effect, Layer, Option, type Tracer } from "effect"
+import { Headers, HttpTraceContext } from "effect/http"
 
 /**
  * OpenTelemetry tracing over OTLP/HTTP, configured by the standard variables:
@@ -24,16 +25,23 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
   }))
 }))
 
-const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/
+const utf8 = new TextDecoder("utf-8", { fatal: true })
 
-/** The remote parent named by a W3C `traceparent` header, when it is well formed. */
+/**
+ * The remote parent named by a W3C `traceparent` header, when it is well formed. The value may be
+ * a string or bytes: pika sends Python `bytes` as an AMQP byte array, which amqplib hands over as
+ * a Buffer. Parsing is effect's own (`HttpTraceContext.w3c`); a header is at most 55 characters.
+ */
 export const parseTraceparent = (header: unknown): Option.Option<Tracer.ExternalSpan> => {
-  if (typeof header !== "string") return Option.none()
-  const match = TRACEPARENT.exec(header.trim().toLowerCase())
-  if (match === null || /^0+$/.test(match[1]!) || /^0+$/.test(match[2]!)) return Option.none()
-  return Option.some(Tracer.externalSpan({
-    traceId: match[1]!,
-    spanId: match[2]!,
-    sampled: (parseInt(match[3]!, 16) & 1) === 1
-  }))
+  let text: string
+  if (typeof header === "string") text = header
+  else if (header instanceof Uint8Array && header.length <= 256) {
+    try {
+      text = utf8.decode(header)
+    } catch {
+      return Option.none()
+    }
+  } else return Option.none()
+  // Lenient on case and surrounding space, as the hand parser this replaces was.
+  return HttpTraceContext.w3c(Headers.fromRecordUnsafe({ traceparent: text.trim().toLowerCase() }))
 }

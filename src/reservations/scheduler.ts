@@ -2,7 +2,7 @@ import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedul
 import { expireOverdue, expireReservation } from "../handlers/expiry.ts"
 import { reservationsExpired } from "../observability/metrics.ts"
 import type { ReservationSchedule } from "../stores/model.ts"
-import { Reservations, type Stores, UnitOfWork } from "../stores/services.ts"
+import { type ReservationRef, Reservations, type Stores, UnitOfWork } from "../stores/services.ts"
 import { ReservationTimers } from "./ReservationTimers.ts"
 
 export interface SchedulerOptions {
@@ -12,20 +12,28 @@ export interface SchedulerOptions {
   readonly sweepBatch: number
   /** Expiries run at once when many timers fire together (default 4). */
   readonly expiryConcurrency?: number
+  /** Active reservations read per page by start-up recovery (default 1000). */
+  readonly recoveryPageSize?: number
 }
 
 const transientRetry = Schedule.max([Schedule.exponential("200 millis", 2), Schedule.recurs(4)])
 
 interface Timer {
+  readonly key: string
   readonly organization_id: string
   readonly reservation_id: string
   readonly at: number
   readonly seq: number
+  /** Position in the heap, kept by the heap, so a cancel removes the entry at once. */
+  index: number
 }
 
 const earlier = (a: Timer, b: Timer) => a.at < b.at || (a.at === b.at && a.seq < b.seq)
 
-/** A binary min-heap of timers by deadline. Cancelled timers stay in it until they surface. */
+/**
+ * A binary min-heap of timers by deadline that can remove any entry: a cancelled timer leaves
+ * it at once, so the heap holds live reservations only, however far away their deadlines are.
+ */
 class TimerHeap {
   private readonly items: Array<Timer> = []
   get top(): Timer | undefined {
@@ -35,46 +43,73 @@ class TimerHeap {
     return this.items.length
   }
   push(timer: Timer) {
+    timer.index = this.items.length
+    this.items.push(timer)
+    this.up(timer.index)
+  }
+  pop(): Timer | undefined {
+    const top = this.items[0]
+    if (top !== undefined) this.remove(top)
+    return top
+  }
+  remove(timer: Timer) {
     const items = this.items
-    items.push(timer)
-    let i = items.length - 1
+    const i = timer.index
+    if (items[i] !== timer) return
+    const last = items.pop()!
+    timer.index = -1
+    if (i === items.length) return
+    items[i] = last
+    last.index = i
+    this.down(i)
+    this.up(last.index)
+  }
+  clear() {
+    for (const timer of this.items) timer.index = -1
+    this.items.length = 0
+  }
+  private swap(i: number, j: number) {
+    const items = this.items
+    const a = items[i]!
+    const b = items[j]!
+    items[i] = b
+    items[j] = a
+    a.index = j
+    b.index = i
+  }
+  private up(i: number) {
     while (i > 0) {
       const parent = (i - 1) >> 1
-      if (!earlier(items[i]!, items[parent]!)) break
-      ;[items[i], items[parent]] = [items[parent]!, items[i]!]
+      if (!earlier(this.items[i]!, this.items[parent]!)) return
+      this.swap(i, parent)
       i = parent
     }
   }
-  pop(): Timer | undefined {
+  private down(i: number) {
     const items = this.items
-    const top = items[0]
-    const last = items.pop()
-    if (items.length > 0 && last !== undefined) {
-      items[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < items.length && earlier(items[l]!, items[m]!)) m = l
-        if (r < items.length && earlier(items[r]!, items[m]!)) m = r
-        if (m === i) break
-        ;[items[i], items[m]] = [items[m]!, items[i]!]
-        i = m
-      }
+    for (;;) {
+      const l = 2 * i + 1
+      const r = l + 1
+      let m = i
+      if (l < items.length && earlier(items[l]!, items[m]!)) m = l
+      if (r < items.length && earlier(items[r]!, items[m]!)) m = r
+      if (m === i) return
+      this.swap(i, m)
+      i = m
     }
-    return top
-  }
-  clear() {
-    this.items.length = 0
   }
 }
+
+/** Timers are keyed by organization and reservation: reservation ids are only unique within one. */
+const timerKey = (organizationId: string, reservationId: string) => `${organizationId}\u0000${reservationId}`
 
 /**
  * The TTL scheduler (issue 5): keyed, cancellable timers, one per live reservation, driven by
  * one fiber on the Effect clock (so `TestClock` drives it). It is the FiberMap pattern with
  * the fibers folded into a deadline heap: a sleeping fiber costs ~2.4 KB, a heap entry well
  * under 200 B, which is what keeps 100,000 pending reservations inside the memory budget.
+ * A cancelled timer leaves the heap at once and recovery reads the table in pages, so memory
+ * stays bounded by live reservations whatever their TTL (issue 15).
  *
  * When a timer fires, the expiry runs in its own unit of work. Expiry is idempotent (row lock
  * and conditional transition), so a timer that fires late, twice, or on two replicas releases
@@ -98,18 +133,30 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       const service: ReservationTimers["Service"] = ReservationTimers.of({
         schedule: (reservation: ReservationSchedule) =>
           Effect.sync(() => {
+            const key = timerKey(reservation.organization_id, reservation.reservation_id)
             const timer: Timer = {
+              key,
               organization_id: reservation.organization_id,
               reservation_id: reservation.reservation_id,
               at: reservation.expires_at.getTime(),
-              seq: ++seq
+              seq: ++seq,
+              index: -1
             }
-            timers.set(timer.reservation_id, timer)
+            const replaced = timers.get(key)
+            if (replaced !== undefined) heap.remove(replaced)
+            timers.set(key, timer)
             heap.push(timer)
             if (heap.top === timer) Deferred.doneUnsafe(wake, Effect.void)
           }),
-        cancel: (reservationId) => Effect.sync(() => { timers.delete(reservationId) }),
-        pending: Effect.sync(() => timers.size),
+        cancel: (organizationId, reservationId) =>
+          Effect.sync(() => {
+            const key = timerKey(organizationId, reservationId)
+            const timer = timers.get(key)
+            if (timer === undefined) return
+            timers.delete(key)
+            heap.remove(timer)
+          }),
+        pending: Effect.sync(() => heap.size),
         settled: Effect.gen(function*() {
           for (;;) {
             const now = yield* Clock.currentTimeMillis
@@ -143,13 +190,9 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         for (;;) {
           const top = heap.top
           if (top === undefined) return undefined
-          if (timers.get(top.reservation_id) !== top) {
-            heap.pop() // cancelled or rescheduled
-            continue
-          }
           if (top.at > now) return top.at - now
           heap.pop()
-          timers.delete(top.reservation_id)
+          timers.delete(top.key)
           inFlight++
           yield* Queue.offer(due, top)
         }
@@ -187,9 +230,23 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       }))
 
       // Recovery: every active reservation gets its timer back; those past due fire at once.
-      const active = yield* (yield* Reservations).activeSchedules().pipe(Effect.retry(transientRetry), Effect.orDie)
-      for (const reservation of active) yield* service.schedule(reservation)
-      yield* Effect.logInfo("reservation timers recovered").pipe(Effect.annotateLogs({ count: active.length }))
+      // Read a page at a time (keyset), so start-up holds one page of rows, not the whole table.
+      const reservations = yield* Reservations
+      const pageSize = options.recoveryPageSize ?? 1000
+      let recovered = 0
+      let after: ReservationRef | null = null
+      for (;;) {
+        const page: ReadonlyArray<ReservationSchedule> = yield* reservations.activeSchedules(after, pageSize).pipe(
+          Effect.retry(transientRetry),
+          Effect.orDie
+        )
+        for (const reservation of page) yield* service.schedule(reservation)
+        recovered += page.length
+        const last = page[page.length - 1]
+        if (page.length < pageSize || last === undefined) break
+        after = { organization_id: last.organization_id, reservation_id: last.reservation_id }
+      }
+      yield* Effect.logInfo("reservation timers recovered").pipe(Effect.annotateLogs({ count: recovered }))
 
       yield* Effect.forkScoped(driver)
       for (let i = 0; i < (options.expiryConcurrency ?? 4); i++) yield* Effect.forkScoped(worker)

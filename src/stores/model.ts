@@ -120,7 +120,12 @@ export interface FailedEvent {
   readonly organization_id: string | null
   readonly error_type: string
   readonly error_message: string
+  /** The message body, cut at `DLQ_BODY_MAX_BYTES`; `body_length` and `body_sha256` describe the original. */
   readonly body: Uint8Array
+  /** SHA-256 (hex) of the original body, whole. */
+  readonly body_sha256: string
+  /** Length in bytes of the original body; more than `body.length` when the stored body was cut. */
+  readonly body_length: number
   readonly content_type: string | null
   readonly original_exchange: string
   readonly original_routing_key: string
@@ -128,6 +133,8 @@ export interface FailedEvent {
   readonly failed_at: Date
   readonly replay_count: number
   readonly last_replayed_at: Date | null
+  /** When its copy was confirmed on the DLQ; null while it is recorded but not copied yet. */
+  readonly dlq_copied_at: Date | null
   /**
    * The message's own AMQP headers with a plain value (`traceparent`, the publisher's own), so a
    * replay carries them again; the broker's and the replay's bookkeeping are left out.

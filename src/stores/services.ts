@@ -58,6 +58,12 @@ export interface OrderRef {
   readonly order_id: string
 }
 
+/** One reservation of one organization: also the keyset cursor of `activeSchedules`. */
+export interface ReservationRef {
+  readonly organization_id: string
+  readonly reservation_id: string
+}
+
 /** One event of one organization. */
 export interface EventRef {
   readonly organization_id: string
@@ -133,8 +139,11 @@ export class Reservations extends Context.Service<Reservations, {
   transition(organizationId: string, reservationId: string, from: ReadonlyArray<ReservationStatus>, to: ReservationStatus, reason: string | null): Db<boolean>
   /** Active reservations past due, locked, skipping any another process holds. */
   lockDue(now: Date, limit: number): Db<ReadonlyArray<Reservation>>
-  /** Every active reservation's expiry, for rescheduling timers at start-up. */
-  activeSchedules(): Db<ReadonlyArray<ReservationSchedule>>
+  /**
+   * Active reservations' expiries, for rescheduling timers at start-up: at most `limit`, in
+   * (organization, reservation id) order, after the cursor (keyset pagination; null: from the start).
+   */
+  activeSchedules(after: ReservationRef | null, limit: number): Db<ReadonlyArray<ReservationSchedule>>
   list(filter: { readonly organization_id: string; readonly order_id?: string; readonly status?: ReservationStatus }): Db<ReadonlyArray<Reservation>>
 }>()("inventory/stores/Reservations") {}
 
@@ -191,8 +200,14 @@ export interface FailedEventFilter {
 }
 
 export class FailedEvents extends Context.Service<FailedEvents, {
-  record(event: FailedEvent): Db<void>
+  /**
+   * Stores a dead letter unless its id is stored already, and returns the stored one: a
+   * redelivery finds the record (and whether it was copied to the DLQ) of its first delivery.
+   */
+  record(event: FailedEvent): Db<FailedEvent>
   get(id: string): Db<Option.Option<FailedEvent>>
+  /** The record's copy was confirmed on the DLQ: a redelivery is only acknowledged. */
+  markCopied(id: string, at: Date): Db<void>
   /** Oldest first, in (failed_at, seq) order; page with `after` and `limit`. */
   list(filter: FailedEventFilter): Db<ReadonlyArray<ListedFailedEvent>>
   markReplayed(id: string, at: Date): Db<void>

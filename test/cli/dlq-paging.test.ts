@@ -28,8 +28,9 @@ const insert = (rows: ReadonlyArray<Row>) =>
     for (const row of rows) {
       await db.query(
         `INSERT INTO ${schema}.failed_events (id, event_id, event_type, organization_id, error_type, error_message, body,
-           content_type, original_exchange, original_routing_key, attempts, failed_at, headers)
-         VALUES ($1, $1, 'order.placed', $2, 'InsufficientStock', 'refused', $3, 'application/json', 'order_events', 'order.placed', 1, $4, $5::jsonb)`,
+           body_sha256, body_length, content_type, original_exchange, original_routing_key, attempts, failed_at, dlq_copied_at, headers)
+         VALUES ($1, $1, 'order.placed', $2, 'InsufficientStock', 'refused', $3, encode(sha256($3), 'hex'), length($3),
+           'application/json', 'order_events', 'order.placed', 1, $4, $4, $5::jsonb)`,
         [row.id, row.org, row.body ?? Buffer.from(JSON.stringify({ id: row.id })), new Date(row.at), JSON.stringify(row.headers ?? {})]
       )
     }

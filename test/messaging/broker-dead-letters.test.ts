@@ -42,10 +42,11 @@ const watched = Layer.effect(
       record: (event) =>
         Effect.gen(function*() {
           bump(calls.record, event.organization_id)
-          yield* store.record(event)
+          const stored = yield* store.record(event)
           if (event.organization_id !== null && failAfterWrite.delete(event.organization_id)) {
             return yield* Effect.fail(new DatabaseError({ reason: "connection", message: "injected: reply lost after the write" }))
           }
+          return stored
         })
     }))
 ).pipe(Layer.provide(base))
@@ -207,7 +208,7 @@ describe("dead letters the broker makes", () => {
         return found.length === 1 && calls.get.get(found[0]!.id) === 2 ? found : undefined
       })
       expect(rows.map((r) => [r.error_type, r.event_id, r.headers])).toEqual([
-        ["BrokerOverflow", eventId.replace("\u0000\uD800", "\uFFFD\uFFFD"), { "x-note": "a\uFFFDb" }]
+        ["BrokerOverflow", eventId.replace("\u0000\uD800", "\\u0000\uFFFD"), { "x-note": "a\\u0000b" }]
       ])
       expect(calls.record.get(org)).toBe(1)
       // Both acknowledged (ours too), and ours left no record.

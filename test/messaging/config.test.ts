@@ -22,13 +22,22 @@ describe("runtime configuration", () => {
       deadLetterQueue: "inventory_failed_events",
       deadLetterTtlMs: 86_400_000,
       deadLetterMaxLength: 10_000,
+      deadLetterMaxLengthBytes: 256 * 1024 * 1024,
+      deliveryLimit: 20,
       queueType: "quorum"
     })
+    expect(c.deadLetter).toEqual({ bodyMaxBytes: 1024 * 1024, attempts: 3 })
     expect(Duration.toMillis(c.processing.retryBaseDelay)).toBe(1000)
     expect(c.processing.maxDeliveries).toBe(5)
     expect(Duration.toMillis(c.reservations.sweepInterval)).toBe(60_000)
     // Not SPEC's: order.placed group commit (issue 8) is on.
     expect(c.batch).toEqual({ maxSize: 256, concurrency: 3 })
+  })
+
+  it("keeps the broker's delivery limit above MAX_DELIVERIES whatever is set", () => {
+    const exit = parse({ MAX_DELIVERIES: "8", QUEUE_DELIVERY_LIMIT: "4" })
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+    expect(exit.value.topology.deliveryLimit).toBe(9)
   })
 
   it("reads overrides, amqps URLs and durations", () => {
@@ -45,6 +54,16 @@ describe("runtime configuration", () => {
     expect(exit.value.topology.orders.prefetch).toBe(50)
     expect(Duration.toMillis(exit.value.reservations.sweepInterval)).toBe(300_000)
     expect(Duration.toMillis(exit.value.shutdownTimeout)).toBe(1500)
+  })
+
+  it("reads a duration as words or as a plain number of milliseconds, and refuses one that is not positive and finite", () => {
+    const exit = parse({ OUTBOX_RETENTION: "90000", OUTBOX_PURGE_INTERVAL: "1.5 seconds" })
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+    expect(Duration.toMillis(exit.value.relay.retention)).toBe(90_000)
+    expect(Duration.toMillis(exit.value.relay.purgeInterval)).toBe(1500)
+    for (const refused of ["0", "0 millis", "-5 seconds", "Infinity", "1e3"]) {
+      expect(failureText({ OUTBOX_RETENTION: refused })).toContain("OUTBOX_RETENTION")
+    }
   })
 
   it("refuses bad values with a message naming the variable, never echoing credentials", () => {

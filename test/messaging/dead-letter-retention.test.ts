@@ -23,6 +23,9 @@ const failed = (org: string, id: string, at: number, errorType = "InsufficientSt
   error_type: errorType,
   error_message: "refused",
   body: new TextEncoder().encode(`{"id":"${id}"}`),
+  body_sha256: "0".repeat(64),
+  body_length: 10,
+  dlq_copied_at: new Date(at),
   content_type: "application/json",
   original_exchange: "order_events",
   original_routing_key: "order.placed",
@@ -95,8 +98,8 @@ describe("dead-letter retention and paging", () => {
   it.effect("defaults: records kept 30 days, purged hourly; the recorder queue bounded at 64 MiB", () =>
     Effect.gen(function*() {
       const config = yield* RuntimeConfig
-      assert.strictEqual(Duration.toMillis(config.deadLetters.retention), Duration.toMillis(Duration.days(30)))
-      assert.strictEqual(Duration.toMillis(config.deadLetters.purgeInterval), Duration.toMillis(Duration.hours(1)))
+      assert.strictEqual(Duration.toMillis(config.failedEvents.retention), Duration.toMillis(Duration.days(30)))
+      assert.strictEqual(Duration.toMillis(config.failedEvents.purgeInterval), Duration.toMillis(Duration.hours(1)))
       assert.strictEqual(config.topology.deadLetterRecorderQueue, "inventory_dead_letter_recorder")
       assert.strictEqual(config.topology.deadLetterRecorderMaxBytes, 64 * 1024 * 1024)
     }).pipe(Effect.provide(RuntimeConfig.layerFrom({}))))

@@ -40,7 +40,7 @@ const message = (headers: Record<string, unknown> = {}): InboundMessage => ({
 
 it.effect("dead-letters a message once, however often it comes back; a replay that fails again is recorded again", () =>
   Effect.gen(function*() {
-    const topology = (yield* RuntimeConfig).topology
+    const topology = yield* RuntimeConfig
     const failure = { errorType: "ValidationError" as const, message: "Message body is not valid UTF-8 JSON" }
     yield* deadLetter(topology, message(), failure, null)
     yield* deadLetter(topology, { ...message(), delivery: { ...message().delivery, deliveryCount: 2 } }, failure, null)

@@ -193,11 +193,11 @@ describe("two scheduler instances on one database", () => {
     await withInstances({ sweepInterval: "10 millis", sweepBatch: 2 }, async (a, b) => {
       // Cancel every recovered timer on both, before any is due: only the sweeps are left.
       // (Every active reservation of the schema: the earlier tests' anchors were recovered too.)
-      const live = await look(Effect.flatMap(Reservations, (r) => r.activeSchedules()))
+      const live = await look(Effect.flatMap(Reservations, (r) => r.activeSchedules(null, 1_000_000)))
       expect(live.filter((r) => r.organization_id === org)).toHaveLength(N + 1)
       for (const i of [a, b]) {
         const t = await timers(i)
-        for (const r of live) await i.runtime.runPromise(t.cancel(r.reservation_id))
+        for (const r of live) await i.runtime.runPromise(t.cancel(r.organization_id, r.reservation_id))
       }
       expect(await pending(a)).toBe(0)
       expect(await pending(b)).toBe(0)

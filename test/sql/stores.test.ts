@@ -377,11 +377,18 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       const body = new Uint8Array([0, 255, 10, 123])
       const event = {
         id: `${org}-f1`, event_id: null, event_type: "order.placed", organization_id: org, error_type: "ValidationError",
-        error_message: "bad", body, content_type: "application/json", original_exchange: "order_events",
-        original_routing_key: "order.placed", attempts: 1, failed_at: new Date(1000), replay_count: 0, last_replayed_at: null,
+        error_message: "bad", body, body_sha256: "ab".repeat(32), body_length: 9, content_type: "application/json",
+        original_exchange: "order_events", original_routing_key: "order.placed", attempts: 1, failed_at: new Date(1000),
+        replay_count: 0, last_replayed_at: null, dlq_copied_at: null,
         headers: { traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x-tenant": "t-1", priority: 3, urgent: true }
       }
-      yield* failed.record(event)
+      assert.deepStrictEqual({ ...(yield* failed.record(event)), body: Array.from(body) }, { ...event, body: Array.from(body) })
+      // A redelivery finds the first record, not its own, and learns whether it was copied.
+      const again = yield* failed.record({ ...event, error_message: "second", attempts: 2 })
+      assert.deepStrictEqual([again.error_message, again.attempts, again.dlq_copied_at], ["bad", 1, null])
+      yield* failed.markCopied(event.id, new Date(1500))
+      yield* failed.markCopied(event.id, new Date(9999))
+      assert.deepStrictEqual((yield* failed.record({ ...event, error_message: "third" })).dlq_copied_at, new Date(1500))
       yield* failed.markReplayed(event.id, new Date(2000))
       const stored = yield* failed.get(event.id)
       assert.deepStrictEqual(Option.map(stored, (e) => [Array.from(e.body), e.replay_count, e.last_replayed_at]), Option.some([[0, 255, 10, 123], 1, new Date(2000)]))

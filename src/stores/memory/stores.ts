@@ -257,12 +257,16 @@ const ReservationsMemory = Layer.effect(
             .sort((a, b) => a.expires_at!.getTime() - b.expires_at!.getTime())
             .slice(0, limit)
         ),
-      activeSchedules: () =>
-        atomically((t) =>
-          [...t.reservations.values()]
-            .filter((r) => r.status === "active" && r.expires_at !== null)
-            .map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at! }))
-        ),
+      activeSchedules: (after, limit) =>
+        atomically((t) => {
+          const cursor = after === null ? null : pair(after.organization_id, after.reservation_id)
+          // Keys compare as the SQL store's (organization, reservation id) order: NUL sorts below every character.
+          return [...t.reservations.entries()]
+            .filter(([k, r]) => r.status === "active" && r.expires_at !== null && (cursor === null || k > cursor))
+            .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+            .slice(0, limit)
+            .map(([, r]) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at! }))
+        }),
       list: (filter) =>
         atomically((t) =>
           [...t.reservations.values()]
@@ -350,16 +354,21 @@ const FailedEventsMemory = Layer.effect(
     const isAfter = (e: ListedFailedEvent, p: FailedEventPosition) =>
       e.failed_at.getTime() > p.failed_at.getTime() || (e.failed_at.getTime() === p.failed_at.getTime() && e.seq > p.seq)
     const byPosition = (a: ListedFailedEvent, b: ListedFailedEvent) => a.failed_at.getTime() - b.failed_at.getTime() || a.seq - b.seq
+    const withoutSeq = ({ seq: _, ...event }: ListedFailedEvent): FailedEvent => event
     return FailedEvents.of({
-      // Recording an id again replaces the record but keeps its place in the list.
       record: (event) =>
         atomically((t) => {
-          t.failedEvents.set(event.id, { ...event, seq: t.failedEvents.get(event.id)?.seq ?? ++seq })
+          const stored = t.failedEvents.get(event.id)
+          if (stored !== undefined) return withoutSeq(stored)
+          t.failedEvents.set(event.id, { ...event, seq: ++seq })
+          return event
         }),
-      get: (id) =>
-        atomically((t) =>
-          Option.map(Option.fromNullishOr(t.failedEvents.get(id)), ({ seq: _, ...event }): FailedEvent => event)
-        ),
+      get: (id) => atomically((t) => Option.map(Option.fromNullishOr(t.failedEvents.get(id)), withoutSeq)),
+      markCopied: (id, at) =>
+        atomically((t) => {
+          const e = t.failedEvents.get(id)
+          if (e !== undefined && e.dlq_copied_at === null) t.failedEvents.set(id, { ...e, dlq_copied_at: at })
+        }),
       list: (filter) =>
         atomically((t) => {
           const rows = [...t.failedEvents.values()]

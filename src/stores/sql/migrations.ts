@@ -152,6 +152,20 @@ const createTables = statements(
 /** A dead letter keeps its message's headers, so `dlq replay` sends them again (traceparent included). */
 const failedEventHeaders = statements(`ALTER TABLE failed_events ADD COLUMN headers jsonb NOT NULL DEFAULT '{}'::jsonb`)
 
+/**
+ * The dead-letter protocol (SPEC 5): the record is written first, the DLQ copy once, then
+ * `dlq_copied_at` is set, so a redelivery knows whether to copy. The body is kept up to a cap,
+ * with the original's SHA-256 and length. Rows written before were copied before their record.
+ */
+const failedEventCopies = statements(
+  `ALTER TABLE failed_events
+    ADD COLUMN dlq_copied_at timestamptz,
+    ADD COLUMN body_sha256 text,
+    ADD COLUMN body_length integer CHECK (body_length >= 0)`,
+  `UPDATE failed_events SET dlq_copied_at = failed_at, body_sha256 = encode(sha256(body), 'hex'), body_length = length(body)`,
+  `ALTER TABLE failed_events ALTER COLUMN body_sha256 SET NOT NULL, ALTER COLUMN body_length SET NOT NULL`
+)
+
 /** `dlq list --org` pages one organization's dead letters in (failed_at, seq) order without a sort. */
 const failedEventsByOrganization = statements(
   `CREATE INDEX failed_events_by_organization ON failed_events (organization_id, failed_at, seq)`
@@ -161,6 +175,7 @@ const failedEventsByOrganization = statements(
 export const loader = Migrator.fromRecord({
   "0001_create_inventory_tables": createTables,
   "0002_failed_event_headers": failedEventHeaders,
+  "0003_failed_event_copies": failedEventCopies,
   "0004_failed_events_by_organization": failedEventsByOrganization
 })
 

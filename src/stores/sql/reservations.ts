@@ -196,11 +196,15 @@ export const ReservationsSql = Layer.effect(
           FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
           ORDER BY c.expires_at, c.seq`),
 
-      activeSchedules: () =>
+      // Keyset on the primary key: each page continues from the last one's key, whatever changed since.
+      activeSchedules: (after, limit) =>
         Effect.map(
           orDatabaseError(sql<{ readonly organization_id: string; readonly reservation_id: string; readonly expires_at: Date }>`
             SELECT organization_id, reservation_id, expires_at FROM reservations
-            WHERE status = 'active' AND expires_at IS NOT NULL ORDER BY seq`),
+            WHERE status = 'active' AND expires_at IS NOT NULL
+              ${after === null ? sql`` : sql`AND (organization_id, reservation_id) > (${after.organization_id}, ${after.reservation_id})`}
+            ORDER BY organization_id, reservation_id
+            LIMIT ${limit}`),
           (rows) => rows.map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at }))
         ),
 

@@ -205,28 +205,36 @@ export const OutboxSql = Layer.effect(
   })
 )
 
-const failedColumns = "id, event_id, event_type, organization_id, error_type, error_message, body, content_type, " +
-  "original_exchange, original_routing_key, attempts, failed_at, replay_count, last_replayed_at, headers"
+const failedColumns = "id, event_id, event_type, organization_id, error_type, error_message, body, body_sha256, body_length, " +
+  "content_type, original_exchange, original_routing_key, attempts, failed_at, replay_count, last_replayed_at, dlq_copied_at, headers"
 
 export const FailedEventsSql = Layer.effect(
   FailedEvents,
   Effect.gen(function*() {
     const sql = yield* SqlClient
     return FailedEvents.of({
-      // Recording an id again replaces the record but keeps its place in the list.
+      // The first record of an id stays: the snapshot of the outer SELECT does not see the
+      // insert, so it answers only when the insert did nothing.
       record: (e) =>
+        Effect.flatMap(
+          orDatabaseError(sql<FailedEvent>`
+            WITH inserted AS (
+              INSERT INTO failed_events (${sql.literal(failedColumns)})
+              VALUES (${e.id}, ${e.event_id}, ${e.event_type}, ${e.organization_id}, ${e.error_type}, ${e.error_message},
+                ${e.body}, ${e.body_sha256}, ${e.body_length}, ${e.content_type}, ${e.original_exchange}, ${e.original_routing_key},
+                ${e.attempts}, ${e.failed_at}, ${e.replay_count}, ${e.last_replayed_at}, ${e.dlq_copied_at},
+                ${JSON.stringify(e.headers)}::jsonb)
+              ON CONFLICT (id) DO NOTHING
+              RETURNING ${sql.literal(failedColumns)}
+            )
+            SELECT ${sql.literal(failedColumns)} FROM inserted
+            UNION ALL
+            SELECT ${sql.literal(failedColumns)} FROM failed_events WHERE id = ${e.id} AND NOT EXISTS (SELECT 1 FROM inserted)`),
+          (rows) => rows[0] === undefined ? Effect.die(new Error(`failed event ${e.id} neither inserted nor found`)) : Effect.succeed(rows[0])
+        ),
+      markCopied: (id, at) =>
         Effect.asVoid(orDatabaseError(sql`
-          INSERT INTO failed_events (${sql.literal(failedColumns)})
-          VALUES (${e.id}, ${e.event_id}, ${e.event_type}, ${e.organization_id}, ${e.error_type}, ${e.error_message},
-            ${e.body}, ${e.content_type}, ${e.original_exchange}, ${e.original_routing_key}, ${e.attempts}, ${e.failed_at},
-            ${e.replay_count}, ${e.last_replayed_at}, ${JSON.stringify(e.headers)}::jsonb)
-          ON CONFLICT (id) DO UPDATE SET
-            event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, organization_id = EXCLUDED.organization_id,
-            error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message, body = EXCLUDED.body,
-            content_type = EXCLUDED.content_type, original_exchange = EXCLUDED.original_exchange,
-            original_routing_key = EXCLUDED.original_routing_key, attempts = EXCLUDED.attempts,
-            failed_at = EXCLUDED.failed_at, replay_count = EXCLUDED.replay_count, last_replayed_at = EXCLUDED.last_replayed_at,
-            headers = EXCLUDED.headers`)),
+          UPDATE failed_events SET dlq_copied_at = ${at} WHERE id = ${id} AND dlq_copied_at IS NULL`)),
       get: (id) =>
         Effect.map(
           orDatabaseError(sql<FailedEvent>`SELECT ${sql.literal(failedColumns)} FROM failed_events WHERE id = ${id}`),

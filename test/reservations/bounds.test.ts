@@ -1,0 +1,186 @@
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { TestClock } from "effect/testing"
+import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
+import * as Scheduler from "../../src/reservations/scheduler.ts"
+import * as MemoryStores from "../../src/stores/memory/stores.ts"
+import type { ReservationSchedule, ReservationStatus } from "../../src/stores/model.ts"
+import { type ReservationRef, Reservations, type Stores } from "../../src/stores/services.ts"
+import { sqlStoresLayer } from "../sql/support.ts"
+import { freshOrg } from "../support/events.ts"
+
+/**
+ * Issue 15, "Bounds" and timer keys: timers are keyed by (organization, reservation id); a
+ * cancelled timer leaves the scheduler at once, so what it holds is bounded by live
+ * reservations whatever their TTL; start-up recovery reads active reservations page by page.
+ */
+
+/** Timers only: a sweep far beyond any test, so every expiry here is a timer's. */
+const timersOnly = { sweepInterval: "1000 days", sweepBatch: 100 } as const
+
+/** A reservation row with no items: expiring it moves only its status, which is what these tests watch. */
+const reservationRow = (org: string, id: string, status: ReservationStatus, expiresAt: Date) =>
+  Effect.flatMap(Reservations, (r) =>
+    r.insert({
+      organization_id: org,
+      reservation_id: id,
+      order_id: `order-${id}`,
+      status,
+      items: [],
+      expires_at: expiresAt,
+      created_at: new Date(0),
+      caused_by: `evt-${id}`,
+      closed_reason: null
+    })).pipe(Effect.orDie)
+
+const statusOf = (org: string, id: string) =>
+  Effect.flatMap(Reservations, (r) => r.findById(org, id)).pipe(
+    Effect.map((found) => (found._tag === "Some" ? found.value.status : undefined)),
+    Effect.orDie
+  )
+
+/** A small deterministic generator: the same "random" deadlines on every run. */
+const lcg = (seed: number) => () => {
+  seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648
+  return seed / 2_147_483_648
+}
+
+describe("reservation timers on the memory stores", () => {
+  it.effect("are keyed by organization: org B's cancel leaves org A's timer with the same reservation id", () =>
+    Effect.gen(function*() {
+      const timers = Context.get(yield* Layer.build(Scheduler.layer(timersOnly)), ReservationTimers)
+      const [a, b] = [freshOrg(), freshOrg()]
+      const at = new Date(5 * 60_000)
+      for (const org of [a, b]) {
+        yield* reservationRow(org, "r-shared", "active", at)
+        yield* timers.schedule({ organization_id: org, reservation_id: "r-shared", expires_at: at })
+      }
+      assert.strictEqual(yield* timers.pending, 2, "one timer per organization")
+      yield* timers.cancel(b, "r-shared")
+      assert.strictEqual(yield* timers.pending, 1)
+      yield* TestClock.adjust("5 minutes")
+      yield* timers.settled
+      assert.strictEqual(yield* statusOf(a, "r-shared"), "expired", "org A's timer fired")
+      assert.strictEqual(yield* statusOf(b, "r-shared"), "active", "org B's timer was the one cancelled")
+    }).pipe(Effect.provide(MemoryStores.layer)))
+
+  it.effect("a cancelled or replaced timer leaves the scheduler at once, whatever its TTL", () =>
+    Effect.gen(function*() {
+      const timers = Context.get(yield* Layer.build(Scheduler.layer(timersOnly)), ReservationTimers)
+      const org = freshOrg()
+      // A TTL of a year: a tombstone left in the heap would stay that long.
+      const far = new Date(365 * 24 * 3_600_000)
+      for (let i = 0; i < 1000; i++) yield* timers.schedule({ organization_id: org, reservation_id: `r${i}`, expires_at: far })
+      assert.strictEqual(yield* timers.pending, 1000)
+      for (let i = 1; i < 1000; i++) yield* timers.cancel(org, `r${i}`)
+      assert.strictEqual(yield* timers.pending, 1)
+      for (let i = 0; i < 100; i++) {
+        yield* timers.schedule({ organization_id: org, reservation_id: "r0", expires_at: new Date(far.getTime() + i) })
+      }
+      assert.strictEqual(yield* timers.pending, 1, "rescheduling replaces the entry")
+      yield* timers.cancel(org, "r0")
+      assert.strictEqual(yield* timers.pending, 0)
+    }).pipe(Effect.provide(MemoryStores.layer)))
+
+  it.effect("after cancels from anywhere in the heap, exactly the others fire, each at its deadline", () =>
+    Effect.gen(function*() {
+      const timers = Context.get(yield* Layer.build(Scheduler.layer(timersOnly)), ReservationTimers)
+      const org = freshOrg()
+      const random = lcg(15)
+      const deadlines = Array.from({ length: 300 }, () => 1 + Math.floor(random() * 120))
+      for (const [i, minutes] of deadlines.entries()) {
+        const at = new Date(minutes * 60_000)
+        yield* reservationRow(org, `r${i}`, "active", at)
+        yield* timers.schedule({ organization_id: org, reservation_id: `r${i}`, expires_at: at })
+      }
+      const cancelled = new Set(deadlines.flatMap((_, i) => (random() < 0.5 ? [i] : [])))
+      for (const i of cancelled) yield* timers.cancel(org, `r${i}`)
+      assert.strictEqual(yield* timers.pending, deadlines.length - cancelled.size)
+      for (let minute = 1; minute <= 120; minute++) {
+        yield* TestClock.adjust("1 minute")
+        yield* timers.settled
+        for (const [i, due] of deadlines.entries()) {
+          const want = !cancelled.has(i) && due <= minute ? "expired" : "active"
+          assert.strictEqual(yield* statusOf(org, `r${i}`), want, `r${i} (due at minute ${due}) at minute ${minute}`)
+        }
+      }
+      assert.strictEqual(yield* timers.pending, 0)
+    }).pipe(Effect.provide(MemoryStores.layer)), 60_000)
+})
+
+/** Reservations as a proxy that records every page recovery asks for. */
+const recordingPages = (pages: Array<{ readonly limit: number; readonly rows: number }>) =>
+  Layer.effect(
+    Reservations,
+    Effect.map(Reservations, (r) =>
+      Reservations.of({
+        ...r,
+        activeSchedules: (after, limit) =>
+          Effect.tap(r.activeSchedules(after, limit), (rows) => Effect.sync(() => pages.push({ limit, rows: rows.length })))
+      }))
+  )
+
+/** Every active schedule, page by page through the store, and the page sizes seen. */
+const pageThrough = (limit: number) =>
+  Effect.gen(function*() {
+    const reservations = yield* Reservations
+    const all: Array<ReservationSchedule> = []
+    const sizes: Array<number> = []
+    let after: ReservationRef | null = null
+    for (;;) {
+      const page: ReadonlyArray<ReservationSchedule> = yield* reservations.activeSchedules(after, limit).pipe(Effect.orDie)
+      sizes.push(page.length)
+      all.push(...page)
+      const last = page[page.length - 1]
+      if (last === undefined) return { all, sizes }
+      after = { organization_id: last.organization_id, reservation_id: last.reservation_id }
+    }
+  })
+
+const recoverySuite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
+  layer(stores, { timeout: "60 seconds" })(name, (it) => {
+    it.effect("activeSchedules pages through every active reservation once, in key order, and nothing else", () =>
+      Effect.gen(function*() {
+        // Orgs whose names are prefixes of each other, and ids that interleave across them.
+        const base = freshOrg()
+        const [a, b] = [base, `${base}x`]
+        const at = new Date(Date.now() + 3_600_000)
+        const active: Array<string> = []
+        for (const org of [b, a]) {
+          for (const id of ["r3", "r1", "r10", "r2"]) {
+            yield* reservationRow(org, id, "active", at)
+            active.push(`${org}/${id}`)
+          }
+          yield* reservationRow(org, "r-confirmed", "confirmed", at)
+          yield* reservationRow(org, "r-cancelled", "cancelled", at)
+        }
+        const { all, sizes } = yield* pageThrough(3)
+        const mine = all.filter((s) => s.organization_id === a || s.organization_id === b)
+        assert.deepStrictEqual(mine.map((s) => `${s.organization_id}/${s.reservation_id}`).sort(), active.sort())
+        assert.strictEqual(new Set(all.map((s) => `${s.organization_id}\u0000${s.reservation_id}`)).size, all.length, "no row twice")
+        assert.ok(sizes.every((n) => n <= 3), `pages of at most 3: ${sizes}`)
+        assert.ok(sizes.length >= 3, `8 rows of mine take at least 3 pages: ${sizes}`)
+        for (const s of mine) assert.strictEqual(s.expires_at.getTime(), at.getTime())
+      }))
+
+    it.effect("start-up recovery reads pages of recoveryPageSize and schedules every active reservation", () =>
+      Effect.gen(function*() {
+        const org = freshOrg()
+        const at = new Date(Date.now() + 3_600_000)
+        for (let i = 0; i < 7; i++) yield* reservationRow(org, `r${i}`, "active", at)
+        yield* reservationRow(org, "r-expired", "expired", at)
+        const total = (yield* pageThrough(1000)).all.length
+        assert.ok(total >= 7)
+        const pages: Array<{ readonly limit: number; readonly rows: number }> = []
+        const context = yield* Layer.build(
+          Scheduler.layer({ ...timersOnly, recoveryPageSize: 2 }).pipe(Layer.provide(recordingPages(pages)))
+        )
+        assert.strictEqual(yield* Context.get(context, ReservationTimers).pending, total, "every active reservation has its timer")
+        assert.ok(pages.every((p) => p.limit === 2 && p.rows <= 2), JSON.stringify(pages))
+        assert.strictEqual(pages.reduce((n, p) => n + p.rows, 0), total)
+        assert.ok(pages.length >= Math.ceil(total / 2), JSON.stringify(pages))
+      }))
+  })
+
+recoverySuite("recovery pages on the memory stores", MemoryStores.layer)
+recoverySuite("recovery pages on the PostgreSQL stores", sqlStoresLayer("recovery_pages", { poolSize: 3 }))
