@@ -183,7 +183,7 @@ describe("dead letters the broker makes", () => {
       const run = <A, E>(effect: Effect.Effect<A, E, any>) => recorder.runPromise(effect)
       const org = freshOrg()
       // A NUL and a lone surrogate (a JSON escape in the body) in the event id, a NUL in a header:
-      // PostgreSQL refuses both in text and jsonb.
+      // PostgreSQL refuses both in text and jsonb. Without the header escaped, nothing is recorded.
       const eventId = `${freshId("evt")}\u0000\uD800x`
       const death = {
         count: 1,
@@ -208,7 +208,8 @@ describe("dead letters the broker makes", () => {
         return found.length === 1 && calls.get.get(found[0]!.id) === 2 ? found : undefined
       })
       expect(rows.map((r) => [r.error_type, r.event_id, r.headers])).toEqual([
-        ["BrokerOverflow", eventId.replace("\u0000\uD800", "\\u0000\uFFFD"), { "x-note": "a\\u0000b" }]
+        // peek gives only storable text: the event id is left out, the header escaped.
+        ["BrokerOverflow", null, { "x-note": "a\\u0000b" }]
       ])
       expect(calls.record.get(org)).toBe(1)
       // Both acknowledged (ours too), and ours left no record.
