@@ -36,14 +36,26 @@ const storableOrNull = (text: string | null | undefined, max = 255): string | nu
 /** Headers the broker or a replay sets; a replay must not carry them again. */
 const bookkeeping = /^x-(delivery-count|death|first-death-|last-death-|replay-)/
 
+/** The record's headers (jsonb) stay under this many characters of JSON, as our own records' do. */
+const headerRecordLimit = 64 * 1024
+
 /** The message's own headers with a plain value, made storable, for `dlq show` and `dlq replay`. */
 const storableHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
   const kept: Record<string, string | number | boolean> = {}
+  let size = 2
   for (const [name, value] of Object.entries(headers)) {
     if (bookkeeping.test(name)) continue
+    const plain = typeof value === "string"
+      ? storableText(value, 4096)
+      : typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))
+      ? value
+      : undefined
+    if (plain === undefined) continue
     const key = storableText(name, 255)
-    if (typeof value === "string") kept[key] = storableText(value, 4096)
-    else if (typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))) kept[key] = value
+    const added = JSON.stringify(key).length + JSON.stringify(plain).length + 2
+    if (size + added > headerRecordLimit) continue
+    kept[key] = plain
+    size += added
   }
   return kept
 }
