@@ -29,6 +29,11 @@ export interface Topology {
   readonly deadLetterTtlMs: number
   readonly deadLetterMaxLength: number
   readonly queueType: QueueType
+  /**
+   * `x-single-active-consumer` on the inbound queues: one replica consumes a queue at a time, the
+   * others wait as hot standbys, so a key's events never run on two replicas at once.
+   */
+  readonly singleActiveConsumer: boolean
 }
 
 export interface BrokerSettings {
@@ -143,6 +148,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   deadLetterTtlMs: int("DLQ_MESSAGE_TTL_MS", 86_400_000),
   deadLetterMaxLength: int("DLQ_MAX_LENGTH", 10_000),
   queueType,
+  singleActiveConsumer: Config.Boolean("SINGLE_ACTIVE_CONSUMER").pipe(Config.withDefault(true)),
   retryBaseDelay: millis("RETRY_BASE_DELAY_MS", Duration.toMillis(defaultProcessingPolicy.retryBaseDelay)),
   retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
   maxDeliveries: int("MAX_DELIVERIES", defaultProcessingPolicy.maxDeliveries),
@@ -175,7 +181,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     deadLetterQueue: c.deadLetterQueue,
     deadLetterTtlMs: c.deadLetterTtlMs,
     deadLetterMaxLength: c.deadLetterMaxLength,
-    queueType: c.queueType
+    queueType: c.queueType,
+    singleActiveConsumer: c.singleActiveConsumer
   },
   processing: {
     retryBaseDelay: c.retryBaseDelay,
