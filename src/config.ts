@@ -56,6 +56,8 @@ export interface RelaySettings {
   readonly retention: Duration.Duration
   /** How often sent messages past `retention` are deleted. */
   readonly purgeInterval: Duration.Duration
+  /** How often a standby relay tries to take the relay lock, and the active one checks it holds it. */
+  readonly electionInterval: Duration.Duration
 }
 
 export interface ReservationSettings {
@@ -159,6 +161,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
   outboxRetention: duration("OUTBOX_RETENTION", Duration.days(7)),
   outboxPurgeInterval: duration("OUTBOX_PURGE_INTERVAL", Duration.hours(1)),
+  relayElectionInterval: duration("OUTBOX_RELAY_LOCK_INTERVAL", Duration.seconds(1)),
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
@@ -195,7 +198,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     pollInterval: c.relayPollInterval,
     batchSize: c.relayBatchSize,
     retention: c.outboxRetention,
-    purgeInterval: c.outboxPurgeInterval
+    purgeInterval: c.outboxPurgeInterval,
+    electionInterval: c.relayElectionInterval
   },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
