@@ -37,6 +37,7 @@ export interface Topology {
 }
 
 export interface BrokerSettings {
+  /** One node's URL, or several comma-separated (`brokerUrls`): the consumer fails over between them. */
   readonly url: Redacted.Redacted<string>
   readonly heartbeatSeconds: number
   /** Reconnect backoff: first delay and cap; each attempt doubles, with jitter. */
@@ -112,15 +113,25 @@ const parseDuration = (raw: string): Duration.Duration | undefined => {
   })
 }
 
+/**
+ * The nodes of `AMQP_URL`: one URL, or several separated by commas (the nodes of a cluster).
+ * Split only before a scheme, so a comma elsewhere in a URL stays where it is.
+ */
+export const brokerUrls = (raw: string): ReadonlyArray<string> =>
+  raw.split(/,(?=\s*[a-z][a-z0-9+.-]*:\/\/)/i).map((url) => url.trim()).filter((url) => url !== "")
+
 const amqpUrl = Config.schema(
-  Schema.Redacted(Schema.String.check(Schema.makeFilter((url: string) => {
-    try {
-      const protocol = new URL(url).protocol
-      return protocol === "amqp:" || protocol === "amqps:"
-    } catch {
-      return false
-    }
-  }, { message: "AMQP_URL must be an amqp:// or amqps:// URL" }))),
+  Schema.Redacted(Schema.String.check(Schema.makeFilter((raw: string) => {
+    const urls = brokerUrls(raw)
+    return urls.length > 0 && urls.every((url) => {
+      try {
+        const protocol = new URL(url).protocol
+        return protocol === "amqp:" || protocol === "amqps:"
+      } catch {
+        return false
+      }
+    })
+  }, { message: "AMQP_URL must be an amqp:// or amqps:// URL, or several separated by commas" }))),
   "AMQP_URL"
 ).pipe(Config.withDefault(Redacted.make("amqp://guest:guest@127.0.0.1:5672")))
 
@@ -206,15 +217,20 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   shutdownTimeout: c.shutdownTimeout
 })))
 
-/** The URL with any password replaced, fit for logs and error messages. */
+/** The URL (or each of a list of broker nodes) with any password replaced, fit for logs and error messages. */
 export const displayUrl = (url: Redacted.Redacted<string>): string => {
-  try {
-    const parsed = new URL(Redacted.value(url))
-    if (parsed.password !== "") parsed.password = "***"
-    return parsed.toString()
-  } catch {
-    return "<invalid AMQP_URL>"
+  const one = (raw: string) => {
+    try {
+      const parsed = new URL(raw)
+      if (parsed.password !== "") parsed.password = "***"
+      return parsed.toString()
+    } catch {
+      return "<invalid AMQP_URL>"
+    }
   }
+  const raw = Redacted.value(url)
+  const urls = brokerUrls(raw)
+  return urls.length > 1 ? urls.map(one).join(",") : one(raw)
 }
 
 /** The settings this process runs with. */
