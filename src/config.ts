@@ -75,6 +75,8 @@ export interface RuntimeSettings {
   readonly batch: BatchSettings
   /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
   readonly shutdownTimeout: Duration.Duration
+  /** How often each consumer works out whether it is its queue's active consumer (metrics, /readyz). */
+  readonly consumerRoleCheckInterval: Duration.Duration
 }
 
 const int = (variable: string, fallback: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
@@ -176,6 +178,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
+  consumerRoleCheckInterval: duration("CONSUMER_ROLE_CHECK_INTERVAL", Duration.seconds(5)),
   batchMaxSize: int("BATCH_MAX_SIZE", 256),
   batchConcurrency: int("BATCH_CONCURRENCY", 3)
 }).pipe(Config.map((c): RuntimeSettings => ({
@@ -214,7 +217,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
-  shutdownTimeout: c.shutdownTimeout
+  shutdownTimeout: c.shutdownTimeout,
+  consumerRoleCheckInterval: c.consumerRoleCheckInterval
 })))
 
 /** The URL (or each of a list of broker nodes) with any password replaced, fit for logs and error messages. */
