@@ -190,7 +190,8 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
         ),
         Effect.withSpan("outbox.purge")
       )
-      yield* purge.pipe(Effect.repeat(Schedule.spaced(config.relay.purgeInterval)), Effect.forkScoped)
+      // Only the active relay purges: replicas deleting the same batches would only contend.
+      yield* Effect.suspend(() => (active ? purge : Effect.void)).pipe(Effect.repeat(Schedule.spaced(config.relay.purgeInterval)), Effect.forkScoped)
 
       // On shutdown (after the consumers stopped): one last drain, bounded by the deadline.
       yield* Effect.addFinalizer(() =>
@@ -241,6 +242,13 @@ const elect = (
       let held = false
       const ended = yield* Effect.scoped(Effect.gen(function*() {
         const session = yield* PgClient.makeClient(pg.config)
+        // A holder whose machine or network dies leaves a session PostgreSQL would keep (and its
+        // lock) until TCP keepalive notices, hours by default; this session is never idle longer
+        // than `interval` while its process lives, so the server ends it after ten of those.
+        // (PostgreSQL 14+; older servers refuse the setting and keep the keepalive behaviour.)
+        yield* session.unsafe("SELECT set_config('idle_session_timeout', $1, false)", [String(Duration.toMillis(interval) * 10)]).pipe(
+          Effect.ignore
+        )
         while (true) {
           const [row] = yield* session.unsafe<{ locked: boolean }>(tryRelayLock)
           if (row?.locked === true) break
