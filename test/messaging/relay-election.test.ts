@@ -148,4 +148,34 @@ describe("the outbox relay with two replicas on one database", () => {
       await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }
   })
+
+  it("moves the lock when the holder's session dies under it (PostgreSQL ends the session)", async () => {
+    const a = await startRelay()
+    const b = await startRelay()
+    try {
+      await eventually("one relay active", async () => (await activeOf([a, b])).filter(Boolean).length === 1)
+      // What a crashed holder's server, or idle_session_timeout, does: the backend holding the lock ends.
+      const [ended] = await run(Effect.flatMap(SqlClient, (sql) =>
+        sql.unsafe<{ ended: boolean }>(
+          `SELECT pg_terminate_backend(pid) AS ended FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND classid = hashtext('inventory_outbox_relay')::oid
+             AND objid = hashtext(current_setting('search_path'))::oid`
+        )))
+      expect(ended?.ended).toBe(true)
+      // The holder notices at its next check and stands by; then one relay (either) holds it again.
+      await eventually("the lock taken again", async () => {
+        const [row] = await run(Effect.flatMap(SqlClient, (sql) =>
+          sql.unsafe<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND classid = hashtext('inventory_outbox_relay')::oid AND objid = hashtext(current_setting('search_path'))::oid`
+          )))
+        return row?.n === 1 && (await activeOf([a, b])).filter(Boolean).length === 1
+      })
+      await appendRows("r", 5, 10)
+      await eventually("rows sent", async () => (await pending()) === 0)
+    } finally {
+      await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
+    }
+    expectOnceInOrder(await drainCapture(), "r", 5, 10)
+  })
 })
