@@ -39,6 +39,11 @@ export interface Topology {
   readonly deadLetterRecorderQueue: string
   readonly deadLetterRecorderMaxBytes: number
   readonly queueType: QueueType
+  /**
+   * `x-single-active-consumer` on the inbound queues: one replica consumes a queue at a time, the
+   * others wait as hot standbys, so a key's events never run on two replicas at once.
+   */
+  readonly singleActiveConsumer: boolean
 }
 
 /** The dead-letter path's own bounds (SPEC 5). */
@@ -50,6 +55,7 @@ export interface DeadLetterSettings {
 }
 
 export interface BrokerSettings {
+  /** One node's URL, or several comma-separated (`brokerUrls`): the consumer fails over between them. */
   readonly url: Redacted.Redacted<string>
   readonly heartbeatSeconds: number
   /** Reconnect backoff: first delay and cap; each attempt doubles, with jitter. */
@@ -69,6 +75,8 @@ export interface RelaySettings {
   readonly retention: Duration.Duration
   /** How often sent messages past `retention` are deleted. */
   readonly purgeInterval: Duration.Duration
+  /** How often a standby relay tries to take the relay lock, and the active one checks it holds it. */
+  readonly electionInterval: Duration.Duration
 }
 
 export interface FailedEventRetentionSettings {
@@ -94,6 +102,8 @@ export interface RuntimeSettings {
   readonly deadLetter: DeadLetterSettings
   /** How long in-flight messages may take on SIGTERM before the rest go back to the queue. */
   readonly shutdownTimeout: Duration.Duration
+  /** How often each consumer works out whether it is its queue's active consumer (metrics, /readyz). */
+  readonly consumerRoleCheckInterval: Duration.Duration
 }
 
 const int = (variable: string, fallback: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
@@ -130,15 +140,25 @@ const duration = (variable: string, fallback: Duration.Duration) =>
     variable
   ).pipe(Config.withDefault(fallback))
 
+/**
+ * The nodes of `AMQP_URL`: one URL, or several separated by commas (the nodes of a cluster).
+ * Split only before a scheme, so a comma elsewhere in a URL stays where it is.
+ */
+export const brokerUrls = (raw: string): ReadonlyArray<string> =>
+  raw.split(/,(?=\s*[a-z][a-z0-9+.-]*:\/\/)/i).map((url) => url.trim()).filter((url) => url !== "")
+
 const amqpUrl = Config.schema(
-  Schema.Redacted(Schema.String.check(Schema.makeFilter((url: string) => {
-    try {
-      const protocol = new URL(url).protocol
-      return protocol === "amqp:" || protocol === "amqps:"
-    } catch {
-      return false
-    }
-  }, { message: "AMQP_URL must be an amqp:// or amqps:// URL" }))),
+  Schema.Redacted(Schema.String.check(Schema.makeFilter((raw: string) => {
+    const urls = brokerUrls(raw)
+    return urls.length > 0 && urls.every((url) => {
+      try {
+        const protocol = new URL(url).protocol
+        return protocol === "amqp:" || protocol === "amqps:"
+      } catch {
+        return false
+      }
+    })
+  }, { message: "AMQP_URL must be an amqp:// or amqps:// URL, or several separated by commas" }))),
   "AMQP_URL"
 ).pipe(Config.withDefault(Redacted.make("amqp://guest:guest@127.0.0.1:5672")))
 
@@ -175,6 +195,7 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   // Drained as fast as the database takes it; the bound only matters while the service is down.
   deadLetterRecorderMaxBytes: int("DLQ_RECORDER_MAX_LENGTH_BYTES", 64 * 1024 * 1024),
   queueType,
+  singleActiveConsumer: Config.Boolean("SINGLE_ACTIVE_CONSUMER").pipe(Config.withDefault(true)),
   retryBaseDelay: millis("RETRY_BASE_DELAY_MS", Duration.toMillis(defaultProcessingPolicy.retryBaseDelay)),
   retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
   maxDeliveries: int("MAX_DELIVERIES", defaultProcessingPolicy.maxDeliveries),
@@ -185,11 +206,13 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
   outboxRetention: duration("OUTBOX_RETENTION", Duration.days(7)),
   outboxPurgeInterval: duration("OUTBOX_PURGE_INTERVAL", Duration.hours(1)),
+  relayElectionInterval: duration("OUTBOX_RELAY_LOCK_INTERVAL", Duration.seconds(1)),
   failedEventsRetention: duration("FAILED_EVENTS_RETENTION", Duration.days(30)),
   failedEventsPurgeInterval: duration("FAILED_EVENTS_PURGE_INTERVAL", Duration.hours(1)),
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
   sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
+  consumerRoleCheckInterval: duration("CONSUMER_ROLE_CHECK_INTERVAL", Duration.seconds(5)),
   batchMaxSize: int("BATCH_MAX_SIZE", 256),
   batchConcurrency: int("BATCH_CONCURRENCY", 3)
 }).pipe(Config.map((c): RuntimeSettings => ({
@@ -214,7 +237,8 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     deliveryLimit: Math.max(c.deliveryLimit, c.maxDeliveries + 1),
     deadLetterRecorderQueue: c.deadLetterRecorderQueue,
     deadLetterRecorderMaxBytes: c.deadLetterRecorderMaxBytes,
-    queueType: c.queueType
+    queueType: c.queueType,
+    singleActiveConsumer: c.singleActiveConsumer
   },
   processing: {
     retryBaseDelay: c.retryBaseDelay,
@@ -227,24 +251,31 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
     pollInterval: c.relayPollInterval,
     batchSize: c.relayBatchSize,
     retention: c.outboxRetention,
-    purgeInterval: c.outboxPurgeInterval
+    purgeInterval: c.outboxPurgeInterval,
+    electionInterval: c.relayElectionInterval
   },
   failedEvents: { retention: c.failedEventsRetention, purgeInterval: c.failedEventsPurgeInterval },
   reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
   batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
   deadLetter: { bodyMaxBytes: c.deadLetterBodyMaxBytes, attempts: c.deadLetterAttempts },
-  shutdownTimeout: c.shutdownTimeout
+  shutdownTimeout: c.shutdownTimeout,
+  consumerRoleCheckInterval: c.consumerRoleCheckInterval
 })))
 
-/** The URL with any password replaced, fit for logs and error messages. */
+/** The URL (or each of a list of broker nodes) with any password replaced, fit for logs and error messages. */
 export const displayUrl = (url: Redacted.Redacted<string>): string => {
-  try {
-    const parsed = new URL(Redacted.value(url))
-    if (parsed.password !== "") parsed.password = "***"
-    return parsed.toString()
-  } catch {
-    return "<invalid AMQP_URL>"
+  const one = (raw: string) => {
+    try {
+      const parsed = new URL(raw)
+      if (parsed.password !== "") parsed.password = "***"
+      return parsed.toString()
+    } catch {
+      return "<invalid AMQP_URL>"
+    }
   }
+  const raw = Redacted.value(url)
+  const urls = brokerUrls(raw)
+  return urls.length > 1 ? urls.map(one).join(",") : one(raw)
 }
 
 /** The settings this process runs with. */

@@ -1,7 +1,7 @@
 import amqp from "amqplib"
 import { Context, Effect, FiberSet, Layer, Option, Redacted, Schema, type Scope } from "effect"
 import { Readiness } from "../observability/health.ts"
-import { type BrokerSettings, displayUrl, RuntimeConfig, type Topology } from "../config.ts"
+import { type BrokerSettings, brokerUrls, displayUrl, RuntimeConfig, type Topology } from "../config.ts"
 import { declareTopology } from "./topology.ts"
 
 /** The broker could not be reached or refused an operation. */
@@ -41,11 +41,64 @@ export class Broker extends Context.Service<Broker, {
   )
 }
 
-/** The URL amqplib dials: heartbeat as a query parameter, unless the URL sets one itself. */
-const dialUrl = (settings: BrokerSettings): string => {
-  const url = new URL(Redacted.value(settings.url))
-  if (!url.searchParams.has("heartbeat")) url.searchParams.set("heartbeat", String(settings.heartbeatSeconds))
-  return url.toString()
+/** One node as amqplib's connect options: the URL's fields, heartbeat from the URL or the settings. */
+const dialTarget = (raw: string, heartbeatSeconds: number): amqp.Options.Connect => {
+  const url = new URL(raw)
+  const query = (name: string) => (url.searchParams.has(name) ? Number(url.searchParams.get(name)) : undefined)
+  const target: amqp.Options.Connect = {
+    protocol: url.protocol.replace(/:$/, ""),
+    hostname: url.hostname.replace(/^\[|\]$/g, ""),
+    // amqplib unescapes the vhost itself; "" is "/".
+    vhost: url.pathname.slice(1),
+    heartbeat: query("heartbeat") ?? heartbeatSeconds
+  }
+  if (url.port !== "") target.port = Number(url.port)
+  // Neither given: amqplib's guest/guest, as for a URL without credentials.
+  if (url.username !== "" || url.password !== "") {
+    target.username = decodeURIComponent(url.username)
+    target.password = decodeURIComponent(url.password)
+  }
+  const frameMax = query("frameMax")
+  const channelMax = query("channelMax")
+  const locale = url.searchParams.get("locale")
+  if (frameMax !== undefined) target.frameMax = frameMax
+  if (channelMax !== undefined) target.channelMax = channelMax
+  if (locale !== null) target.locale = locale
+  return target
+}
+
+/**
+ * The broker nodes, tried in turn (issue 17): amqplib 2.3's recovering connection dials one
+ * fixed target and takes no list, but reads that target's fields on every attempt. So it gets an
+ * object whose fields are the current node's, and a failed attempt or a lost connection moves
+ * to the next node: a cluster's nodes all serve the same queues, and the backoff still applies.
+ */
+const rotatingTarget = (settings: BrokerSettings) => {
+  const urls = brokerUrls(Redacted.value(settings.url))
+  const nodes = urls.map((url) => ({ target: dialTarget(url, settings.heartbeatSeconds), shown: displayUrl(Redacted.make(url)) }))
+  let current = 0
+  const node = () => nodes[current]!.target
+  // amqplib reads an absent field as undefined (default port, guest/guest, its frame size).
+  const target = {
+    get protocol() { return node().protocol },
+    get hostname() { return node().hostname },
+    get port() { return node().port },
+    get username() { return node().username },
+    get password() { return node().password },
+    get vhost() { return node().vhost },
+    get heartbeat() { return node().heartbeat },
+    get frameMax() { return node().frameMax },
+    get channelMax() { return node().channelMax },
+    get locale() { return node().locale }
+  } as amqp.Options.Connect
+  return {
+    target,
+    /** The node dialled now, password hidden. */
+    shown: () => nodes[current]!.shown,
+    next: () => {
+      current = (current + 1) % nodes.length
+    }
+  }
 }
 
 const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Topology) {
@@ -53,13 +106,13 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
   const log = (effect: Effect.Effect<void>) => {
     run(effect)
   }
-  const where = displayUrl(settings.url)
+  const nodes = rotatingTarget(settings)
   let connected = false
 
   const connection = yield* Effect.acquireRelease(
     Effect.tryPromise({
       try: async () => {
-        const model = await amqp.connect(dialUrl(settings), {
+        const model = await amqp.connect(nodes.target, {
           timeout: 10_000,
           clientProperties: { connection_name: "inventory-event-consumer" },
           recovery: {
@@ -86,15 +139,19 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
         model.on("disconnect", () => {
           connected = false
         })
-        model.on("connect", () => log(Effect.logInfo("broker connected; topology declared").pipe(Effect.annotateLogs({ broker: where }))))
-        model.on("disconnect", (error: Error) =>
-          log(Effect.logWarning("broker connection lost").pipe(Effect.annotateLogs({ broker: where, reason: error.message }))))
-        model.on("connect-failed", (error: Error) =>
-          log(Effect.logWarning("broker connection attempt failed").pipe(Effect.annotateLogs({ broker: where, reason: error.message }))))
+        model.on("connect", () => log(Effect.logInfo("broker connected; topology declared").pipe(Effect.annotateLogs({ broker: nodes.shown() }))))
+        model.on("disconnect", (error: Error) => {
+          log(Effect.logWarning("broker connection lost").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message })))
+          nodes.next()
+        })
+        model.on("connect-failed", (error: Error) => {
+          log(Effect.logWarning("broker connection attempt failed").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message })))
+          nodes.next()
+        })
         model.on("reconnect-scheduled", (info: { attempt: number; delay: number }) =>
-          log(Effect.logInfo("broker reconnect scheduled").pipe(Effect.annotateLogs({ broker: where, attempt: info.attempt, delay_ms: info.delay }))))
+          log(Effect.logInfo("broker reconnect scheduled").pipe(Effect.annotateLogs({ broker: nodes.shown(), attempt: info.attempt, delay_ms: info.delay }))))
         model.on("reconnect-failed", (error: Error) =>
-          log(Effect.logError("broker recovery gave up").pipe(Effect.annotateLogs({ broker: where, reason: error.message }))))
+          log(Effect.logError("broker recovery gave up").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message }))))
         model.on("blocked", (reason: string) => log(Effect.logWarning("broker blocked publishing").pipe(Effect.annotateLogs({ reason }))))
         model.on("unblocked", () => log(Effect.logInfo("broker unblocked publishing")))
         // Errors also arrive as `disconnect`; a listener keeps them from crashing the process.
@@ -103,7 +160,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
         connected = true
         return model
       },
-      catch: (cause) => new BrokerError({ message: `Cannot connect to ${where}: ${brokerError(cause).message}` })
+      catch: (cause) => new BrokerError({ message: `Cannot connect to ${displayUrl(settings.url)}: ${brokerError(cause).message}` })
     }),
     (model) => Effect.promise(() => model.close().catch(() => undefined))
   )

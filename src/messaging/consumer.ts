@@ -14,6 +14,7 @@ import type { Outcome } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
 import { type Stores, StoreHealth } from "../stores/services.ts"
+import { describeRole, trackActivity } from "./activity.ts"
 import { Broker, BrokerError, brokerError } from "./connection.ts"
 import { deadLetter } from "./deadLetter.ts"
 import { deliveryChannel, type DeliveryChannel, type InboundMessage, settle, type Settlement } from "./inbound.ts"
@@ -166,11 +167,13 @@ export const consume = (
     const paused = Metric.withAttributes(consumerPaused, { queue: spec.queue })
     let isPaused = false
     yield* Metric.update(paused, 0)
+    const activity = yield* trackActivity(spec, config.topology.singleActiveConsumer, config.consumerRoleCheckInterval)
     const readiness = yield* Effect.serviceOption(Readiness)
     if (Option.isSome(readiness)) {
+      // A standby is ready: it takes over when the active replica goes.
       yield* readiness.value.register(
         `consumer ${spec.queue}`,
-        Effect.sync(() => (isPaused ? "paused until the database answers" : true))
+        Effect.sync(() => (isPaused ? "paused until the database answers" : { ok: true, detail: describeRole(activity.role()) }))
       )
     }
     const logged = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.annotateLogs(effect, { queue: spec.queue })
@@ -359,7 +362,11 @@ export const consume = (
         const current: Round = { pausing: false, stop: Deferred.makeUnsafe<void>() }
         round = current
         if (Deferred.isDoneUnsafe(shutdown)) Deferred.doneUnsafe(current.stop, Exit.void)
-        yield* deliveries(via, spec, counter, current.stop).pipe(Stream.runForEach((message) => dispatch(message, current)))
+        yield* activity.subscribed
+        yield* deliveries(via, spec, counter, current.stop).pipe(
+          Stream.runForEach((message) => Effect.andThen(activity.delivered, dispatch(message, current))),
+          Effect.ensuring(activity.unsubscribed)
+        )
         yield* FiberSet.awaitEmpty(fibers)
         if (Deferred.isDoneUnsafe(shutdown)) return
         if (!current.pausing) {

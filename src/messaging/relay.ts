@@ -1,6 +1,9 @@
+import { PgClient } from "@effect/sql-pg"
 import { Cause, Clock, Context, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Semaphore } from "effect"
+import * as Reactivity from "effect/reactivity/Reactivity"
 import { RuntimeConfig } from "../config.ts"
-import { outboxPending } from "../observability/metrics.ts"
+import { Readiness } from "../observability/health.ts"
+import { outboxPending, relayActive } from "../observability/metrics.ts"
 import type { PendingOutboxMessage } from "../stores/model.ts"
 import { Outbox } from "../stores/services.ts"
 import { type OutgoingMessage, Publisher } from "./publisher.ts"
@@ -21,12 +24,17 @@ export interface RelayRound {
  * consumers deduplicate).
  *
  * It polls; `nudge` wakes it right after a commit, but nothing depends on the nudge.
+ *
+ * With several replicas on one database, one relay is active and the others stand by (issue
+ * 17), so each row is published once and an aggregate's rows keep their order: see `elect`.
  */
 export class OutboxRelay extends Context.Service<OutboxRelay, {
   /** Wake the relay now (cheap, never blocks). */
   readonly nudge: Effect.Effect<void>
-  /** One publish round, as the loop runs it. */
+  /** One publish round, as the loop runs it (nothing on a standby). */
   readonly publishPending: Effect.Effect<RelayRound>
+  /** Whether this relay is the one publishing (it holds the relay lock), or stands by. */
+  readonly active: Effect.Effect<boolean>
 }>()("inventory/messaging/OutboxRelay") {
   static readonly layer = Layer.effect(
     OutboxRelay,
@@ -107,7 +115,36 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
       )
 
       const lock = yield* Semaphore.make(1)
-      const round = lock.withPermit(publishPending)
+      // A standby's rounds publish nothing; the loop below runs the same on every replica.
+      let active = false
+      const idle: RelayRound = { published: 0, held: 0 }
+      const round = lock.withPermit(Effect.suspend(() => (active ? publishPending : Effect.succeed(idle))))
+
+      const readiness = yield* Effect.serviceOption(Readiness)
+      if (Option.isSome(readiness)) {
+        yield* readiness.value.register(
+          "outbox relay",
+          Effect.sync(() => ({ ok: true, detail: active ? "active" : "standby (another replica holds the relay lock)" }))
+        )
+      }
+      const setActive = (now: boolean) =>
+        Effect.suspend(() => {
+          active = now
+          return Metric.update(relayActive, now ? 1 : 0)
+        })
+      const pg = yield* Effect.serviceOption(PgClient.PgClient)
+      if (Option.isNone(pg)) {
+        // A memory outbox lives in this process only: no other relay can see its rows.
+        yield* setActive(true)
+      } else {
+        yield* setActive(false)
+        // Forked before the loop and the shutdown drain, so it is interrupted after them: the
+        // last drain still runs under the lock.
+        yield* elect(pg.value, config.relay.electionInterval, {
+          onActive: setActive(true).pipe(Effect.andThen(Queue.offer(wake, undefined))),
+          onStandby: setActive(false)
+        }).pipe(Effect.withTracerEnabled(false), Effect.forkScoped)
+      }
 
       /** Rounds until the outbox is empty or a round makes no progress. */
       const drain = round.pipe(
@@ -149,11 +186,12 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
         ),
         Effect.withSpan("outbox.purge")
       )
-      yield* purge.pipe(Effect.repeat(Schedule.spaced(config.relay.purgeInterval)), Effect.forkScoped)
+      // Only the active relay purges: replicas deleting the same batches would only contend.
+      yield* Effect.suspend(() => (active ? purge : Effect.void)).pipe(Effect.repeat(Schedule.spaced(config.relay.purgeInterval)), Effect.forkScoped)
 
       // On shutdown (after the consumers stopped): one last drain, bounded by the deadline.
       yield* Effect.addFinalizer(() =>
-        drain.pipe(
+        !active ? Effect.void : drain.pipe(
           Effect.timeoutOption(config.shutdownTimeout),
           Effect.flatMap((result) =>
             Option.match(result, {
@@ -166,8 +204,64 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
 
       return OutboxRelay.of({
         nudge: Queue.offer(wake, undefined).pipe(Effect.asVoid),
-        publishPending: round
+        publishPending: round,
+        active: Effect.sync(() => active)
       })
     })
   )
 }
+
+/** The relay lock: one per database and `search_path`, so deployments in other schemas elect their own. */
+const tryRelayLock =
+  "SELECT pg_try_advisory_lock(hashtext('inventory_outbox_relay'), hashtext(current_setting('search_path'))) AS locked"
+
+/**
+ * One active relay across replicas (issue 17), elected with a PostgreSQL session advisory lock
+ * rather than a coordinator of our own. The lock is taken on a dedicated connection (not one of
+ * the pool's, which come and go): a standby tries every `interval`; the holder keeps it as long
+ * as its session lives and checks that session every `interval`. When the holder dies, its
+ * session ends, the lock is free, and a standby takes it within about `interval`.
+ *
+ * Rows are still read `WHERE sent_at IS NULL ORDER BY position` each round, so a row committed
+ * late by a slow transaction is picked up, never skipped. A holder that dies between a confirm
+ * and `markSent` leaves rows its successor publishes again with the same `messageId`: at least
+ * once across crashes only. A holder cut off from PostgreSQL may finish the round in flight while
+ * a standby already took over, with the same at-least-once result.
+ */
+const elect = (
+  pg: PgClient.PgClient,
+  interval: Duration.Duration,
+  on: { readonly onActive: Effect.Effect<void>; readonly onStandby: Effect.Effect<void> }
+): Effect.Effect<never> =>
+  Effect.gen(function*() {
+    while (true) {
+      let held = false
+      const ended = yield* Effect.scoped(Effect.gen(function*() {
+        const session = yield* PgClient.makeClient(pg.config)
+        // A holder whose machine or network dies leaves a session PostgreSQL would keep (and its
+        // lock) until TCP keepalive notices, hours by default; this session is never idle longer
+        // than `interval` while its process lives, so the server ends it after ten of those.
+        // (PostgreSQL 14+; older servers refuse the setting and keep the keepalive behaviour.)
+        yield* session.unsafe("SELECT set_config('idle_session_timeout', $1, false)", [String(Duration.toMillis(interval) * 10)]).pipe(
+          Effect.ignore
+        )
+        while (true) {
+          const [row] = yield* session.unsafe<{ locked: boolean }>(tryRelayLock)
+          if (row?.locked === true) break
+          yield* Effect.sleep(interval)
+        }
+        held = true
+        yield* Effect.addFinalizer(() => on.onStandby)
+        yield* on.onActive
+        yield* Effect.logInfo("outbox relay active: this replica holds the relay lock")
+        // Held until the session fails; then the lock is gone with it.
+        return yield* session.unsafe("SELECT 1").pipe(Effect.repeat(Schedule.spaced(interval)), Effect.andThen(Effect.never))
+      })).pipe(Effect.provide(Reactivity.layer), Effect.exit)
+      // A standby that cannot reach the database says so once per attempt at debug level only:
+      // the database check of /readyz reports that outage already.
+      yield* (held ? Effect.logWarning("outbox relay lock lost with its session; standing by") : Effect.logDebug("outbox relay lock attempt failed")).pipe(
+        Effect.annotateLogs({ cause: ended._tag === "Failure" ? Cause.pretty(ended.cause) : "" })
+      )
+      yield* Effect.sleep(interval)
+    }
+  })

@@ -8,6 +8,19 @@ export const consumerQueues = (topology: Topology): ReadonlyArray<ConsumerQueue>
 const queueArguments = (topology: Topology) => ({ "x-queue-type": topology.queueType })
 
 /**
+ * Per-key order across replicas (SPEC 1, issue 17): with single active consumer the broker
+ * delivers an inbound queue to one replica at a time and switches to a waiting one within
+ * seconds of the active one's connection closing; inside that replica, per-key lanes keep order
+ * and run keys in parallel. Chosen over partitioning by a consistent-hash exchange because it
+ * needs no routing stage of ours and a key never waits on another replica's retries; the cost is
+ * that a queue's throughput is one replica's (the others are standbys). RabbitMQ 3.8+ supports
+ * it on quorum and classic queues (checked on 3.10.8). The broker refuses to change the argument
+ * on an existing queue (PRECONDITION_FAILED), so a queue declared without it must be recreated,
+ * or `SINGLE_ACTIVE_CONSUMER=false` set to match it.
+ */
+const singleActive = (topology: Topology) => (topology.singleActiveConsumer ? { "x-single-active-consumer": true } : {})
+
+/**
  * Declares SPEC 1's exchanges, queues and bindings. Every call is idempotent, so it runs on each
  * (re)connection; a queue that exists with other arguments makes the broker close the channel,
  * which surfaces as a failed (re)connection with the broker's reason.
@@ -40,6 +53,7 @@ export const declareTopology = async (channel: Channel, topology: Topology): Pro
       durable: true,
       arguments: {
         ...queueArguments(topology),
+        ...singleActive(topology),
         "x-dead-letter-exchange": topology.deadLetterExchange,
         // The consumer decides every dead letter (MAX_DELIVERIES, counted the same on 3.10 and
         // 4.x, where requeues count differently); the broker's limit, above it, is the last bound

@@ -11,24 +11,31 @@ export interface CheckResult {
   readonly detail: string
 }
 
+/** What a check answers: true (ready), a string (not ready: why), or ready-ness with what it is doing. */
+export type CheckAnswer = boolean | string | { readonly ok: boolean; readonly detail: string }
+
 /**
  * What `/readyz` asks. Components register a check (the broker connection, each consumer's
  * pause state); the database check is built in from `StoreHealth`.
  */
 export class Readiness extends Context.Service<Readiness, {
-  register(name: string, check: Effect.Effect<boolean | string>): Effect.Effect<void>
+  register(name: string, check: Effect.Effect<CheckAnswer>): Effect.Effect<void>
   readonly check: Effect.Effect<ReadonlyArray<CheckResult>>
 }>()("inventory/observability/Readiness") {
   static readonly layer = Layer.effect(
     Readiness,
     Effect.gen(function*() {
-      const checks = yield* Ref.make<ReadonlyArray<readonly [string, Effect.Effect<boolean | string>]>>([])
+      const checks = yield* Ref.make<ReadonlyArray<readonly [string, Effect.Effect<CheckAnswer>]>>([])
       const health = yield* StoreHealth
-      const database = health.ping.pipe(Effect.as(true as boolean | string), Effect.catch((e) => Effect.succeed(`database: ${e.message}`)))
-      const run = (name: string, check: Effect.Effect<boolean | string>) =>
+      const database = health.ping.pipe(Effect.as(true as CheckAnswer), Effect.catch((e) => Effect.succeed(`database: ${e.message}`)))
+      const run = (name: string, check: Effect.Effect<CheckAnswer>) =>
         check.pipe(
-          Effect.timeoutOrElse({ duration: Duration.seconds(2), orElse: () => Effect.succeed("timed out" as boolean | string) }),
-          Effect.map((r): CheckResult => ({ name, ok: r === true, detail: r === true ? "ok" : r === false ? "not ready" : r }))
+          Effect.timeoutOrElse({ duration: Duration.seconds(2), orElse: () => Effect.succeed("timed out" as CheckAnswer) }),
+          Effect.map((r): CheckResult =>
+            typeof r === "object"
+              ? { name, ok: r.ok, detail: r.detail }
+              : { name, ok: r === true, detail: r === true ? "ok" : r === false ? "not ready" : r }
+          )
         )
       return Readiness.of({
         register: (name, check) => Ref.update(checks, (all) => [...all.filter(([n]) => n !== name), [name, check] as const]),

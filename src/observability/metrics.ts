@@ -38,3 +38,11 @@ export const reservationsExpired = Metric.counter("inventory_reservations_expire
   description: "Reservations released because their hold lapsed",
   incremental: true
 })
+
+export const relayActive = Metric.gauge("inventory_relay_active", {
+  description: "1 while this replica's outbox relay holds the relay lock and publishes; 0 while it stands by"
+})
+
+export const consumerActive = Metric.gauge("inventory_consumer_active", {
+  description: "1 while this replica is the queue's active consumer (single active consumer), 0 while it stands by or is unsure"
+})

@@ -36,6 +36,9 @@ export const storesLayer = Layer.mergeAll(
 export const layerWithClient = (options: DatabaseOptions): Layer.Layer<Stores | SqlClient, SqlError | MigrationError> =>
   storesLayer.pipe(Layer.provideMerge(migratedClientLayer(options)))
 
+// `layerWith` and `layer` keep the client in the context too: the outbox relay finds PgClient
+// there and elects one active relay among replicas with an advisory lock (messaging/relay.ts).
+
 /**
  * Every store on PostgreSQL at an explicit address and schema (tests give each file its own
  * schema): creates the schema if missing, migrates, provides the stores.
@@ -44,7 +47,7 @@ export const layerWith = (options: {
   readonly url: string
   readonly schema: string
   readonly poolSize?: number | undefined
-}): Layer.Layer<Stores, SqlError | MigrationError> => storesLayer.pipe(Layer.provide(migratedClientLayer(options)))
+}): Layer.Layer<Stores, SqlError | MigrationError> => storesLayer.pipe(Layer.provideMerge(migratedClientLayer(options)))
 
 /**
  * Every store on PostgreSQL as configured: `DATABASE_URL` (default
@@ -52,5 +55,5 @@ export const layerWith = (options: {
  * `DATABASE_SCHEMA` (default `public`). Migrates when built.
  */
 export const layer: Layer.Layer<Stores, ConfigError | SqlError | MigrationError> = Layer.unwrap(
-  Effect.map(databaseConfig, (options) => storesLayer.pipe(Layer.provide(migratedClientLayer(options))))
+  Effect.map(databaseConfig, (options) => storesLayer.pipe(Layer.provideMerge(migratedClientLayer(options))))
 )

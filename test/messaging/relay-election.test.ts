@@ -1,0 +1,181 @@
+import { Context, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { RuntimeConfig } from "../../src/config.ts"
+import type { OutboundEvent } from "../../src/domain/published.ts"
+import { Broker } from "../../src/messaging/connection.ts"
+import { Publisher } from "../../src/messaging/publisher.ts"
+import { OutboxRelay } from "../../src/messaging/relay.ts"
+import * as SqlStores from "../../src/stores/sql/index.ts"
+import { Outbox } from "../../src/stores/services.ts"
+import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+
+/**
+ * Two relays on one database (two replicas): one holds the PostgreSQL advisory lock and
+ * publishes, the other stands by, so every outbox row reaches the events exchange once, each
+ * aggregate's rows in order. When the active relay's scope closes, its session ends and the
+ * standby takes over the rows that come after.
+ */
+
+const vhost = uniqueVhost("relay_election")
+const schema = uniqueSchema("mq_relay_election")
+const env = testEnv(vhost, { OUTBOX_POLL_INTERVAL_MS: "50", OUTBOX_BATCH_SIZE: "20", OUTBOX_RELAY_LOCK_INTERVAL: "100" })
+const capture = "relay_election_capture"
+
+// One pool for both relays, as in one process: each relay still takes the lock on a dedicated
+// connection of its own, so the two are as separate as two replicas' sessions.
+const database = ManagedRuntime.make(
+  SqlStores.layerWithClient({ url: testDatabaseUrl, schema, poolSize: 6 }).pipe(Layer.provideMerge(RuntimeConfig.layerFrom(env))) as Layer.Layer<any, unknown>
+)
+const run = <A, E>(effect: Effect.Effect<A, E, any>) => database.runPromise(effect)
+
+const relayLayer = OutboxRelay.layer.pipe(Layer.provideMerge(Publisher.layer), Layer.provideMerge(Broker.layer))
+
+interface Replica {
+  readonly relay: OutboxRelay["Service"]
+  readonly stop: () => Promise<void>
+}
+
+const startRelay = (): Promise<Replica> =>
+  run(Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(relayLayer, scope)
+    let stopping: Promise<void> | undefined
+    return {
+      relay: Context.get(context, OutboxRelay),
+      stop: () => (stopping ??= run(Scope.close(scope, Exit.void)))
+    }
+  }))
+
+const row = (aggregate: string, n: number) => ({
+  event_id: `${aggregate}-${n}`,
+  organization_id: "org",
+  event_type: "inventory.stock.released" as const,
+  aggregate_key: `org/order/${aggregate}`,
+  payload: { event: "inventory.stock.released", event_id: `${aggregate}-${n}` } as unknown as OutboundEvent,
+  traceparent: null,
+  created_at: new Date(0)
+})
+
+/** `count` rows for each of `aggregates`, appended in several commits as units of work would. */
+const appendRows = (prefix: string, aggregates: number, count: number) =>
+  run(Effect.gen(function*() {
+    const outbox = yield* Outbox
+    for (let n = 0; n < count; n++) {
+      yield* outbox.append(Array.from({ length: aggregates }, (_, a) => row(`${prefix}${a}`, n)))
+    }
+  }))
+
+const pending = () => run(Effect.flatMap(Outbox, (o) => o.pendingCount()))
+
+/** Every message in the capture queue, in queue order, by event id. */
+const drainCapture = async () => {
+  const client = await TestClient.connect(vhost)
+  try {
+    return (await client.drain(capture)).map((m) => String(m.properties.messageId))
+  } finally {
+    await client.close()
+  }
+}
+
+const activeOf = (replicas: ReadonlyArray<Replica>) => Promise.all(replicas.map((r) => run(r.relay.active)))
+
+beforeAll(async () => {
+  await createVhost(vhost)
+  const client = await TestClient.connect(vhost)
+  await client.channel.assertExchange("inventory_events", "topic", { durable: true })
+  await client.channel.assertQueue(capture, { durable: true })
+  await client.channel.bindQueue(capture, "inventory_events", "#")
+  await client.close()
+})
+
+afterAll(async () => {
+  await run(Effect.flatMap(SqlClient, (sql) => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`))).catch(() => undefined)
+  await database.dispose()
+  await deleteVhost(vhost)
+})
+
+const expectOnceInOrder = (ids: ReadonlyArray<string>, prefix: string, aggregates: number, count: number) => {
+  const expected = Array.from({ length: aggregates }, (_, a) => Array.from({ length: count }, (_, n) => `${prefix}${a}-${n}`)).flat()
+  const counts = new Map<string, number>()
+  for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1)
+  expect([...counts.keys()].filter((id) => id.startsWith(prefix)).sort()).toEqual([...expected].sort())
+  expect([...counts.entries()].filter(([, n]) => n > 1)).toEqual([])
+  // Per aggregate, the queue holds the rows in outbox order.
+  for (let a = 0; a < aggregates; a++) {
+    const mine = ids.filter((id) => id.startsWith(`${prefix}${a}-`))
+    expect(mine).toEqual(Array.from({ length: count }, (_, n) => `${prefix}${a}-${n}`))
+  }
+}
+
+describe("the outbox relay with two replicas on one database", () => {
+  it("publishes every row once, in order per aggregate; the standby takes over when the active relay stops", async () => {
+    const a = await startRelay()
+    const b = await startRelay()
+    try {
+      // Exactly one of them takes the lock.
+      const first = await eventually("one relay active", async () => {
+        const states = await activeOf([a, b])
+        return states.filter(Boolean).length === 1 ? states : undefined
+      })
+      const [active, standby] = first[0] ? [a, b] : [b, a]
+
+      // Both are nudged and both poll every 50 ms; only the active one publishes.
+      const writing = appendRows("p", 10, 15)
+      for (let i = 0; i < 20; i++) {
+        await run(a.relay.nudge)
+        await run(b.relay.nudge)
+        await new Promise((r) => setImmediate(r))
+      }
+      await writing
+      await eventually("first rows sent", async () => (await pending()) === 0)
+      expect(await activeOf([active, standby])).toEqual([true, false])
+
+      // The active relay's scope closes (SIGTERM, or its process dies: its session ends either way).
+      await active.stop()
+      await eventually("standby takes over", () => run(standby.relay.active))
+      await appendRows("q", 10, 15)
+      await eventually("later rows sent", async () => (await pending()) === 0)
+      await standby.stop()
+
+      // Every relay has stopped, so whatever it published is confirmed and in the queue.
+      const ids = await drainCapture()
+      expectOnceInOrder(ids, "p", 10, 15)
+      expectOnceInOrder(ids, "q", 10, 15)
+      expect(ids.length).toBe(300)
+    } finally {
+      await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
+    }
+  })
+
+  it("moves the lock when the holder's session dies under it (PostgreSQL ends the session)", async () => {
+    const a = await startRelay()
+    const b = await startRelay()
+    try {
+      await eventually("one relay active", async () => (await activeOf([a, b])).filter(Boolean).length === 1)
+      // What a crashed holder's server, or idle_session_timeout, does: the backend holding the lock ends.
+      const [ended] = await run(Effect.flatMap(SqlClient, (sql) =>
+        sql.unsafe<{ ended: boolean }>(
+          `SELECT pg_terminate_backend(pid) AS ended FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND classid = hashtext('inventory_outbox_relay')::oid
+             AND objid = hashtext(current_setting('search_path'))::oid`
+        )))
+      expect(ended?.ended).toBe(true)
+      // The holder notices at its next check and stands by; then one relay (either) holds it again.
+      await eventually("the lock taken again", async () => {
+        const [row] = await run(Effect.flatMap(SqlClient, (sql) =>
+          sql.unsafe<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND classid = hashtext('inventory_outbox_relay')::oid AND objid = hashtext(current_setting('search_path'))::oid`
+          )))
+        return row?.n === 1 && (await activeOf([a, b])).filter(Boolean).length === 1
+      })
+      await appendRows("r", 5, 10)
+      await eventually("rows sent", async () => (await pending()) === 0)
+    } finally {
+      await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
+    }
+    expectOnceInOrder(await drainCapture(), "r", 5, 10)
+  })
+})
