@@ -155,7 +155,9 @@ export type Recorded = "ours" | "recorded" | "seen before"
 /** Records one message of the recorder queue unless it is ours or recorded already. */
 export const recordDeadLetter = (message: InboundMessage, bodyMaxBytes: number) =>
   Effect.gen(function*() {
-    if (message.headers[deadLetterHeaders.errorType] !== undefined) return "ours" as Recorded
+    // Ours carry `x-error-type` and never `x-death` (the dead-letter path drops it); a broker's
+    // dead letter always has `x-death`, even of a message whose publisher set `x-error-type`.
+    if (message.headers[deadLetterHeaders.errorType] !== undefined && message.headers["x-death"] === undefined) return "ours" as Recorded
     const failedEvents = yield* FailedEvents
     const record = brokerDeadLetter(message, new Date(yield* Clock.currentTimeMillis), bodyMaxBytes)
     if (Option.isSome(yield* failedEvents.get(record.id))) return "seen before" as Recorded
