@@ -456,6 +456,22 @@ export const describe = (m: FuzzMessage) => {
     `${m.options.expiration === undefined ? "" : `, expiration ${m.options.expiration}`}, body ${show(m.body.toString("utf8"))}, headers ${JSON.stringify(headers)}`
 }
 
+/**
+ * Where the consumer logs a message it accepted: its organization and `event_id`, else the
+ * `messageId` (as it arrives, UTF-8 round trip included), else the body's SHA-256 (SPEC 2).
+ */
+const eventKey = (m: FuzzMessage): string | undefined => {
+  try {
+    const json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(m.body)) as Record<string, unknown>
+    const id = typeof json["event_id"] === "string" ? json["event_id"]
+      : m.options.messageId !== undefined ? Buffer.from(m.options.messageId).toString("utf8")
+      : digest(m.body)
+    return `${String(json["organization_id"])}/${id}`
+  } catch {
+    return undefined
+  }
+}
+
 /** Publishes with confirms, one batch at a time; a message the broker refused or never confirmed is reported, not sent again. */
 const publishAll = async (url: string, messages: ReadonlyArray<FuzzMessage>, log: (l: string) => void) => {
   const unconfirmed = new Set<number>()
@@ -608,12 +624,16 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     // With no consumer left, whatever was delivered but not settled is back in the queue: an exact count.
     const leftover = await depth()
     await probe.close().catch(() => undefined)
+    const stuck = new Set<number>()
+    for (const q of inbound) for (const m of await drain(url, q)) if (m.seq !== undefined) stuck.add(m.seq)
 
-    const dead = await drainDeadLetters(url)
+    const dead = await drain(url, "inventory_failed_events")
     const failed = (await query(`SELECT id, event_id, organization_id, error_type, error_message, headers, encode(sha256(body), 'hex') AS digest FROM failed_events`)).rows as Array<
       { id: string; event_id: string | null; error_type: string; error_message: string; headers: Record<string, unknown> | null; digest: string }
     >
-    const applied = new Set((await query(`SELECT event_id FROM event_log WHERE organization_id = $1`, [FUZZ_ORG])).rows.map((r) => r.event_id as string))
+    const logged = (await query(`SELECT organization_id, event_id FROM event_log`)).rows as Array<{ organization_id: string; event_id: string }>
+    const applied = new Set(logged.filter((r) => r.organization_id === FUZZ_ORG).map((r) => r.event_id))
+    const loggedKeys = new Set(logged.map((r) => `${r.organization_id}/${r.event_id}`))
     const unsent = Number((await query(`SELECT count(*)::int AS n FROM outbox WHERE sent_at IS NULL`)).rows[0].n)
     const reconciliation = await exec(process.execPath, ["src/cli/main.ts", "check", "--json"], { cwd: o.cwd, env: { ...process.env, ...env } })
       .then((r) => ({ exitCode: 0, stdout: r.stdout }), (e: { code?: number; stdout?: string }) => ({ exitCode: e.code ?? 1, stdout: e.stdout ?? "" }))
@@ -656,6 +676,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
       `${copiesOf(seq)} DLQ copies (${[...new Set((copies.get(seq) ?? []).map((c) => c.errorType ?? (c.death ? "broker x-death" : "?")))].join(", ")}), ` +
       `${rowsOf(seq)} failed_events rows (${[...new Set((rows.get(seq) ?? []).map((r) => `${r.error_type}: ${r.error_message.slice(0, 120)}`))].join(" | ")})`
 
+    // A message still in an inbound queue has no outcome yet: it is counted there, not as lost.
     const delivered = messages.filter((m) => m.routed && !unconfirmed.has(m.seq))
     info("seed", o.seed)
     info("messages published", messages.length)
@@ -665,6 +686,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     info("  ... not confirmed by the broker", unconfirmed.size)
     line("inbound queues emptied (within the time bound)", settled ? "yes" : "no", "yes")
     line("messages left in the inbound queues after the consumer stopped", leftover)
+    sample("left in an inbound queue", stuck, fate)
     line("consumer still running at the end", runningBeforeStop ? "yes" : "no", "yes")
     line("a valid event published last was applied", alive ? "yes" : "no", "yes")
     line("consumer exit on SIGTERM", String(stopped), "0")
@@ -689,7 +711,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     const brokerMade = dead.filter((c) => c.errorType === undefined)
     info("DLQ copies made by the broker (x-death, no x-error-type)", brokerMade.length)
 
-    const validLost = delivered.filter((m) => m.kind === "valid" && !applied.has(m.eventId!) && copiesOf(m.seq) === 0 && rowsOf(m.seq) === 0)
+    const validLost = delivered.filter((m) => m.kind === "valid" && !stuck.has(m.seq) && !applied.has(m.eventId!) && copiesOf(m.seq) === 0 && rowsOf(m.seq) === 0)
     line("valid events neither applied nor dead-lettered (lost)", validLost.length)
     sample("valid event lost", validLost.map((m) => m.seq))
     const validBoth = delivered.filter((m) => m.kind === "valid" && applied.has(m.eventId!) && (copiesOf(m.seq) > 0 || rowsOf(m.seq) > 0))
@@ -698,7 +720,11 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     info("valid events applied", delivered.filter((m) => m.kind === "valid" && applied.has(m.eventId!)).length)
     const hostile = delivered.filter((m) => m.kind === "hostile")
     info("hostile messages dead-lettered", hostile.filter((m) => copiesOf(m.seq) > 0 || rowsOf(m.seq) > 0).length)
-    info("hostile messages acked without a dead letter (they decoded)", hostile.filter((m) => copiesOf(m.seq) === 0 && rowsOf(m.seq) === 0).length)
+    const acked = hostile.filter((m) => !stuck.has(m.seq) && copiesOf(m.seq) === 0 && rowsOf(m.seq) === 0)
+    info("hostile messages acked without a dead letter (they decoded)", acked.length)
+    const ackedUnlogged = acked.filter((m) => !loggedKeys.has(eventKey(m) ?? ""))
+    line("hostile messages acked with no event_log row and no dead letter (lost)", ackedUnlogged.length)
+    sample("acked with no event_log row and no dead letter", ackedUnlogged.map((m) => m.seq))
     const unroutedSeen = messages.filter((m) => !m.routed && (copiesOf(m.seq) > 0 || rowsOf(m.seq) > 0))
     line("unroutable messages that reached the consumer", unroutedSeen.length)
 
@@ -724,15 +750,15 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
   }
 }
 
-/** Takes every dead letter off the DLQ (they leave it), with its tag and failure headers. */
-const drainDeadLetters = async (url: string): Promise<Array<DeadCopy & { digest: string }>> => {
+/** Takes every message off a queue (they leave it), with its tag and failure headers. */
+const drain = async (url: string, queue: string): Promise<Array<DeadCopy & { digest: string }>> => {
   const connection = await amqp.connect(url)
   connection.on("error", () => undefined)
   try {
     const channel = await connection.createChannel()
     const out: Array<DeadCopy & { digest: string }> = []
     for (;;) {
-      const m = await channel.get("inventory_failed_events", { noAck: true })
+      const m = await channel.get(queue, { noAck: true })
       if (m === false) return out
       const h = m.properties.headers ?? {}
       const errorType = h["x-error-type"]
