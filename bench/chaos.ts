@@ -15,10 +15,11 @@
  *
  * runs the fuzz instead (issue 15, bench/chaos/fuzz.ts): that many hostile and valid messages to
  * one consumer, no faults (PostgreSQL keeps running), then the exactly-once audit with samples.
- * FUZZ_KEEP_LOGS=1 keeps the consumer's log.
+ * FUZZ_KEEP_LOGS=1 keeps the consumer's log. `--fuzz N --seed S --show K` prints message #K of
+ * that run in full (routing, properties, headers, body) instead of running it.
  */
 import { formatTable } from "./chaos/audit.ts"
-import { formatSamples, runFuzz } from "./chaos/fuzz.ts"
+import { formatSamples, fuzzMessages, runFuzz, showMessage } from "./chaos/fuzz.ts"
 import { runChaos } from "./chaos/run.ts"
 
 const arg = (name: string, fallback: number) => {
@@ -28,6 +29,12 @@ const arg = (name: string, fallback: number) => {
 
 const seed = arg("seed", Date.now() % 1_000_000)
 const fuzz = arg("fuzz", 0)
+const show = arg("show", -1)
+if (fuzz > 0 && show >= 0) {
+  // A run's messages are a prefix-stable function of the seed: #K is the same whatever N.
+  console.log(showMessage(fuzzMessages(seed, Math.max(fuzz, show + 1))[show]!))
+  process.exit(0)
+}
 if (fuzz > 0) {
   const result = await runFuzz({
     messages: fuzz,

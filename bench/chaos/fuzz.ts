@@ -472,6 +472,20 @@ const eventKey = (m: FuzzMessage): string | undefined => {
   }
 }
 
+/** One message in full, to publish it again by hand: typed headers as amqplib takes them, the body as text and base64. */
+export const showMessage = (m: FuzzMessage) =>
+  JSON.stringify({
+    seq: m.seq,
+    kind: m.kind,
+    label: m.label,
+    exchange: m.exchange,
+    routingKey: m.routingKey,
+    options: m.options,
+    bodyText: m.body.length > 4096 ? `${m.body.toString("utf8", 0, 4096)}…` : m.body.toString("utf8"),
+    bodyBytes: m.body.length,
+    bodyBase64: m.body.length > 65536 ? "(over 64 KiB, not shown)" : m.body.toString("base64")
+  }, (_, v) => (typeof v === "object" && v !== null && v.type === "Buffer" && Array.isArray(v.data) ? { bytes: Buffer.from(v.data).toString("base64") } : v), 2)
+
 /** Publishes with confirms, one batch at a time; a message the broker refused or never confirmed is reported, not sent again. */
 const publishAll = async (url: string, messages: ReadonlyArray<FuzzMessage>, log: (l: string) => void) => {
   const unconfirmed = new Set<number>()
