@@ -431,7 +431,8 @@ export interface FuzzResult {
 interface DeadCopy {
   readonly seq: number | undefined
   readonly errorType: string | undefined
-  readonly death: boolean
+  /** The broker dead-lettered it (`x-death`) and the consumer did not (no `x-failed-at`; a publisher may forge `x-error-type`). */
+  readonly byBroker: boolean
 }
 
 const digest = (body: Uint8Array) => createHash("sha256").update(body).digest("hex")
@@ -687,7 +688,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     const copiesOf = (seq: number) => copies.get(seq)?.length ?? 0
     const rowsOf = (seq: number) => rows.get(seq)?.length ?? 0
     const fate = (seq: number) =>
-      `${copiesOf(seq)} DLQ copies (${[...new Set((copies.get(seq) ?? []).map((c) => c.errorType ?? (c.death ? "broker x-death" : "?")))].join(", ")}), ` +
+      `${copiesOf(seq)} DLQ copies (${[...new Set((copies.get(seq) ?? []).map((c) => (c.byBroker ? "by the broker: x-death" : c.errorType ?? "?")))].join(", ")}), ` +
       `${rowsOf(seq)} failed_events rows (${[...new Set((rows.get(seq) ?? []).map((r) => `${r.error_type}: ${r.error_message.slice(0, 120)}`))].join(" | ")})`
 
     // A message still in an inbound queue has no outcome yet: it is counted there, not as lost.
@@ -714,7 +715,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     sample("more than one failed_events row", manyRows, fate)
     const copyNoRow = [...copies.keys()].filter((s) => rowsOf(s) === 0)
     line("DLQ copies with no failed_events row", copyNoRow.length)
-    const byBroker = (s: number) => (copies.get(s) ?? []).every((c) => c.death && c.errorType === undefined)
+    const byBroker = (s: number) => (copies.get(s) ?? []).every((c) => c.byBroker)
     sample("DLQ copy but no failed_events row", copyNoRow.filter((s) => !byBroker(s)), fate)
     sample("dead-lettered by the broker itself, no failed_events row", copyNoRow.filter(byBroker), fate)
     const rowNoCopy = [...rows.keys()].filter((s) => copiesOf(s) === 0)
@@ -722,8 +723,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     sample("failed_events row but no DLQ copy", rowNoCopy, fate)
     line("DLQ copies that cannot be traced to a message", untaggedCopies)
     line("failed_events rows that cannot be traced to a message", untaggedRows)
-    const brokerMade = dead.filter((c) => c.errorType === undefined)
-    info("DLQ copies made by the broker (x-death, no x-error-type)", brokerMade.length)
+    info("DLQ copies made by the broker (x-death, no x-failed-at)", dead.filter((c) => c.byBroker).length)
 
     const validLost = delivered.filter((m) => m.kind === "valid" && !stuck.has(m.seq) && !applied.has(m.eventId!) && copiesOf(m.seq) === 0 && rowsOf(m.seq) === 0)
     line("valid events neither applied nor dead-lettered (lost)", validLost.length)
@@ -745,7 +745,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     const errorTypes = new Map<string, number>()
     for (const r of failed) errorTypes.set(r.error_type, (errorTypes.get(r.error_type) ?? 0) + 1)
     info("failed_events by error type", [...errorTypes].map(([t, n]) => `${t} ${n}`).join(", ") || "none")
-    const defects = [...copies.entries()].filter(([, cs]) => cs.some((c) => c.errorType === "Defect")).map(([s]) => s)
+    const defects = [...copies.entries()].filter(([, cs]) => cs.some((c) => !c.byBroker && c.errorType === "Defect")).map(([s]) => s)
     line("messages dead-lettered as Defect", new Set([...defects, ...[...rows.entries()].filter(([, rs]) => rs.some((r) => r.error_type === "Defect")).map(([s]) => s)]).size)
     sample("dead-lettered as Defect", defects, fate)
     line("dead letters of type DatabaseError", failed.filter((r) => r.error_type === "DatabaseError").length)
@@ -779,7 +779,7 @@ const drain = async (url: string, queue: string): Promise<Array<DeadCopy & { dig
       out.push({
         seq: seqOf(h[SEQ_HEADER]),
         errorType: typeof errorType === "string" ? errorType : errorType === undefined ? undefined : String(errorType),
-        death: h["x-death"] !== undefined,
+        byBroker: h["x-death"] !== undefined && h["x-failed-at"] === undefined,
         digest: digest(m.content)
       })
     }
