@@ -447,7 +447,7 @@ const seqOf = (value: unknown): number | undefined => {
 }
 
 /** Describes a message for a sample line: what it is and how to publish it again. */
-export const describe = (m: FuzzMessage) => {
+export const describeMessage = (m: FuzzMessage) => {
   const show = (s: string) => JSON.stringify(s.length > 160 ? `${s.slice(0, 160)}…(${s.length} chars)` : s)
   const headers = Object.fromEntries(Object.entries(m.options.headers ?? {}).map(([k, v]) => {
     const text = Buffer.isBuffer(v) ? `<${v.length} bytes>` : JSON.stringify(v) ?? String(v)
@@ -620,7 +620,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
       }
       await sleep(250)
     }
-    note(settled ? "inbound queues empty" : `inbound queues still busy after ${o.settleTimeoutMs} ms: a message loops`)
+    note(settled ? "inbound queues empty" : `inbound queues still busy after ${o.settleTimeoutMs} ms: a message loops, or the consumer is stuck`)
 
     // Liveness: a valid event published last is still applied.
     const last = envelope("return.received", `fz-last-${tag}`, {
@@ -683,7 +683,7 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     }
     const bySeq = new Map(messages.map((m) => [m.seq, m]))
     const sample = (what: string, seqs: Iterable<number>, detail: (seq: number) => string = () => "") => {
-      for (const seq of [...seqs].slice(0, 3)) samples.push(`${what}: ${describe(bySeq.get(seq)!)}${detail(seq) ? `\n    -> ${detail(seq)}` : ""}`)
+      for (const seq of [...seqs].slice(0, 3)) samples.push(`${what}: ${describeMessage(bySeq.get(seq)!)}${detail(seq) ? `\n    -> ${detail(seq)}` : ""}`)
     }
     const copiesOf = (seq: number) => copies.get(seq)?.length ?? 0
     const rowsOf = (seq: number) => rows.get(seq)?.length ?? 0
