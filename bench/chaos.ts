@@ -11,10 +11,11 @@
  * Stops the machine's PostgreSQL for a few seconds: run it alone. CHAOS_KEEP_LOGS=1 keeps the
  * consumers' logs (their directory is printed).
  *
- *   npm run chaos -- --fuzz 20000 [--seed 7] [--settle-seconds 600]
+ *   npm run chaos -- --fuzz 20000 [--seed 7] [--settle-seconds 600] [--classic]
  *
  * runs the fuzz instead (issue 15, bench/chaos/fuzz.ts): that many hostile and valid messages to
- * one consumer, no faults (PostgreSQL keeps running), then the exactly-once audit with samples.
+ * one consumer, no faults (PostgreSQL keeps running), then the exactly-once audit with samples;
+ * `--classic` declares classic queues instead of quorum ones (delivery counts kept in process).
  * FUZZ_KEEP_LOGS=1 keeps the consumer's log. `--fuzz N --seed S --show K` prints message #K of
  * that run in full (routing, properties, headers, body) instead of running it.
  */
@@ -43,6 +44,7 @@ if (fuzz > 0) {
     databaseUrl: process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres",
     // A loop never lets the queues empty: the run gives up after this long and reports it.
     settleTimeoutMs: arg("settle-seconds", Math.max(60, Math.round(fuzz / 20))) * 1000,
+    env: process.argv.includes("--classic") ? { QUEUE_TYPE: "classic" } : {},
     log: (line) => console.log(line)
   }).catch((error: unknown) => {
     console.error("chaos --fuzz: the run itself failed:", error)

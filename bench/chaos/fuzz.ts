@@ -417,6 +417,8 @@ export interface FuzzOptions {
   readonly databaseUrl: string
   /** Longest wait for the inbound queues to empty; a consumer that loops fails here instead of hanging. */
   readonly settleTimeoutMs: number
+  /** More consumer settings, e.g. `QUEUE_TYPE: "classic"`. */
+  readonly env?: Readonly<Record<string, string>>
   readonly log: (line: string) => void
 }
 
@@ -559,7 +561,8 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
     OUTBOX_POLL_INTERVAL_MS: "200",
     AMQP_RECONNECT_INITIAL_DELAY_MS: "100",
     AMQP_RECONNECT_MAX_DELAY_MS: "1000",
-    SHUTDOWN_TIMEOUT_MS: "5000"
+    SHUTDOWN_TIMEOUT_MS: "5000",
+    ...o.env
   }
   const db = new pg.Pool({ connectionString: o.databaseUrl, max: 2, options: `-c search_path=${schema}` })
   db.on("error", () => undefined)
