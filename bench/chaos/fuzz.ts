@@ -767,16 +767,19 @@ export const runFuzz = async (o: FuzzOptions): Promise<FuzzResult> => {
   }
 }
 
-/** Takes every message off a queue (they leave it), with its tag and failure headers. */
+/**
+ * Takes every message off a queue (they leave it), with its tag and failure headers. Consumes
+ * rather than `basic.get`, which quorum queues with single active consumer refuse.
+ */
 const drain = async (url: string, queue: string): Promise<Array<DeadCopy & { digest: string }>> => {
   const connection = await amqp.connect(url)
   connection.on("error", () => undefined)
   try {
     const channel = await connection.createChannel()
     const out: Array<DeadCopy & { digest: string }> = []
-    for (;;) {
-      const m = await channel.get(queue, { noAck: true })
-      if (m === false) return out
+    await channel.prefetch(500)
+    await channel.consume(queue, (m) => {
+      if (m === null) return
       const h = m.properties.headers ?? {}
       const errorType = h["x-error-type"]
       out.push({
@@ -785,6 +788,15 @@ const drain = async (url: string, queue: string): Promise<Array<DeadCopy & { dig
         byBroker: h["x-death"] !== undefined && h["x-failed-at"] === undefined,
         digest: digest(m.content)
       })
+      channel.ack(m)
+    })
+    // Done when the queue reads empty and nothing more arrived since the last look.
+    let last = -1
+    for (;;) {
+      await sleep(300)
+      const { messageCount } = await channel.checkQueue(queue)
+      if (messageCount === 0 && out.length === last) return out
+      last = out.length
     }
   } finally {
     await connection.close().catch(() => undefined)
