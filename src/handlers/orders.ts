@@ -3,7 +3,7 @@ import { InsufficientStock, ReservationNotFound, ValidationError } from "../doma
 import type { OrderCancelled, OrderConfirmed, OrderPlaced, OrderShipped } from "../domain/events.ts"
 import { deriveId } from "../domain/ids.ts"
 import type { OutboundDraft } from "../domain/published.ts"
-import { ReservationTimers } from "../reservations/ReservationTimers.ts"
+import { ReservationTimers } from "../stores/services.ts"
 import {
   compareStockKeys,
   liveStatuses,
