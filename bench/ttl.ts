@@ -8,7 +8,7 @@
 import { Context, Effect, Layer } from "effect"
 import { spawnSync } from "node:child_process"
 import { SqlClient } from "effect/sql/SqlClient"
-import { ReservationTimers } from "../src/reservations/ReservationTimers.ts"
+import { ReservationTimers } from "../src/stores/services.ts"
 import * as Scheduler from "../src/reservations/scheduler.ts"
 import * as MemoryStores from "../src/stores/memory/stores.ts"
 import * as SqlStores from "../src/stores/sql/index.ts"

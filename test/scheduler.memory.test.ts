@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { ReservationTimers } from "../src/reservations/ReservationTimers.ts"
+import { ReservationTimers } from "../src/stores/services.ts"
 import * as Scheduler from "../src/reservations/scheduler.ts"
 import * as MemoryStores from "../src/stores/memory/stores.ts"
 import { addWarehouse, freshOrg, noRetries, outboxOf, putStock, quantities, reservationsOf, send } from "./support/events.ts"

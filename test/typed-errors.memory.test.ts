@@ -4,7 +4,10 @@ import type { InventoryErrorTag } from "../src/domain/errors.ts"
 import { InboundEvent, type InboundEventType } from "../src/domain/events.ts"
 import * as catalog from "../src/handlers/catalog.ts"
 import { handleEvent } from "../src/handlers/dispatch.ts"
-import * as orders from "../src/handlers/orders.ts"
+import { orderCancelled } from "../src/handlers/orders/cancelled.ts"
+import { orderConfirmed } from "../src/handlers/orders/confirmed.ts"
+import { orderPlaced } from "../src/handlers/orders/placed.ts"
+import { orderShipped } from "../src/handlers/orders/shipped.ts"
 import * as returns from "../src/handlers/returns.ts"
 import { UnitOfWork } from "../src/stores/services.ts"
 import { Scenario } from "./model/commands.ts"
@@ -37,10 +40,10 @@ const signatures: {
   "catalog.variant.updated": true satisfies Equals<ErrorTags<typeof catalog.variantUpdated>, Declared<"catalog.variant.updated">>,
   "catalog.variant.deleted": true satisfies Equals<ErrorTags<typeof catalog.variantDeleted>, Declared<"catalog.variant.deleted">>,
   "catalog.product.deleted": true satisfies Equals<ErrorTags<typeof catalog.productDeleted>, Declared<"catalog.product.deleted">>,
-  "order.placed": true satisfies Equals<ErrorTags<typeof orders.orderPlaced>, Declared<"order.placed">>,
-  "order.confirmed": true satisfies Equals<ErrorTags<typeof orders.orderConfirmed>, Declared<"order.confirmed">>,
-  "order.cancelled": true satisfies Equals<ErrorTags<typeof orders.orderCancelled>, Declared<"order.cancelled">>,
-  "order.shipped": true satisfies Equals<ErrorTags<typeof orders.orderShipped>, Declared<"order.shipped">>,
+  "order.placed": true satisfies Equals<ErrorTags<typeof orderPlaced>, Declared<"order.placed">>,
+  "order.confirmed": true satisfies Equals<ErrorTags<typeof orderConfirmed>, Declared<"order.confirmed">>,
+  "order.cancelled": true satisfies Equals<ErrorTags<typeof orderCancelled>, Declared<"order.cancelled">>,
+  "order.shipped": true satisfies Equals<ErrorTags<typeof orderShipped>, Declared<"order.shipped">>,
   "return.received": true satisfies Equals<ErrorTags<typeof returns.returnReceived>, Declared<"return.received">>
 }
 

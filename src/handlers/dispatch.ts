@@ -1,10 +1,12 @@
 import { Effect } from "effect"
 import type { InboundEvent } from "../domain/events.ts"
 import type { InventoryError } from "../domain/errors.ts"
-import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
-import type { Stores } from "../stores/services.ts"
+import type { ReservationTimers, Stores } from "../stores/services.ts"
 import { productDeleted, variantCreated, variantDeleted, variantUpdated } from "./catalog.ts"
-import { orderCancelled, orderConfirmed, orderPlaced, orderShipped, reservationFailed } from "./orders.ts"
+import { orderCancelled } from "./orders/cancelled.ts"
+import { orderConfirmed } from "./orders/confirmed.ts"
+import { orderPlaced, reservationFailed } from "./orders/placed.ts"
+import { orderShipped } from "./orders/shipped.ts"
 import { returnReceived } from "./returns.ts"
 
 /** Runs the handler of the event's type. Exhaustive: a new event type without a handler does not compile. */

@@ -3,7 +3,7 @@ import { deriveId } from "../domain/ids.ts"
 import type { Reservation } from "../stores/model.ts"
 import { Reservations, Stock } from "../stores/services.ts"
 import { nowDate } from "./outbound.ts"
-import { releaseReservation } from "./orders.ts"
+import { releaseReservation } from "./orders/lifecycle.ts"
 
 /** The expiry of one reservation, caused by the reservation rather than by an inbound event. */
 const expire = (reservation: Reservation) =>

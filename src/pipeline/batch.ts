@@ -1,9 +1,8 @@
 import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Option, Queue, type Tracer } from "effect"
 import type { OrderPlaced } from "../domain/events.ts"
-import { orderPlacedAll, type PlacedEvent } from "../handlers/orders.ts"
+import { orderPlacedAll, type PlacedEvent } from "../handlers/orders/placedTogether.ts"
 import { formatTraceparent, noStackTrace } from "../observability/spans.ts"
-import type { ReservationTimers } from "../reservations/ReservationTimers.ts"
-import { type Stores, UnitOfWork } from "../stores/services.ts"
+import { type ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
 import { applyDecoded, type Outcome } from "./pipeline.ts"
 

@@ -2,8 +2,7 @@ import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedul
 import { expireOverdue, expireReservation } from "../handlers/expiry.ts"
 import { reservationsExpired } from "../observability/metrics.ts"
 import type { ReservationSchedule } from "../stores/model.ts"
-import { type ReservationRef, Reservations, type Stores, UnitOfWork } from "../stores/services.ts"
-import { ReservationTimers } from "./ReservationTimers.ts"
+import { type ReservationRef, Reservations, ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
 
 export interface SchedulerOptions {
   /** How often overdue reservations are swept (default 60 s). */

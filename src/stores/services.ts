@@ -147,6 +147,23 @@ export class Reservations extends Context.Service<Reservations, {
   list(filter: { readonly organization_id: string; readonly order_id?: string; readonly status?: ReservationStatus }): Db<ReadonlyArray<Reservation>>
 }>()("inventory/stores/Reservations") {}
 
+/**
+ * One cancellable timer per live reservation, keyed by (organization, reservation id): ids are
+ * scoped by organization (SPEC 3), so one organization's confirm never cancels another's timer.
+ * Handlers schedule a timer when they reserve and cancel it on confirm, cancel and ship;
+ * `reservations/scheduler.ts` implements it and expires the reservation when the timer fires.
+ * It sits here, beside the stores, so handlers require it and the scheduler provides it with
+ * neither importing the other's folder upwards (issue 16).
+ */
+export class ReservationTimers extends Context.Service<ReservationTimers, {
+  schedule(reservation: ReservationSchedule): Effect.Effect<void>
+  cancel(organizationId: string, reservationId: string): Effect.Effect<void>
+  /** How many timers the scheduler holds: one per scheduled reservation, a cancelled one gone at once. */
+  readonly pending: Effect.Effect<number>
+  /** Completes once every timer due by now has fired and its expiry has finished. */
+  readonly settled: Effect.Effect<void>
+}>()("inventory/reservations/ReservationTimers") {}
+
 export class Movements extends Context.Service<Movements, {
   append(movements: ReadonlyArray<Movement>): Db<void>
   list(filter: StockFilter): Db<ReadonlyArray<Movement>>

@@ -3,8 +3,7 @@ import { type Duration, Effect, Layer, Option, Schema } from "effect"
 import { OutboundEvent } from "../../src/domain/published.ts"
 import { TestClock } from "effect/testing"
 import type { Outcome } from "../../src/pipeline/pipeline.ts"
-import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
-import { EventLog, Movements, Reconciliation, type Stores, Variants } from "../../src/stores/services.ts"
+import { EventLog, Movements, Reconciliation, ReservationTimers, type Stores, Variants } from "../../src/stores/services.ts"
 import {
   addWarehouse,
   freshId,

@@ -1,11 +1,10 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import type { ReservationSchedule, ReservationStatus } from "../../src/stores/model.ts"
-import { type ReservationRef, Reservations, type Stores } from "../../src/stores/services.ts"
+import { type ReservationRef, Reservations, ReservationTimers, type Stores } from "../../src/stores/services.ts"
 import { sqlStoresLayer } from "../sql/support.ts"
 import { freshOrg } from "../support/events.ts"
 

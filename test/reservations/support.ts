@@ -2,7 +2,7 @@ import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process"
 import { resolve } from "node:path"
 import { Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
-import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
+import { ReservationTimers } from "../../src/stores/services.ts"
 import type { Captured, TestClient } from "../support/rabbit.ts"
 
 /**

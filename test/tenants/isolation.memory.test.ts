@@ -4,11 +4,10 @@ import { TestClock } from "effect/testing"
 import { inboundEventTypes } from "../../src/domain/events.ts"
 import { adjustStock } from "../../src/handlers/returns.ts"
 import { type Outcome, processDelivery } from "../../src/pipeline/pipeline.ts"
-import { ReservationTimers } from "../../src/reservations/ReservationTimers.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import { liveStatuses } from "../../src/stores/model.ts"
-import { Movements, Outbox, Reservations, Stock, UnitOfWork } from "../../src/stores/services.ts"
+import { Movements, Outbox, Reservations, ReservationTimers, Stock, UnitOfWork } from "../../src/stores/services.ts"
 import { addWarehouse, envelopeBytes, noRetries } from "../support/events.ts"
 
 /**
