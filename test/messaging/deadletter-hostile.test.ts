@@ -2,25 +2,13 @@ import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import type amqp from "amqplib"
 import { Effect } from "effect"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { RuntimeConfig } from "../../src/config.ts"
 import { deadLetter } from "../../src/messaging/deadLetter.ts"
 import type { InboundMessage } from "../../src/messaging/inbound.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, quantities } from "../support/events.ts"
-import {
-  type Captured,
-  createVhost,
-  deleteVhost,
-  eventually,
-  queuesSettled,
-  rabbitmqctl,
-  startRuntime,
-  TestClient,
-  testEnv,
-  uniqueVhost,
-  vhostUrl
-} from "../support/rabbit.ts"
+import { consumerInVhost, eventually, queuesSettled, rabbitmqctl, vhostUrl } from "../support/rabbit.ts"
 import { sqlLayer } from "../sql/support.ts"
 
 /**
@@ -30,13 +18,11 @@ import { sqlLayer } from "../sql/support.ts"
  * Order service uses.
  */
 
-const vhost = uniqueVhost("dlq_hostile")
 const stores = sqlLayer("mq_dlq_hostile")
 
-let runtime: ReturnType<typeof startRuntime<any, any>>
-let client: TestClient
-let dead: Array<Captured>
-const run = <A, E>(effect: Effect.Effect<A, E, any>) => runtime.runPromise(effect)
+const consumer = consumerInVhost("dlq_hostile", stores, { env: { MAX_DELIVERIES: "3" }, capture: ["inventory_dlq"] })
+const { vhost, run } = consumer
+const dlqCopies = () => consumer.captured["inventory_dlq"]!
 
 const envelope = (org: string, event: string, data: unknown, eventId = freshId("evt")) => ({
   event,
@@ -54,7 +40,7 @@ const returned = (org: string, variant: string) =>
     returned_items: [{ variant_id: variant, quantity: 1, condition: "good" }]
   })
 
-const copiesOf = (messageId: string) => dead.filter((m) => m.properties.messageId === messageId)
+const copiesOf = (messageId: string) => dlqCopies().filter((m) => m.properties.messageId === messageId)
 const rowsWhere = (
   keep: (row: { readonly event_id: string | null; readonly organization_id: string | null; readonly headers: Readonly<Record<string, unknown>> }) => boolean
 ) =>
@@ -68,24 +54,10 @@ export const readWithPython = async (pythonClient: "kombu" | "pika", queue: stri
   return JSON.parse(stdout) as Array<{ headers: Record<string, unknown>; message_id: string | null; body: string }>
 }
 
-beforeAll(async () => {
-  await createVhost(vhost)
-  runtime = startRuntime(stores, testEnv(vhost, { MAX_DELIVERIES: "3" }))
-  await runtime.runPromise(Effect.void)
-  client = await TestClient.connect(vhost)
-  dead = await client.bindCapture("inventory_dlq")
-})
-
-afterAll(async () => {
-  await client?.close()
-  await runtime?.dispose()
-  await deleteVhost(vhost)
-})
-
 /** The message is settled, a later message is applied, and nothing more reaches the DLQ. */
 const consumerGoesOn = async (org: string) => {
   await run(addWarehouse(org, "wh_1"))
-  await client.publish("order_events", "return.received", returned(org, "v-next"))
+  await consumer.client.publish("order_events", "return.received", returned(org, "v-next"))
   await eventually("the next message applied", async () => (await run(quantities(org, "v-next", "wh_1")))?.total === 1)
   await eventually("queues settled", () => queuesSettled(vhost, ["inventory_order_consumer"]), 60_000)
 }
@@ -94,7 +66,7 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
   it("a NUL in the event name: one DLQ copy, one failed_events row, and the consumer goes on", async () => {
     const org = freshOrg()
     const messageId = `${org}-nul-event`
-    await client.publish("order_events", "order.placed", `{"event":"\\u0000","organization_id":"${org}","data":{}}`, { messageId })
+    await consumer.client.publish("order_events", "order.placed", `{"event":"\\u0000","organization_id":"${org}","data":{}}`, { messageId })
     await consumerGoesOn(org)
 
     expect(copiesOf(messageId)).toHaveLength(1)
@@ -110,7 +82,7 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
   it("a NUL in a string header of an invalid message: one DLQ copy, one row, the header kept escaped", async () => {
     const org = freshOrg()
     const messageId = `${org}-nul-header`
-    await client.publish("order_events", "order.placed", "{not json", {
+    await consumer.client.publish("order_events", "order.placed", "{not json", {
       messageId,
       headers: { "x-note": "before\u0000after", "x-tenant-hint": org }
     })
@@ -128,12 +100,12 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
   it("dead letters with a header value of 200 decode in kombu and pika", async () => {
     const org = freshOrg()
     const messageId = `${org}-typed-headers`
-    await client.publish("order_events", "order.placed", "{not json", {
+    await consumer.client.publish("order_events", "order.placed", "{not json", {
       messageId,
       headers: { "x-count": 200, "x-big": 5_000_000_000, "x-ratio": 0.5, "x-flag": true, "x-text": "é" }
     })
     await eventually("the DLQ copy", () => copiesOf(messageId).length === 1)
-    await eventually("in the DLQ", async () => (await client.depth("inventory_failed_events")) > 0)
+    await eventually("in the DLQ", async () => (await consumer.client.depth("inventory_failed_events")) > 0)
     for (const pythonClient of ["kombu", "pika"] as const) {
       const read = await readWithPython(pythonClient, "inventory_failed_events")
       const copy = read.find((m) => m.message_id === messageId)
@@ -175,13 +147,13 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
       deadLetter(config, inbound, { errorType: "ValidationError", message: "Message body is not valid UTF-8 JSON" }, null)))
     expect(result).toEqual({ _tag: "DeadLettered", parked: false })
 
-    await client.channel.assertQueue("py_outbound", { durable: false })
-    await client.channel.bindQueue("py_outbound", "inventory_events", "#")
+    await consumer.client.channel.assertQueue("py_outbound", { durable: false })
+    await consumer.client.channel.bindQueue("py_outbound", "inventory_events", "#")
     await run(addWarehouse(org, "wh_1"))
     const event = returned(org, "v-py")
-    await client.publish("order_events", "return.received", event)
-    await eventually("an outbound event", async () => (await client.depth("py_outbound")) > 0)
-    await eventually("in the DLQ", async () => (await client.depth("inventory_failed_events")) > 0)
+    await consumer.client.publish("order_events", "return.received", event)
+    await eventually("an outbound event", async () => (await consumer.client.depth("py_outbound")) > 0)
+    await eventually("in the DLQ", async () => (await consumer.client.depth("inventory_failed_events")) > 0)
 
     for (const pythonClient of ["kombu", "pika"] as const) {
       const copy = (await readWithPython(pythonClient, "inventory_failed_events")).find((m) => m.message_id === `${org}-many`)
@@ -218,7 +190,7 @@ describe("hostile messages on the dead-letter path (issue 15)", () => {
     const result = await run(Effect.flatMap(RuntimeConfig, (config) =>
       deadLetter(config, inbound, { errorType: "ValidationError", message: "Message body is not valid UTF-8 JSON" }, null)))
     expect(result).toEqual({ _tag: "DeadLettered", parked: false })
-    const copy = await eventually("the DLQ copy", () => dead.find((m) => m.headers["x-case"] === org))
+    const copy = await eventually("the DLQ copy", () => dlqCopies().find((m) => m.headers["x-case"] === org))
     expect(copy.properties.messageId).toBe(messageId.slice(0, 255))
     expect(copy.headers["x-a"]).toBe(headers["x-a"])
     expect(copy.headers["x-b"]).toBeUndefined()

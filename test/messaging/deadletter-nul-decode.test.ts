@@ -1,18 +1,8 @@
 import { Effect } from "effect"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities } from "../support/events.ts"
-import {
-  type Captured,
-  createVhost,
-  deleteVhost,
-  eventually,
-  queuesSettled,
-  startRuntime,
-  TestClient,
-  testEnv,
-  uniqueVhost
-} from "../support/rabbit.ts"
+import { consumerInVhost, eventually, queuesSettled } from "../support/rabbit.ts"
 import { sqlLayer } from "../sql/support.ts"
 
 /**
@@ -22,28 +12,12 @@ import { sqlLayer } from "../sql/support.ts"
  * and the consumer goes on.
  */
 
-const vhost = uniqueVhost("dlq_nul")
 const stores = sqlLayer("mq_dlq_nul")
 
-let runtime: ReturnType<typeof startRuntime<any, any>>
-let client: TestClient
-let dead: Array<Captured>
-const run = <A, E>(effect: Effect.Effect<A, E, any>) => runtime.runPromise(effect)
+const consumer = consumerInVhost("dlq_nul", stores, { env: { MAX_DELIVERIES: "3" }, capture: ["inventory_dlq"] })
+const { vhost, run } = consumer
+const dlqCopies = () => consumer.captured["inventory_dlq"]!
 const rowsOf = (org: string) => run(Effect.flatMap(FailedEvents, (f) => f.list({}))).then((rows) => rows.filter((r) => r.organization_id === org))
-
-beforeAll(async () => {
-  await createVhost(vhost)
-  runtime = startRuntime(stores, testEnv(vhost, { MAX_DELIVERIES: "3" }))
-  await runtime.runPromise(Effect.void)
-  client = await TestClient.connect(vhost)
-  dead = await client.bindCapture("inventory_dlq")
-})
-
-afterAll(async () => {
-  await client?.close()
-  await runtime?.dispose()
-  await deleteVhost(vhost)
-})
 
 const returned = (org: string, variant: string) => ({
   event: "return.received",
@@ -55,7 +29,7 @@ const returned = (org: string, variant: string) => ({
 })
 
 const consumerGoesOn = async (org: string) => {
-  await client.publish("order_events", "return.received", returned(org, "v-next"))
+  await consumer.client.publish("order_events", "return.received", returned(org, "v-next"))
   await eventually("the next message applied", async () => (await run(quantities(org, "v-next", "wh_1")))?.total === 1)
   await eventually("queues settled", () => queuesSettled(vhost, ["inventory_order_consumer"]), 60_000)
 }
@@ -67,9 +41,9 @@ describe("NUL where decoding must refuse it (issue 15)", () => {
     await run(putStock(org, "v1", "wh_1", 5))
     const messageId = `${org}-nul-field`
     const placed = { event: "order.placed", version: "1.0", timestamp: "2026-01-01T00:00:00Z", organization_id: org, data: { order_id: "o\u0000", items: [{ variant_id: "v1", quantity: 1 }] } }
-    await client.publish("order_events", "order.placed", placed, { messageId })
+    await consumer.client.publish("order_events", "order.placed", placed, { messageId })
     await consumerGoesOn(org)
-    const copies = dead.filter((m) => m.properties.messageId === messageId)
+    const copies = dlqCopies().filter((m) => m.properties.messageId === messageId)
     expect(copies).toHaveLength(1)
     expect(copies[0]!.headers["x-error-type"]).toBe("ValidationError")
     expect(await rowsOf(org)).toHaveLength(1)
@@ -80,9 +54,9 @@ describe("NUL where decoding must refuse it (issue 15)", () => {
     await run(addWarehouse(org, "wh_1"))
     const messageId = `${org}-\u0000`
     const { event_id: _, ...body } = returned(org, "v-nul-id")
-    await client.publish("order_events", "return.received", body, { messageId })
+    await consumer.client.publish("order_events", "return.received", body, { messageId })
     await consumerGoesOn(org)
-    const copies = dead.filter((m) => m.properties.messageId === messageId)
+    const copies = dlqCopies().filter((m) => m.properties.messageId === messageId)
     expect(copies).toHaveLength(1)
     expect(copies[0]!.headers["x-error-type"]).toBe("ValidationError")
     expect(await rowsOf(org)).toHaveLength(1)

@@ -1,19 +1,9 @@
 import { Effect } from "effect"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { sqlLayer } from "../sql/support.ts"
 import { freshId, freshOrg } from "../support/events.ts"
-import {
-  type Captured,
-  createVhost,
-  deleteVhost,
-  eventually,
-  queuesSettled,
-  startRuntime,
-  TestClient,
-  testEnv,
-  uniqueVhost
-} from "../support/rabbit.ts"
+import { consumerInVhost, eventually, queuesSettled } from "../support/rabbit.ts"
 
 /**
  * Issue 15 item 1 end to end on the real broker and PostgreSQL: a NUL as the event type, inside
@@ -21,24 +11,9 @@ import {
  * queue for ever. Each is now one ValidationError: one DLQ copy, one failed_events row, acked.
  */
 
-const vhost = uniqueVhost("unstorable")
-let runtime: ReturnType<typeof startRuntime<any, any>>
-let client: TestClient
-let dead: Array<Captured>
-
-beforeAll(async () => {
-  await createVhost(vhost)
-  runtime = startRuntime(sqlLayer("unstorable"), testEnv(vhost))
-  await runtime.runPromise(Effect.void)
-  client = await TestClient.connect(vhost)
-  dead = await client.bindCapture("inventory_dlq")
-})
-
-afterAll(async () => {
-  await client?.close()
-  await runtime?.dispose()
-  await deleteVhost(vhost)
-})
+const consumer = consumerInVhost("unstorable", sqlLayer("unstorable"), { capture: ["inventory_dlq"] })
+const { vhost, run } = consumer
+const dlqCopies = () => consumer.captured["inventory_dlq"]!
 
 describe("text PostgreSQL cannot store, on the broker", () => {
   it("is dead-lettered once and recorded, never requeued", async () => {
@@ -53,16 +28,16 @@ describe("text PostgreSQL cannot store, on the broker", () => {
         data
       })
     // The issue's bodies, as the publisher wrote them (JSON escapes, not raw bytes).
-    await client.publish("order_events", "order.placed", `{"event":"\\u0000","organization_id":"${org}","data":{}}`, {
+    await consumer.client.publish("order_events", "order.placed", `{"event":"\\u0000","organization_id":"${org}","data":{}}`, {
       messageId: freshId("nul-event")
     })
-    await client.publish("order_events", "order.placed", placed({ order_id: "o\u0000", items: [{ variant_id: "v1", quantity: 1 }] }, freshId("nul-field")))
-    await client.publish("order_events", "order.placed", placed({ order_id: "o1", items: [{ variant_id: "v1", quantity: 1 }] }), {
+    await consumer.client.publish("order_events", "order.placed", placed({ order_id: "o\u0000", items: [{ variant_id: "v1", quantity: 1 }] }, freshId("nul-field")))
+    await consumer.client.publish("order_events", "order.placed", placed({ order_id: "o1", items: [{ variant_id: "v1", quantity: 1 }] }), {
       messageId: `m\u0000${org}`
     })
 
     const rows = await eventually("three failed_events rows", async () => {
-      const all = await runtime.runPromise(Effect.flatMap(FailedEvents, (f) => f.list({})))
+      const all = await run(Effect.flatMap(FailedEvents, (f) => f.list({})))
       const mine = all.filter((r) => r.organization_id === org)
       return mine.length >= 3 ? mine : undefined
     })
@@ -74,7 +49,7 @@ describe("text PostgreSQL cannot store, on the broker", () => {
       "NUL character in event: PostgreSQL cannot store it",
       "NUL character in the AMQP messageId: PostgreSQL cannot store it"
     ])
-    const copies = dead.filter((m) => m.body.toString("utf8").includes(org))
+    const copies = dlqCopies().filter((m) => m.body.toString("utf8").includes(org))
     expect(copies).toHaveLength(3)
     expect(copies.every((m) => m.headers["x-error-type"] === "ValidationError")).toBe(true)
   })

@@ -2,6 +2,7 @@ import amqp from "amqplib"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import { Effect, Layer, ManagedRuntime } from "effect"
+import { afterAll, beforeAll } from "vitest"
 import { RuntimeConfig } from "../../src/config.ts"
 import * as Messaging from "../../src/messaging/index.ts"
 
@@ -95,6 +96,40 @@ export const startRuntime = <S, E>(stores: Layer.Layer<S, E>, env: Record<string
     Layer.provideMerge(RuntimeConfig.layerFrom(env))
   )
   return ManagedRuntime.make(layer as Layer.Layer<Layer.Success<typeof layer>, unknown>)
+}
+
+/**
+ * One test file's consumer: a vhost of its own, the messaging runtime on `stores`, a test client,
+ * and a capture queue on each named exchange, set up before the file's tests and torn down after.
+ * Read the fields inside tests (they are set in `beforeAll`).
+ */
+export const consumerInVhost = <S, E>(
+  name: string,
+  stores: Layer.Layer<S, E>,
+  options: { readonly env?: Record<string, string>; readonly capture?: ReadonlyArray<string> } = {}
+) => {
+  const vhost = uniqueVhost(name)
+  const fixture = {
+    vhost,
+    runtime: undefined as unknown as ReturnType<typeof startRuntime<S, E>>,
+    client: undefined as unknown as TestClient,
+    /** What reached each captured exchange, in arrival order. */
+    captured: {} as Record<string, Array<Captured>>,
+    run: <A, E2>(effect: Effect.Effect<A, E2, any>): Promise<A> => fixture.runtime.runPromise(effect)
+  }
+  beforeAll(async () => {
+    await createVhost(vhost)
+    fixture.runtime = startRuntime(stores, testEnv(vhost, options.env))
+    await fixture.runtime.runPromise(Effect.void)
+    fixture.client = await TestClient.connect(vhost)
+    for (const exchange of options.capture ?? []) fixture.captured[exchange] = await fixture.client.bindCapture(exchange)
+  })
+  afterAll(async () => {
+    await fixture.client?.close()
+    await fixture.runtime?.dispose()
+    await deleteVhost(vhost)
+  })
+  return fixture
 }
 
 export interface Captured {
