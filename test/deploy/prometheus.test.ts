@@ -69,6 +69,19 @@ describe("promtool", () => {
     expect(compose).toContain("- ./otel-collector.yaml:/etc/otelcol/config.yaml:ro")
     expect(compose).toContain("- ./deploy/prometheus:/etc/prometheus:ro")
   })
+
+  it("the dashboard names only the provisioned data sources: Prometheus for panels, Tempo for trace links", async () => {
+    const sources = await readFile(file("deploy/grafana/provisioning/datasources/datasources.yaml"), "utf8")
+    const uids = [...sources.matchAll(/^\s+uid: (\S+)$/gm)].map((m) => m[1]!)
+    const text = await readFile(dashboardFile, "utf8")
+    const used = new Set([...text.matchAll(/"uid": "([^"]+)"/g)].map((m) => m[1]!).filter((uid) => uid !== "inventory-consumer"))
+    expect([...used].sort()).toEqual(["prometheus"])
+    expect(uids).toEqual(expect.arrayContaining(["prometheus", "tempo"]))
+    // The links open Tempo in Explore; the datasource uid sits in their URL-encoded pane state.
+    const links = [...text.matchAll(/"url": "([^"]+)"/g)].map((m) => decodeURIComponent(m[1]!))
+    expect(links.length).toBeGreaterThanOrEqual(4)
+    for (const link of links) expect(link).toContain(`"datasource":{"type":"tempo","uid":"tempo"}`)
+  })
 })
 
 interface Target {
