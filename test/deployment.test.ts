@@ -5,7 +5,8 @@ const read = (file: string) => readFileSync(new URL(`../${file}`, import.meta.ur
 
 describe("deployment", () => {
   it("the image runs the consumer with the flags of npm start (heap bounds, V8 pool sized from the cores)", () => {
-    const start = (JSON.parse(read("package.json")) as { scripts: { start: string } }).scripts.start.split(/\s+/)
+    // `exec` makes npm's shell become node, so npm's forwarded signals reach it (test/deploy/signals.test.ts).
+    const start = (JSON.parse(read("package.json")) as { scripts: { start: string } }).scripts.start.replace(/^exec /, "").split(/\s+/)
     const cmd = /^CMD (\[.*\])$/m.exec(read("Dockerfile").split("\n").filter((line) => line.startsWith("CMD ")).at(-1) ?? "")
     assert.isNotNull(cmd, "the Dockerfile ends with an exec-form CMD")
     const image = JSON.parse(cmd![1]!) as Array<string>
