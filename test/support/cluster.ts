@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process"
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
+import { appendFileSync, chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { delimiter, dirname, join } from "node:path"
@@ -66,6 +66,26 @@ process.once("exit", () => {
   }
 })
 
+/**
+ * Stops the nodes (each its own process group, listed in `<dir>/groups`) and removes the directory
+ * once the test process is gone, however it went: a SIGKILLed or SIGTERMed runner runs no exit hook.
+ */
+const watchdogScript = `
+parent=$1; dir=$2
+while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+groups=$(cat "$dir/groups" 2>/dev/null)
+for g in $groups; do kill -TERM "$g" 2>/dev/null; done
+i=0
+while [ $i -lt 20 ]; do
+  alive=0
+  for g in $groups; do kill -0 -- "-$g" 2>/dev/null && alive=1; done
+  [ $alive = 0 ] && break
+  sleep 1; i=$((i + 1))
+done
+for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+rm -rf "$dir"
+`
+
 /** Signals the node's whole process group (the start script, the Erlang VM and its helpers). */
 const killGroup = (child: ChildProcess, signal: NodeJS.Signals) => {
   if (child.pid === undefined) return
@@ -94,6 +114,8 @@ export interface Cluster {
   readonly ctl: (node: ClusterNode, ...args: ReadonlyArray<string>) => Promise<string>
   /** The node leading a quorum queue, as `via` sees it (undefined while there is none). */
   readonly leader: (via: ClusterNode, queue: string, vhost?: string) => Promise<ClusterNode | undefined>
+  /** The nodes holding a client's connections, found by its `connection_name`, as `via` sees them. */
+  readonly connectedTo: (via: ClusterNode, connectionName: string) => Promise<ReadonlyArray<ClusterNode>>
   /** The last lines of a node's log, for a failure message. */
   readonly logTail: (node: ClusterNode, lines?: number) => string
   /** Stops every node (gracefully, then killed), removes the directory. Safe to call at any point, and twice. */
@@ -119,6 +141,7 @@ export const makeCluster = (options: { readonly size: number; readonly prefix?: 
   const running: Array<Running> = []
   let ctlPortMin = 0
   let stopped = false
+  let watchdog: ChildProcess | undefined
 
   const nodeDir = (node: ClusterNode) => join(dir, node.name.split("@")[0]!)
 
@@ -197,6 +220,7 @@ export const makeCluster = (options: { readonly size: number; readonly prefix?: 
       child.once("exit", (code) => resolve(code))
       child.once("error", () => resolve(null))
     })
+    if (child.pid !== undefined) appendFileSync(join(dir, "groups"), `${child.pid}\n`)
     running.push({ node, child, exited, log })
     // `wait` follows the pid file and then the boot; a node that dies on the way fails at once.
     await Promise.race([
@@ -224,6 +248,8 @@ export const makeCluster = (options: { readonly size: number; readonly prefix?: 
     // Erlang refuses a cookie file others can read.
     chmodSync(join(home, ".erlang.cookie"), 0o400)
     writeFileSync(join(dir, "rabbitmq-env.conf"), "")
+    watchdog = spawn("/bin/sh", ["-c", watchdogScript, "cluster-watchdog", String(process.pid), dir], { stdio: "ignore", detached: true })
+    watchdog.unref()
 
     const started = Date.now()
     await Promise.all(nodes.map(boot))
@@ -251,6 +277,15 @@ export const makeCluster = (options: { readonly size: number; readonly prefix?: 
     return undefined
   }
 
+  const connectedTo = async (via: ClusterNode, connectionName: string) => {
+    const out = await ctl(via, "list_connections", "--no-table-headers", "pid", "client_properties")
+    // A connection's pid names its node: <rabbit-ct1-x@localhost.123.456.0>.
+    const names = out.split("\n")
+      .filter((line) => line.includes(`{"connection_name","${connectionName}"}`))
+      .map((line) => /^<([^@\s]+@[^.\s]+)\./.exec(line.trim())?.[1])
+    return nodes.filter((n) => names.includes(n.name))
+  }
+
   const stop = async () => {
     if (stopped) return
     stopped = true
@@ -259,9 +294,10 @@ export const makeCluster = (options: { readonly size: number; readonly prefix?: 
     await within("cluster stop", 30_000, Promise.all(running.map((r) => r.exited))).catch(() => undefined)
     for (const r of running) killGroup(r.child, "SIGKILL")
     await within("cluster kill", 10_000, Promise.all(running.map((r) => r.exited))).catch(() => undefined)
+    watchdog?.kill("SIGKILL")
     rmSync(dir, { recursive: true, force: true })
     live.delete(entry)
   }
 
-  return { nodes, start, ctl, leader, logTail, stop }
+  return { nodes, start, ctl, leader, connectedTo, logTail, stop }
 }
