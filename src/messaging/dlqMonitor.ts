@@ -2,9 +2,9 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { Cause, Config, DateTime, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
 import { HttpClient, HttpClientRequest } from "effect/http"
 import { RuntimeConfig } from "../config.ts"
-import { Broker } from "../messaging/connection.ts"
-import { dlqDepth } from "./metrics.ts"
-import { formatTraceparent } from "./spans.ts"
+import { dlqDepth } from "../observability/metrics.ts"
+import { formatTraceparent } from "../observability/spans.ts"
+import { Broker } from "./connection.ts"
 
 export interface DlqMonitorSettings {
   readonly interval: Duration.Duration
