@@ -1,11 +1,18 @@
-import { Config, ConfigProvider, Context, Duration, Effect, Layer, Redacted, Schema, SchemaTransformation } from "effect"
+import { Config, ConfigProvider, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted, Schema, SchemaTransformation } from "effect"
 import { catalogEventTypes, type InboundEventType, MAX_LINES_PER_EVENT, orderEventTypes } from "./domain/events.ts"
+import type { HttpSettings } from "./observability/health.ts"
+import type { LoggingSettings } from "./observability/logging.ts"
+import type { TracingSettings } from "./observability/tracing.ts"
 import type { BatchSettings } from "./pipeline/batch.ts"
 import { defaultProcessingPolicy, type ProcessingPolicy } from "./pipeline/policy.ts"
+import type { DatabaseOptions } from "./stores/sql/client.ts"
 
 /**
- * Every runtime setting, read once from environment variables with the SPEC's defaults. A bad
- * value stops start-up with a message naming the variable; credentials only leave here redacted.
+ * Every setting, and the only module that reads the environment: one section per feature, each
+ * read once with the SPEC's defaults. A bad value stops start-up with a message naming the
+ * variable; credentials only leave here redacted. The consumer's broker-side sections make up
+ * `RuntimeConfig`; the database, HTTP, tracing and logging sections are read on their own, so an
+ * operator command that needs only the database never fails on a broker setting.
  */
 
 export type QueueType = "quorum" | "classic"
@@ -86,6 +93,14 @@ export interface FailedEventRetentionSettings {
   readonly purgeInterval: Duration.Duration
 }
 
+/** The DLQ monitor (SPEC 5): how often it reads the DLQ's depth, above what it alerts, and where. */
+export interface DlqMonitorSettings {
+  readonly interval: Duration.Duration
+  readonly threshold: number
+  readonly webhook: Option.Option<Redacted.Redacted<URL>>
+  readonly webhookTimeout: Duration.Duration
+}
+
 export interface ReservationSettings {
   readonly sweepInterval: Duration.Duration
   readonly sweepBatch: number
@@ -104,6 +119,7 @@ export interface RuntimeSettings {
   readonly shutdownTimeout: Duration.Duration
   /** How often each consumer works out whether it is its queue's active consumer (metrics, /readyz). */
   readonly consumerRoleCheckInterval: Duration.Duration
+  readonly dlqMonitor: DlqMonitorSettings
 }
 
 const int = (variable: string, fallback: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
@@ -167,14 +183,17 @@ const queueType = Config.schema(
   "QUEUE_TYPE"
 ).pipe(Config.withDefault("quorum" as const))
 
-/** The whole configuration, as one `Config`. */
-export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
+const brokerSettings: Config.Config<BrokerSettings> = Config.all({
   url: amqpUrl,
   heartbeatSeconds: int("AMQP_HEARTBEAT_SECONDS", 30, 0),
   reconnectInitialDelayMs: int("AMQP_RECONNECT_INITIAL_DELAY_MS", 200),
   reconnectMaxDelayMs: int("AMQP_RECONNECT_MAX_DELAY_MS", 30_000),
   connectAttempts: int("AMQP_CONNECT_ATTEMPTS", 10, 0),
-  publishTimeout: millis("PUBLISH_TIMEOUT_MS", 10_000),
+  publishTimeout: millis("PUBLISH_TIMEOUT_MS", 10_000)
+}).pipe(Config.map((c) => ({ ...c, reconnectMaxDelayMs: Math.max(c.reconnectMaxDelayMs, c.reconnectInitialDelayMs) })))
+
+/** The topology as set; `deliveryLimit` is raised above `MAX_DELIVERIES` in `runtimeSettings`. */
+const topologySettings: Config.Config<Topology> = Config.all({
   catalogExchange: brokerName("CATALOG_EXCHANGE", "catalog_events"),
   orderExchange: brokerName("ORDER_EXCHANGE", "order_events"),
   catalogQueue: brokerName("CATALOG_QUEUE", "inventory_catalog_consumer"),
@@ -188,79 +207,131 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
   deadLetterTtlMs: int("DLQ_MESSAGE_TTL_MS", 86_400_000),
   deadLetterMaxLength: int("DLQ_MAX_LENGTH", 10_000),
   deadLetterMaxLengthBytes: int("DLQ_MAX_LENGTH_BYTES", 256 * 1024 * 1024),
-  deadLetterBodyMaxBytes: int("DLQ_BODY_MAX_BYTES", 1024 * 1024, 0),
-  deadLetterAttempts: int("DLQ_RECORD_ATTEMPTS", 3),
   deliveryLimit: int("QUEUE_DELIVERY_LIMIT", 20),
   deadLetterRecorderQueue: brokerName("DLQ_RECORDER_QUEUE", "inventory_dead_letter_recorder"),
   // Drained as fast as the database takes it; the bound only matters while the service is down.
   deadLetterRecorderMaxBytes: int("DLQ_RECORDER_MAX_LENGTH_BYTES", 64 * 1024 * 1024),
   queueType,
-  singleActiveConsumer: Config.Boolean("SINGLE_ACTIVE_CONSUMER").pipe(Config.withDefault(true)),
+  singleActiveConsumer: Config.Boolean("SINGLE_ACTIVE_CONSUMER").pipe(Config.withDefault(true))
+}).pipe(Config.map(({ catalogExchange, catalogPrefetch, catalogQueue, orderExchange, orderPrefetch, orderQueue, ...rest }): Topology => ({
+  catalog: { queue: catalogQueue, exchange: catalogExchange, eventTypes: catalogEventTypes, prefetch: catalogPrefetch },
+  orders: { queue: orderQueue, exchange: orderExchange, eventTypes: orderEventTypes, prefetch: orderPrefetch },
+  ...rest
+})))
+
+const processingSettings: Config.Config<ProcessingPolicy> = Config.all({
   retryBaseDelay: millis("RETRY_BASE_DELAY_MS", Duration.toMillis(defaultProcessingPolicy.retryBaseDelay)),
   retries: int("RETRY_ATTEMPTS", defaultProcessingPolicy.retries, 0),
   maxDeliveries: int("MAX_DELIVERIES", defaultProcessingPolicy.maxDeliveries),
   maxBodyBytes: int("MAX_BODY_BYTES", defaultProcessingPolicy.maxBodyBytes),
   // The schema refuses more than MAX_LINES_PER_EVENT lines whatever is set: it is the ceiling.
-  maxLinesPerEvent: int("MAX_LINES_PER_EVENT", defaultProcessingPolicy.maxLinesPerEvent, 1, MAX_LINES_PER_EVENT),
-  relayPollInterval: millis("OUTBOX_POLL_INTERVAL_MS", 1_000),
-  relayBatchSize: int("OUTBOX_BATCH_SIZE", 100),
-  outboxRetention: duration("OUTBOX_RETENTION", Duration.days(7)),
-  outboxPurgeInterval: duration("OUTBOX_PURGE_INTERVAL", Duration.hours(1)),
-  relayElectionInterval: duration("OUTBOX_RELAY_LOCK_INTERVAL", Duration.seconds(1)),
-  failedEventsRetention: duration("FAILED_EVENTS_RETENTION", Duration.days(30)),
-  failedEventsPurgeInterval: duration("FAILED_EVENTS_PURGE_INTERVAL", Duration.hours(1)),
+  maxLinesPerEvent: int("MAX_LINES_PER_EVENT", defaultProcessingPolicy.maxLinesPerEvent, 1, MAX_LINES_PER_EVENT)
+})
+
+const relaySettings: Config.Config<RelaySettings> = Config.all({
+  pollInterval: millis("OUTBOX_POLL_INTERVAL_MS", 1_000),
+  batchSize: int("OUTBOX_BATCH_SIZE", 100),
+  retention: duration("OUTBOX_RETENTION", Duration.days(7)),
+  purgeInterval: duration("OUTBOX_PURGE_INTERVAL", Duration.hours(1)),
+  electionInterval: duration("OUTBOX_RELAY_LOCK_INTERVAL", Duration.seconds(1))
+})
+
+const failedEventSettings: Config.Config<FailedEventRetentionSettings> = Config.all({
+  retention: duration("FAILED_EVENTS_RETENTION", Duration.days(30)),
+  purgeInterval: duration("FAILED_EVENTS_PURGE_INTERVAL", Duration.hours(1))
+})
+
+const reservationSettings: Config.Config<ReservationSettings> = Config.all({
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
-  sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
+  sweepBatch: int("RESERVATION_SWEEP_BATCH", 500)
+})
+
+const batchSettings: Config.Config<BatchSettings> = Config.all({
+  maxSize: int("BATCH_MAX_SIZE", 256),
+  concurrency: int("BATCH_CONCURRENCY", 3)
+})
+
+const deadLetterSettings: Config.Config<DeadLetterSettings> = Config.all({
+  bodyMaxBytes: int("DLQ_BODY_MAX_BYTES", 1024 * 1024, 0),
+  attempts: int("DLQ_RECORD_ATTEMPTS", 3)
+})
+
+/** `DLQ_CHECK_INTERVAL` (default 60 s), `DLQ_ALERT_THRESHOLD` (100), `ALERT_WEBHOOK_URL` (none). */
+const dlqMonitorSettings: Config.Config<DlqMonitorSettings> = Config.all({
+  interval: Config.Duration("DLQ_CHECK_INTERVAL").pipe(Config.withDefault(Duration.seconds(60))),
+  threshold: Config.Int("DLQ_ALERT_THRESHOLD").pipe(Config.withDefault(100)),
+  webhook: Config.option(Config.URL("ALERT_WEBHOOK_URL").pipe(Config.map(Redacted.make))),
+  webhookTimeout: Config.Duration("ALERT_WEBHOOK_TIMEOUT").pipe(Config.withDefault(Duration.seconds(5)))
+})
+
+/** The consumer's whole configuration (broker side and the features on it), as one `Config`. */
+export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
+  broker: brokerSettings,
+  topology: topologySettings,
+  processing: processingSettings,
+  relay: relaySettings,
+  failedEvents: failedEventSettings,
+  reservations: reservationSettings,
+  batch: batchSettings,
+  deadLetter: deadLetterSettings,
+  dlqMonitor: dlqMonitorSettings,
   shutdownTimeout: millis("SHUTDOWN_TIMEOUT_MS", 30_000),
-  consumerRoleCheckInterval: duration("CONSUMER_ROLE_CHECK_INTERVAL", Duration.seconds(5)),
-  batchMaxSize: int("BATCH_MAX_SIZE", 256),
-  batchConcurrency: int("BATCH_CONCURRENCY", 3)
+  consumerRoleCheckInterval: duration("CONSUMER_ROLE_CHECK_INTERVAL", Duration.seconds(5))
 }).pipe(Config.map((c): RuntimeSettings => ({
-  broker: {
-    url: c.url,
-    heartbeatSeconds: c.heartbeatSeconds,
-    reconnectInitialDelayMs: c.reconnectInitialDelayMs,
-    reconnectMaxDelayMs: Math.max(c.reconnectMaxDelayMs, c.reconnectInitialDelayMs),
-    connectAttempts: c.connectAttempts,
-    publishTimeout: c.publishTimeout
-  },
-  topology: {
-    catalog: { queue: c.catalogQueue, exchange: c.catalogExchange, eventTypes: catalogEventTypes, prefetch: c.catalogPrefetch },
-    orders: { queue: c.orderQueue, exchange: c.orderExchange, eventTypes: orderEventTypes, prefetch: c.orderPrefetch },
-    eventsExchange: c.eventsExchange,
-    deadLetterExchange: c.deadLetterExchange,
-    deadLetterQueue: c.deadLetterQueue,
-    deadLetterTtlMs: c.deadLetterTtlMs,
-    deadLetterMaxLength: c.deadLetterMaxLength,
-    deadLetterMaxLengthBytes: c.deadLetterMaxLengthBytes,
-    // The broker's limit must stay above the consumer's own, or the broker would decide first.
-    deliveryLimit: Math.max(c.deliveryLimit, c.maxDeliveries + 1),
-    deadLetterRecorderQueue: c.deadLetterRecorderQueue,
-    deadLetterRecorderMaxBytes: c.deadLetterRecorderMaxBytes,
-    queueType: c.queueType,
-    singleActiveConsumer: c.singleActiveConsumer
-  },
-  processing: {
-    retryBaseDelay: c.retryBaseDelay,
-    retries: c.retries,
-    maxDeliveries: c.maxDeliveries,
-    maxBodyBytes: c.maxBodyBytes,
-    maxLinesPerEvent: c.maxLinesPerEvent
-  },
-  relay: {
-    pollInterval: c.relayPollInterval,
-    batchSize: c.relayBatchSize,
-    retention: c.outboxRetention,
-    purgeInterval: c.outboxPurgeInterval,
-    electionInterval: c.relayElectionInterval
-  },
-  failedEvents: { retention: c.failedEventsRetention, purgeInterval: c.failedEventsPurgeInterval },
-  reservations: { sweepInterval: c.sweepInterval, sweepBatch: c.sweepBatch },
-  batch: { maxSize: c.batchMaxSize, concurrency: c.batchConcurrency },
-  deadLetter: { bodyMaxBytes: c.deadLetterBodyMaxBytes, attempts: c.deadLetterAttempts },
-  shutdownTimeout: c.shutdownTimeout,
-  consumerRoleCheckInterval: c.consumerRoleCheckInterval
+  ...c,
+  // The broker's limit must stay above the consumer's own, or the broker would decide first.
+  topology: { ...c.topology, deliveryLimit: Math.max(c.topology.deliveryLimit, c.processing.maxDeliveries + 1) }
 })))
+
+export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+/** `DATABASE_URL`, `DATABASE_POOL_SIZE` and `DATABASE_SCHEMA`, with local-development defaults. */
+export const databaseSettings: Config.Config<DatabaseOptions> = Config.all({
+  url: Config.Redacted("DATABASE_URL").pipe(Config.withDefault(Redacted.make(DEFAULT_DATABASE_URL))),
+  poolSize: Config.Int("DATABASE_POOL_SIZE").pipe(Config.withDefault(10)),
+  schema: Config.String("DATABASE_SCHEMA").pipe(Config.withDefault("public"))
+})
+
+/** `HTTP_PORT` (default 9464) and `HTTP_HOST` (`0.0.0.0`) of `/healthz`, `/readyz`, `/metrics`. */
+export const httpSettings: Config.Config<HttpSettings> = Config.all({
+  port: Config.Port("HTTP_PORT").pipe(Config.withDefault(9464)),
+  host: Config.String("HTTP_HOST").pipe(Config.withDefault("0.0.0.0"))
+})
+
+/**
+ * The standard OpenTelemetry variables: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`; `OTEL_SERVICE_NAME`. No endpoint, no export.
+ */
+export const tracingSettings: Config.Config<TracingSettings> = Config.all({
+  tracesEndpoint: Config.option(Config.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+  endpoint: Config.option(Config.String("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  serviceName: Config.String("OTEL_SERVICE_NAME").pipe(Config.withDefault("inventory-event-consumer"))
+}).pipe(Config.map(({ endpoint, serviceName, tracesEndpoint }): TracingSettings => ({
+  tracesUrl: Option.isSome(tracesEndpoint) ? tracesEndpoint : Option.map(endpoint, (base) => `${base.replace(/\/+$/, "")}/v1/traces`),
+  serviceName
+})))
+
+/** `LOG_LEVEL`: `trace` … `fatal`, `none`, in either case (default info). */
+export const loggingSettings: Config.Config<LoggingSettings> = Config.all({
+  level: Config.Literals(["All", "Trace", "Debug", "Info", "Warn", "Error", "Fatal", "None"], "LOG_LEVEL").pipe(
+    Config.orElse(() =>
+      Config.Literals(["all", "trace", "debug", "info", "warn", "error", "fatal", "none"], "LOG_LEVEL").pipe(
+        Config.map((level) => (level[0]!.toUpperCase() + level.slice(1)) as LogLevel.LogLevel)
+      )
+    ),
+    Config.withDefault("Info" as const)
+  )
+})
+
+/**
+ * The credentialed URLs as the environment spells them, unparsed: a failure is redacted with
+ * them even when one of them is what failed validation.
+ */
+export const credentialedUrls = (): ReadonlyArray<string> =>
+  [process.env["DATABASE_URL"], process.env["AMQP_URL"]].filter((url): url is string => url !== undefined && url !== "")
+
+/** `DATABASE_URL` as set (or its default), unparsed, to say which database a failure was about. */
+export const rawDatabaseUrl = (): string => process.env["DATABASE_URL"] ?? DEFAULT_DATABASE_URL
 
 /** The URL (or each of a list of broker nodes) with any password replaced, fit for logs and error messages. */
 export const displayUrl = (url: Redacted.Redacted<string>): string => {

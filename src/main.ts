@@ -1,17 +1,18 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Cause, Effect, Exit, Layer } from "effect"
 import { defaultTeardown } from "effect/Runtime"
-import { RuntimeConfig } from "./config.ts"
+import { databaseSettings, httpSettings, loggingSettings, RuntimeConfig, tracingSettings } from "./config.ts"
+import * as DlqMonitor from "./messaging/dlqMonitor.ts"
 import * as Messaging from "./messaging/index.ts"
 import * as Batch from "./pipeline/batch.ts"
-import * as DlqMonitor from "./observability/dlqMonitor.ts"
 import { httpLayer, Readiness } from "./observability/health.ts"
 import * as Logging from "./observability/logging.ts"
 import * as Tracing from "./observability/tracing.ts"
 import * as Scheduler from "./reservations/scheduler.ts"
 import * as SqlStores from "./stores/sql/index.ts"
 
-const Stores = SqlStores.layer
+// Each feature gets its own section of the settings; the broker side reads them all as RuntimeConfig.
+const Stores = Layer.unwrap(Effect.map(databaseSettings, SqlStores.layer))
 
 const Reservations = Layer.unwrap(
   Effect.map(RuntimeConfig, (config) => Scheduler.layer(config.reservations))
@@ -23,13 +24,15 @@ const Batching = Layer.unwrap(
   Effect.map(RuntimeConfig, (config) => (config.batch.maxSize > 1 ? Batch.batched(config.batch) : Layer.empty))
 )
 
-const App = Layer.mergeAll(DlqMonitor.layer, httpLayer).pipe(
+const Http = Layer.unwrap(Effect.map(httpSettings, httpLayer))
+
+const App = Layer.mergeAll(DlqMonitor.layer, Http).pipe(
   Layer.provideMerge(Messaging.layer),
   Layer.provide(Batching),
   Layer.provide(Health),
   Layer.provide(RuntimeConfig.layer),
-  Layer.provide(Tracing.layer),
-  Layer.provide(Logging.layer)
+  Layer.provide(Layer.unwrap(Effect.map(tracingSettings, Tracing.layer))),
+  Layer.provide(Layer.unwrap(Effect.map(loggingSettings, Logging.layer)))
 )
 
 // SIGTERM/SIGINT interrupt the app; a clean shutdown after a signal exits 0, not 130.

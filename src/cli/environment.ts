@@ -1,5 +1,5 @@
-import { Cause, Layer, Redacted } from "effect"
-import { displayUrl, RuntimeConfig } from "../config.ts"
+import { Cause, Effect, Layer, Redacted } from "effect"
+import { credentialedUrls, databaseSettings, displayUrl, rawDatabaseUrl, RuntimeConfig } from "../config.ts"
 import { Broker } from "../messaging/connection.ts"
 import { Publisher } from "../messaging/publisher.ts"
 import * as SqlStores from "../stores/sql/index.ts"
@@ -12,7 +12,7 @@ import { CommandFailed } from "./output.ts"
  */
 
 /** Every store on PostgreSQL; migrates when built, as the consumer does. */
-export const Database = SqlStores.layer
+export const Database = Layer.unwrap(Effect.map(databaseSettings, SqlStores.layer))
 
 /** Publishing with confirms on the consumer's broker (declares the topology on connect). */
 export const BrokerPublisher = Publisher.layer.pipe(
@@ -20,13 +20,10 @@ export const BrokerPublisher = Publisher.layer.pipe(
   Layer.provide(RuntimeConfig.layer)
 )
 
-const secretUrls = (): ReadonlyArray<string> =>
-  [process.env["DATABASE_URL"], process.env["AMQP_URL"]].filter((url): url is string => url !== undefined && url !== "")
-
 /** Replaces any credentialed URL (and its bare password) from the environment by its display form. */
 export const redact = (text: string): string => {
   let out = text
-  for (const url of secretUrls()) {
+  for (const url of credentialedUrls()) {
     out = out.split(url).join(displayUrl(Redacted.make(url)))
     try {
       const password = decodeURIComponent(new URL(url).password)
@@ -39,7 +36,7 @@ export const redact = (text: string): string => {
 }
 
 const databaseWhere = () => {
-  const url = process.env["DATABASE_URL"] ?? SqlStores.DEFAULT_DATABASE_URL
+  const url = rawDatabaseUrl()
   return URL.canParse(url) ? displayUrl(Redacted.make(url)) : "<invalid DATABASE_URL>"
 }
 

@@ -1,11 +1,12 @@
 import { Console, Effect } from "effect"
 import { Command } from "effect/cli"
-import { clientLayer, databaseConfig, prepareSchema } from "../stores/sql/client.ts"
+import { databaseSettings } from "../config.ts"
+import { clientLayer, prepareSchema } from "../stores/sql/client.ts"
 
 /** `inventory migrate`: creates the schema if missing and applies pending migrations. */
 export const migrate = Command.make("migrate", {}, () =>
   Effect.gen(function*() {
-    const options = yield* databaseConfig
+    const options = yield* databaseSettings
     const applied = yield* prepareSchema(options.schema).pipe(Effect.provide(clientLayer(options)))
     yield* Console.log(
       applied.length === 0

@@ -1,5 +1,5 @@
 import type amqp from "amqplib"
-import { Cause, Effect, Exit, Metric } from "effect"
+import { Cause, DateTime, Effect, Exit, Metric } from "effect"
 import type { DeadLetterSettings, Topology } from "../config.ts"
 import type { InventoryError } from "../domain/errors.ts"
 import { fateOf, fates } from "../domain/fates.ts"
@@ -166,7 +166,7 @@ const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: At
         }
       }
     })
-    yield* failedEvents.markCopied(attempt.id, new Date())
+    yield* failedEvents.markCopied(attempt.id, yield* DateTime.nowAsDate)
     return true
   })
 
@@ -196,7 +196,7 @@ const reasonOf = (cause: Cause.Cause<unknown>): string => Cause.pretty(cause).sp
 export const deadLetter = (config: DeadLetterConfig, message: InboundMessage, failure: Failure, decoded: Decoded | null) =>
   Effect.gen(function*() {
     const id = deadLetterId(message, decoded)
-    const failedAt = new Date()
+    const failedAt = yield* DateTime.nowAsDate
     const seen = peek(message.delivery.body, message.delivery.messageId)
     const body = message.delivery.body
     const cut = body.subarray(0, config.deadLetter.bodyMaxBytes)

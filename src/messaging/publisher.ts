@@ -108,26 +108,21 @@ export class Publisher extends Context.Service<Publisher, {
               }
             }))
           const unavailable = `no publisher confirm within ${Duration.format(timeout)} (broker unavailable?)`
-          // One deadline for the whole call: waiting for a channel and for the confirms.
-          const deadline = Date.now() + Duration.toMillis(timeout)
+          // One deadline for the whole call, on the Effect clock: waiting for a channel and for the confirms.
+          const startedAt = yield* Clock.currentTimeMillis
           const channel = yield* Deferred.await(current).pipe(Effect.timeoutOption(timeout))
           const dropped: Array<{ readonly exchange: string; readonly headers: ReadonlyArray<string> }> = []
-          const results = Option.isNone(channel)
-            ? messages.map((message) => fail(message, unavailable))
-            : yield* Effect.callback<Array<PublishError | undefined>>((resume) => {
-              const results = new Array<PublishError | undefined | null>(messages.length).fill(null)
+          // Filled by the confirm callbacks; null while a message waits for its confirm.
+          const results = new Array<PublishError | undefined | null>(messages.length).fill(null)
+          if (Option.isSome(channel)) {
+            const left = startedAt + Duration.toMillis(timeout) - (yield* Clock.currentTimeMillis)
+            const confirmed = Effect.callback<void>((resume) => {
               let waiting = messages.length
               const settle = (i: number, error: PublishError | undefined) => {
                 if (results[i] !== null) return
                 results[i] = error
-                if (--waiting === 0) {
-                  clearTimeout(timer)
-                  resume(Effect.succeed(results as Array<PublishError | undefined>))
-                }
+                if (--waiting === 0) resume(Effect.void)
               }
-              const timer = setTimeout(() => {
-                for (const [i, message] of messages.entries()) settle(i, fail(message, unavailable))
-              }, Math.max(0, deadline - Date.now()))
               for (const [i, message] of messages.entries()) {
                 try {
                   const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
@@ -142,8 +137,11 @@ export class Publisher extends Context.Service<Publisher, {
                   settle(i, fail(message, error instanceof Error ? error.message : String(error)))
                 }
               }
-              return Effect.sync(() => clearTimeout(timer))
             })
+            yield* confirmed.pipe(Effect.timeoutOption(Duration.millis(Math.max(0, left))))
+          }
+          // Past the deadline (or with no channel) the rest fail; a confirm arriving later finds its result set.
+          for (const [i, message] of messages.entries()) if (results[i] === null) results[i] = fail(message, unavailable)
           for (const cut of dropped) {
             yield* Effect.logWarning("headers left out: the header table would exceed what AMQP can carry").pipe(
               Effect.annotateLogs({ exchange: cut.exchange, headers: cut.headers.slice(0, 20).map((name) => name.slice(0, 100)) })
@@ -154,7 +152,7 @@ export class Publisher extends Context.Service<Publisher, {
             const error = results[i]
             span.end(now, error === undefined ? Exit.void : Exit.fail(error))
           }
-          return results
+          return results as Array<PublishError | undefined>
         })
 
       const publish = (message: OutgoingMessage) =>

@@ -1,5 +1,5 @@
 import { NodeHttpServer } from "@effect/platform-node"
-import { Config, Context, Duration, Effect, Layer, Ref } from "effect"
+import { Context, Duration, Effect, Layer, Ref } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { createServer } from "node:http"
 import { StoreHealth } from "../stores/services.ts"
@@ -65,11 +65,14 @@ const routes = HttpRouter.use(Effect.fn(function*(router) {
   )
 }))
 
-/** `GET /healthz`, `/readyz` and `/metrics` on `HTTP_PORT` (default 9464). */
-export const httpLayer = Layer.unwrap(Effect.gen(function*() {
-  const port = yield* Config.Port("HTTP_PORT").pipe(Config.withDefault(9464))
-  const host = yield* Config.String("HTTP_HOST").pipe(Config.withDefault("0.0.0.0"))
-  return HttpRouter.serve(routes, { disableLogger: true }).pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { port, host }))
+/** Where the HTTP endpoints listen (`httpSettings` in src/config.ts reads it). */
+export interface HttpSettings {
+  readonly port: number
+  readonly host: string
+}
+
+/** `GET /healthz`, `/readyz` and `/metrics`. */
+export const httpLayer = (settings: HttpSettings) =>
+  HttpRouter.serve(routes, { disableLogger: true }).pipe(
+    Layer.provide(NodeHttpServer.layer(createServer, { port: settings.port, host: settings.host }))
   )
-}))

@@ -1,4 +1,4 @@
-import { Config, Context, Effect, Layer, Logger, References, Tracer } from "effect"
+import { Context, Layer, type LogLevel, Logger, References, Tracer } from "effect"
 
 /**
  * One JSON line per log entry (SPEC 7): timestamp, level, message, every annotation as a
@@ -35,20 +35,14 @@ const safeJson = (value: unknown) => {
   }
 }
 
-const LogLevel = Config.Literals(["All", "Trace", "Debug", "Info", "Warn", "Error", "Fatal", "None"], "LOG_LEVEL").pipe(
-  Config.orElse(() =>
-    Config.Literals(["all", "trace", "debug", "info", "warn", "error", "fatal", "none"], "LOG_LEVEL").pipe(
-      Config.map((level) => (level[0]!.toUpperCase() + level.slice(1)) as "All" | "Trace" | "Debug" | "Info" | "Warn" | "Error" | "Fatal" | "None")
-    )
-  ),
-  Config.withDefault("Info" as const)
-)
+/** The least severe level written (`loggingSettings` in src/config.ts reads `LOG_LEVEL`). */
+export interface LoggingSettings {
+  readonly level: LogLevel.LogLevel
+}
 
-/** JSON logging at the level `LOG_LEVEL` names (default info). */
-export const layer = Layer.unwrap(Effect.gen(function*() {
-  const level = yield* LogLevel
-  return Layer.mergeAll(
+/** JSON logging at the settings' level. */
+export const layer = (settings: LoggingSettings) =>
+  Layer.mergeAll(
     Logger.layer([withTrace]),
-    Layer.succeed(References.MinimumLogLevel, level)
+    Layer.succeed(References.MinimumLogLevel, settings.level)
   )
-}))

@@ -1,29 +1,32 @@
 import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Config, Effect, Layer, Option, type Tracer } from "effect"
+import { Effect, Layer, Option, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
 
+/** Where traces go (`tracingSettings` in src/config.ts reads the standard `OTEL_*` variables). */
+export interface TracingSettings {
+  /** The OTLP/HTTP traces URL; none: no exporter runs and nothing else changes. */
+  readonly tracesUrl: Option.Option<string>
+  readonly serviceName: string
+}
+
 /**
- * OpenTelemetry tracing over OTLP/HTTP, configured by the standard variables:
- * `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), `OTEL_SERVICE_NAME`,
- * `OTEL_RESOURCE_ATTRIBUTES`. With no endpoint no exporter runs and nothing else changes.
+ * OpenTelemetry tracing over OTLP/HTTP. `OTEL_RESOURCE_ATTRIBUTES` is read by the library itself
+ * (`NodeSdk`'s `Resource.layerFromEnv`), the one setting that does not pass through src/config.ts.
  */
-export const layer = Layer.unwrap(Effect.gen(function*() {
-  const endpoint = yield* Config.option(Config.String("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-  const base = yield* Config.option(Config.String("OTEL_EXPORTER_OTLP_ENDPOINT"))
-  const serviceName = yield* Config.String("OTEL_SERVICE_NAME").pipe(Config.withDefault("inventory-event-consumer"))
-  const url = Option.isSome(endpoint)
-    ? Option.some(endpoint.value)
-    : Option.map(base, (b) => `${b.replace(/\/+$/, "")}/v1/traces`)
-  if (Option.isNone(url)) return Layer.empty
-  yield* Effect.logInfo("exporting traces").pipe(Effect.annotateLogs({ otlp_traces_url: url.value }))
-  return NodeSdk.layer(() => ({
-    resource: { serviceName },
-    spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter({ url: url.value }), { scheduledDelayMillis: 1000 }),
-    shutdownTimeout: "5 seconds"
-  }))
-}))
+export const layer = (settings: TracingSettings): Layer.Layer<never> => {
+  if (Option.isNone(settings.tracesUrl)) return Layer.empty
+  const url = settings.tracesUrl.value
+  return Layer.unwrap(Effect.logInfo("exporting traces").pipe(
+    Effect.annotateLogs({ otlp_traces_url: url }),
+    Effect.as(NodeSdk.layer(() => ({
+      resource: { serviceName: settings.serviceName },
+      spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter({ url }), { scheduledDelayMillis: 1000 }),
+      shutdownTimeout: "5 seconds"
+    })))
+  ))
+}
 
 const utf8 = new TextDecoder("utf-8", { fatal: true })
 

@@ -4,7 +4,7 @@ import { ConfigProvider, Effect, Layer, Logger, ManagedRuntime } from "effect"
 import { afterAll, beforeAll, expect, it } from "vitest"
 import { RuntimeConfig } from "../../src/config.ts"
 import { Broker } from "../../src/messaging/connection.ts"
-import * as DlqMonitor from "../../src/observability/dlqMonitor.ts"
+import * as DlqMonitor from "../../src/messaging/dlqMonitor.ts"
 import { createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 
 /**

@@ -1,11 +1,10 @@
 import { PgClient } from "@effect/sql-pg"
-import { Config, Context, type Duration, Effect, Layer, Redacted } from "effect"
+import { Context, type Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { migrate } from "./migrations.ts"
 
-export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-
+/** The database section of the settings (`databaseSettings` in src/config.ts reads it). */
 export interface DatabaseOptions {
   readonly url: Redacted.Redacted | string
   /** Every table lives here; it is the connections' `search_path`. */
@@ -14,13 +13,6 @@ export interface DatabaseOptions {
   /** How long opening a connection may take (default 10 s); measured on the Effect clock. */
   readonly connectTimeout?: Duration.Input | undefined
 }
-
-/** `DATABASE_URL`, `DATABASE_POOL_SIZE` and `DATABASE_SCHEMA`, with local-development defaults. */
-export const databaseConfig = Config.all({
-  url: Config.Redacted("DATABASE_URL").pipe(Config.withDefault(Redacted.make(DEFAULT_DATABASE_URL))),
-  poolSize: Config.Int("DATABASE_POOL_SIZE").pipe(Config.withDefault(10)),
-  schema: Config.String("DATABASE_SCHEMA").pipe(Config.withDefault("public"))
-})
 
 /**
  * How many connections the pool was built with, provided by `clientLayer` next to the client:

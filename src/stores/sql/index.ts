@@ -1,17 +1,16 @@
-import { Effect, Layer } from "effect"
-import type { ConfigError } from "effect/Config"
+import { Layer } from "effect"
 import type { MigrationError } from "effect/sql/Migrator"
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import type { Stores } from "../services.ts"
-import { databaseConfig, type DatabaseOptions, migratedClientLayer } from "./client.ts"
+import { type DatabaseOptions, migratedClientLayer } from "./client.ts"
 import { ReconciliationSql } from "./reconciliation.ts"
 import { ReservationsSql } from "./reservations.ts"
 import { StockSql } from "./stock.ts"
 import { EventLogSql, FailedEventsSql, MovementsSql, OutboxSql, StoreHealthSql, VariantsSql, WarehousesSql } from "./stores.ts"
 import { UnitOfWorkSql } from "./unitOfWork.ts"
 
-export { DEFAULT_DATABASE_URL, type DatabaseOptions, databaseConfig } from "./client.ts"
+export type { DatabaseOptions } from "./client.ts"
 export { fromSqlError, UnexpectedDatabaseError } from "./errors.ts"
 
 /** Every store service on PostgreSQL, given a migrated `SqlClient` (and `PgClient`). */
@@ -49,11 +48,6 @@ export const layerWith = (options: {
   readonly poolSize?: number | undefined
 }): Layer.Layer<Stores, SqlError | MigrationError> => storesLayer.pipe(Layer.provideMerge(migratedClientLayer(options)))
 
-/**
- * Every store on PostgreSQL as configured: `DATABASE_URL` (default
- * `postgres://postgres@127.0.0.1:5432/postgres`), `DATABASE_POOL_SIZE` (default 10),
- * `DATABASE_SCHEMA` (default `public`). Migrates when built.
- */
-export const layer: Layer.Layer<Stores, ConfigError | SqlError | MigrationError> = Layer.unwrap(
-  Effect.map(databaseConfig, (options) => storesLayer.pipe(Layer.provideMerge(migratedClientLayer(options))))
-)
+/** Every store on PostgreSQL with the database section of the settings. Migrates when built. */
+export const layer = (options: DatabaseOptions): Layer.Layer<Stores, SqlError | MigrationError> =>
+  storesLayer.pipe(Layer.provideMerge(migratedClientLayer(options)))

@@ -1,25 +1,10 @@
 import { NodeHttpClient } from "@effect/platform-node"
-import { Cause, Config, DateTime, Duration, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
+import { Cause, DateTime, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
 import { HttpClient, HttpClientRequest } from "effect/http"
 import { RuntimeConfig } from "../config.ts"
-import { Broker } from "../messaging/connection.ts"
-import { dlqDepth } from "./metrics.ts"
-import { formatTraceparent } from "./spans.ts"
-
-export interface DlqMonitorSettings {
-  readonly interval: Duration.Duration
-  readonly threshold: number
-  readonly webhook: Option.Option<Redacted.Redacted<URL>>
-  readonly webhookTimeout: Duration.Duration
-}
-
-/** `DLQ_CHECK_INTERVAL` (default 60 s), `DLQ_ALERT_THRESHOLD` (100), `ALERT_WEBHOOK_URL` (none). */
-export const dlqMonitorSettings: Config.Config<DlqMonitorSettings> = Config.all({
-  interval: Config.Duration("DLQ_CHECK_INTERVAL").pipe(Config.withDefault(Duration.seconds(60))),
-  threshold: Config.Int("DLQ_ALERT_THRESHOLD").pipe(Config.withDefault(100)),
-  webhook: Config.option(Config.URL("ALERT_WEBHOOK_URL").pipe(Config.map(Redacted.make))),
-  webhookTimeout: Config.Duration("ALERT_WEBHOOK_TIMEOUT").pipe(Config.withDefault(Duration.seconds(5)))
-})
+import { dlqDepth } from "../observability/metrics.ts"
+import { formatTraceparent } from "../observability/spans.ts"
+import { Broker } from "./connection.ts"
 
 /**
  * The DLQ monitor (SPEC 5): reads the dead-letter queue's depth every interval into the
@@ -28,9 +13,10 @@ export const dlqMonitorSettings: Config.Config<DlqMonitorSettings> = Config.all(
  * a failed POST is logged, not fatal).
  */
 export const layer = Layer.effectDiscard(Effect.gen(function*() {
-  const settings = yield* dlqMonitorSettings
+  const config = yield* RuntimeConfig
+  const settings = config.dlqMonitor
+  const queue = config.topology.deadLetterQueue
   const broker = yield* Broker
-  const queue = (yield* RuntimeConfig).topology.deadLetterQueue
   // A 4xx/5xx answer is a failed alert, as a refused connection is.
   const webhook = HttpClient.filterStatusOk(yield* HttpClient.HttpClient)
 
