@@ -124,13 +124,14 @@ describe("the dead-letter path terminates", () => {
       assert.strictEqual(sent[0]!.body.length, body.length)
     }))
 
-  it.effect("makes every text field storable: NUL visible, lone surrogates replaced, lengths capped", () =>
+  it.effect("makes every text field storable: unstorable body fields left out, header text escaped (NUL visible, lone surrogates replaced), lengths capped", () =>
     Effect.gen(function*() {
       const body = new TextEncoder().encode(JSON.stringify({ event: "a\u0000b", organization_id: "org\ud800", event_id: "e\u0000" }))
       const { stored } = yield* run("none", message(body, { "na\u0000me": "v\u0000\udc00", n: 200, long: "l".repeat(10_000) }))
-      assert.strictEqual(stored!.event_type, "a\\u0000b")
-      assert.strictEqual(stored!.organization_id, "org\ufffd")
-      assert.strictEqual(stored!.event_id, "e\\u0000")
+      // What decode's `peek` reads of a body leaves unstorable text out; headers are kept, escaped.
+      assert.strictEqual(stored!.event_type, null)
+      assert.strictEqual(stored!.organization_id, null)
+      assert.strictEqual(stored!.event_id, "msg-1") // the messageId stands in for the unstorable event_id
       assert.deepStrictEqual(stored!.headers, { "na\\u0000me": "v\\u0000\ufffd", n: 200, long: "l".repeat(4096) })
     }))
 })
