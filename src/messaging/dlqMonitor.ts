@@ -2,7 +2,7 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { Cause, DateTime, Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
 import { HttpClient, HttpClientRequest } from "effect/http"
 import { RuntimeConfig } from "../config.ts"
-import { dlqDepth } from "../observability/metrics.ts"
+import { dlqDepth, queueDepth } from "../observability/metrics.ts"
 import { formatTraceparent } from "../observability/spans.ts"
 import { Broker } from "./connection.ts"
 
@@ -16,6 +16,10 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const config = yield* RuntimeConfig
   const settings = config.dlqMonitor
   const queue = config.topology.deadLetterQueue
+  const inbound = [config.topology.catalog.queue, config.topology.orders.queue].map((name) => ({
+    name,
+    depth: Metric.withAttributes(queueDepth, { queue: name })
+  }))
   const broker = yield* Broker
   // A 4xx/5xx answer is a failed alert, as a refused connection is.
   const webhook = HttpClient.filterStatusOk(yield* HttpClient.HttpClient)
@@ -59,6 +63,10 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     const { messageCount } = yield* Effect.tryPromise(() => channel.checkQueue(queue))
     yield* Metric.update(dlqDepth, messageCount)
     if (messageCount > settings.threshold) yield* alert(messageCount)
+    // The inbound queues' depth too: with the consumption rate it tells a stalled consumer.
+    for (const q of inbound) {
+      yield* Metric.update(q.depth, (yield* Effect.tryPromise(() => channel.checkQueue(q.name))).messageCount)
+    }
   })).pipe(
     Effect.catchCause((cause) => Effect.logWarning("DLQ depth check failed").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) })))
   )

@@ -26,6 +26,11 @@ export const dlqDepth = Metric.gauge("inventory_dlq_depth", {
   description: "Messages waiting in the dead-letter queue at the last check"
 })
 
+/** Labelled by `queue`: the inbound queues, so an alert can tell messages waiting from none consumed. */
+export const queueDepth = Metric.gauge("inventory_queue_depth", {
+  description: "Messages ready in an inbound queue at the last check"
+})
+
 export const outboxPending = Metric.gauge("inventory_outbox_pending", {
   description: "Outbox rows not yet confirmed by the broker"
 })

@@ -43,14 +43,14 @@ describe("promtool", () => {
     expect(stdout).toMatch(/SUCCESS: 1 rule files found/)
     expect(stdout).toMatch(/is valid prometheus config file syntax/)
     const rules = await promtool("check", "rules", rulesFile)
-    expect(rules.stdout).toMatch(/SUCCESS: 6 rules found/)
+    expect(rules.stdout).toMatch(/SUCCESS: 7 rules found/)
   })
 
   it("runs the rules' unit tests, in which every alert both fires and clears", async () => {
     const rules = await readFile(rulesFile, "utf8")
     const tests = await readFile(file("deploy/prometheus/alerts.test.yml"), "utf8")
     const alerts = [...rules.matchAll(/^\s*- alert: (\w+)$/gm)].map((m) => m[1]!)
-    expect(alerts).toHaveLength(6)
+    expect(alerts).toHaveLength(7)
     for (const alert of alerts) {
       expect(tests, `${alert} is shown quiet`).toContain(`alertname: ${alert}, exp_alerts: [] }`)
       expect(tests, `${alert} is shown firing`).toMatch(new RegExp(`alertname: ${alert}\\n\\s+exp_alerts:\\n\\s+- exp_labels:`))
@@ -252,12 +252,12 @@ describe("the dashboard on a real Prometheus scraping the consumer", () => {
     })
     expect(await missing()).toEqual([])
 
-    // The rules the compose Prometheus loads: all six evaluated on live data without error.
+    // The rules the compose Prometheus loads: all seven evaluated on live data without error.
     const rules = await eventually("rules evaluated", async () => {
       const answer = await api("rules")
       const all = (answer.data.groups as ReadonlyArray<{ rules: ReadonlyArray<{ name: string; health: string; lastError?: string }> }>)
         .flatMap((g) => g.rules)
-      return all.length === 6 && all.every((r) => r.health === "ok") ? all : undefined
+      return all.length === 7 && all.every((r) => r.health === "ok") ? all : undefined
     }, 30_000, 500)
     expect(rules.map((r) => r.name).sort()).toEqual([
       "InventoryConsumerDown",
@@ -265,7 +265,8 @@ describe("the dashboard on a real Prometheus scraping the consumer", () => {
       "InventoryDLQDepthHigh",
       "InventoryEventErrorRate",
       "InventoryNoOutboxRelay",
-      "InventoryOutboxNotDraining"
+      "InventoryOutboxNotDraining",
+      "InventoryQueueStalled"
     ])
 
     expect(await consumer.stop()).toBe(0)

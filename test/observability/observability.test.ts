@@ -212,6 +212,8 @@ describe("observability", () => {
     const alert = await eventually("webhook alert", () => alerts.find((a) => Number(a["depth"]) > 2), 30_000)
     expect(alert).toMatchObject({ level: "critical", queue: "inventory_failed_events", threshold: 2 })
     expect(await metrics()).toMatch(/^inventory_dlq_depth [3-9]/m)
+    // The inbound queues' depth is read on the same check (the stalled-queue alert needs it).
+    expect(await metrics()).toMatch(/^inventory_queue_depth\{queue="inventory_order_consumer"\} \d+/m)
     expect(output).toContain("Inventory DLQ has")
   })
 
