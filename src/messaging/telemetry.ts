@@ -1,9 +1,9 @@
 import { Clock, Effect, Exit, LogLevel, Metric, Option, References, type Tracer } from "effect"
 import { type InboundEventType, sourceService } from "../domain/events.ts"
 import type { Outcome } from "../pipeline/pipeline.ts"
-import { eventErrors, eventProcessingSeconds, eventsConsumed } from "./metrics.ts"
-import { noStackTrace } from "./spans.ts"
-import { parseTraceparent } from "./tracing.ts"
+import { eventErrors, eventProcessingSeconds, eventsConsumed } from "../observability/metrics.ts"
+import { noStackTrace } from "../observability/spans.ts"
+import { parseTraceparent } from "../observability/tracing.ts"
 
 /** Where a message came from, as the messaging semantic conventions name it. */
 export interface MessageMeta {
