@@ -19,8 +19,8 @@ export interface Told {
   readonly trace: Trace
   /** The message committed outbox rows: wake the relay. */
   readonly nudgeRelay: boolean
-  /** Log that the message goes back to the queue, with its failure. */
-  readonly logReturned: boolean
+  /** The failure to log as the message goes back to the queue, when the outcome was a retry. */
+  readonly returned: Failure | undefined
 }
 
 /**
@@ -41,7 +41,7 @@ const told = (how: Settlement, trace: Trace, extra: Partial<Told> = {}): Told =>
   pause: false,
   trace,
   nudgeRelay: false,
-  logReturned: false,
+  returned: undefined,
   ...extra
 })
 
@@ -60,7 +60,7 @@ export const verdict = (outcome: Outcome, canDefer: boolean): Verdict =>
         ? Verdict.Defer()
         : Verdict.Settle({
           // An outage is not the message's fault (uncounted requeue); a failure that may pass is, and counts.
-          told: told(pause ? "requeue" : "retry", Trace.Finished(), { pause, logReturned: true })
+          told: told(pause ? "requeue" : "retry", Trace.Finished(), { pause, returned: failure })
         })
   })
 

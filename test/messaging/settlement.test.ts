@@ -23,11 +23,11 @@ describe("what the broker is told", () => {
       const decoded = yield* decodedEvent
       assert.deepStrictEqual(
         verdict(Outcome.Ack({ decoded }), true),
-        Verdict.Settle({ told: { how: "ack", pause: false, trace: Trace.Finished(), nudgeRelay: true, logReturned: false } })
+        Verdict.Settle({ told: { how: "ack", pause: false, trace: Trace.Finished(), nudgeRelay: true, returned: undefined } })
       )
       assert.deepStrictEqual(
         verdict(Outcome.Duplicate({ decoded }), true),
-        Verdict.Settle({ told: { how: "ack", pause: false, trace: Trace.Finished(), nudgeRelay: false, logReturned: false } })
+        Verdict.Settle({ told: { how: "ack", pause: false, trace: Trace.Finished(), nudgeRelay: false, returned: undefined } })
       )
     }))
 
@@ -48,11 +48,11 @@ describe("what the broker is told", () => {
       const decoded = yield* decodedEvent
       assert.deepStrictEqual(
         verdict(Outcome.Retry({ decoded, failure: failure("ReservationNotFound"), pause: false }), false),
-        Verdict.Settle({ told: { how: "retry", pause: false, trace: Trace.Finished(), nudgeRelay: false, logReturned: true } })
+        Verdict.Settle({ told: { how: "retry", pause: false, trace: Trace.Finished(), nudgeRelay: false, returned: failure("ReservationNotFound") } })
       )
       assert.deepStrictEqual(
         verdict(Outcome.Retry({ decoded, failure: failure("DatabaseError"), pause: true }), true),
-        Verdict.Settle({ told: { how: "requeue", pause: true, trace: Trace.Finished(), nudgeRelay: false, logReturned: true } })
+        Verdict.Settle({ told: { how: "requeue", pause: true, trace: Trace.Finished(), nudgeRelay: false, returned: failure("DatabaseError") } })
       )
     }))
 
@@ -60,7 +60,7 @@ describe("what the broker is told", () => {
     const why = failure("InsufficientStock")
     assert.deepStrictEqual(verdict(Outcome.DeadLetter({ decoded: null, failure: why }), true), Verdict.DeadLetter({ failure: why }))
     assert.deepStrictEqual(afterDeadLetter({ _tag: "DeadLettered", parked: false }, why), {
-      how: "ack", pause: false, trace: Trace.Finished(), nudgeRelay: false, logReturned: false
+      how: "ack", pause: false, trace: Trace.Finished(), nudgeRelay: false, returned: undefined
     })
     const unavailable = afterDeadLetter({ _tag: "StoreUnavailable" }, why)
     assert.deepStrictEqual([unavailable.how, unavailable.pause], ["requeue", true])
