@@ -59,7 +59,7 @@ export const makeLanes = <W, R>(rules: LaneRules<W, R>): Effect.Effect<Lanes<W, 
     const lanes = new Map<string, Array<Waiting<W>>>()
     const fibers = yield* FiberSet.make<void, never>()
 
-    const runLane = Effect.fn("runLane")(function*(key: string, lane: Array<Waiting<W>>) {
+    const runLane = Effect.fnUntraced(function*(key: string, lane: Array<Waiting<W>>) {
       while (lane.length > 0) {
         const head = lane[0]!
         const gate = yield* rules.gate
