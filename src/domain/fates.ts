@@ -21,3 +21,21 @@ export const fates = {
 } as const satisfies { readonly [Tag in InventoryErrorTag]: Fate }
 
 export const fateOf = (error: InventoryError): Fate => fates[error._tag]
+
+/**
+ * Failures that may only mean an earlier event of the same ordering key is not applied yet (a
+ * cancel delivered before its `order.placed`): the consumer tries such a message once more behind
+ * the key's other waiting messages before giving it back to the queue.
+ */
+export const awaitsPredecessor = {
+  ValidationError: false,
+  InsufficientStock: false,
+  StockNotZero: false,
+  DuplicateRecord: false,
+  ReservationNotFound: true,
+  DatabaseError: false
+} as const satisfies { readonly [Tag in InventoryErrorTag]: boolean }
+
+/** Whether a failure, by its tag, may be waiting for its key's predecessor; a defect never is. */
+export const mayAwaitPredecessor = (errorType: InventoryErrorTag | "Defect"): boolean =>
+  errorType !== "Defect" && awaitsPredecessor[errorType]

@@ -1,142 +1,44 @@
-import type amqp from "amqplib"
-import { Cause, Deferred, Duration, Effect, Exit, FiberSet, Metric, Option, Queue, Schedule, type Scope, Stream } from "effect"
-import type { ConsumerQueue, QueueType, Topology } from "../config.ts"
+import { Cause, Deferred, Duration, Effect, Fiber, Metric, Option, Result, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import type { ConsumerQueue, Topology } from "../config.ts"
 import { RuntimeConfig } from "../config.ts"
 import { orderingKey } from "../domain/events.ts"
-import { bodyDigest } from "../domain/ids.ts"
-import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, within } from "../observability/consumer.ts"
 import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
-import { type Decoded, decodeDelivery } from "../pipeline/decode.ts"
 import { EventApplier } from "../pipeline/batch.ts"
-import type { Outcome } from "../pipeline/pipeline.ts"
+import { decodeDelivery } from "../pipeline/decode.ts"
+import { type Outcome, undecodable } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
 import { describeRole, trackActivity } from "./activity.ts"
 import { Broker, BrokerError, brokerError } from "./connection.ts"
 import { deadLetter } from "./deadLetter.ts"
-import { deliveryChannel, type DeliveryChannel, type InboundMessage, settle, type Settlement } from "./inbound.ts"
+import { deliveries, deliveryChannel, deliveryCounter, type DeliveryChannel, type InboundMessage, settle, type Settlement } from "./inbound.ts"
+import { type Dropped, type Lanes, makeLanes, type Step } from "./lanes.ts"
 import type { Publisher } from "./publisher.ts"
 import { OutboxRelay } from "./relay.ts"
-
-/**
- * How many times a message has been delivered, 1 the first time.
- *
- * Quorum queues count for us (`x-delivery-count`, absent on the first delivery). Classic queues
- * only say `redelivered`, so the count is kept in this process, keyed by `messageId` (else the
- * body's digest). Its limitation: the count starts over when the process restarts or another
- * replica receives the message, so on classic queues `MAX_DELIVERIES` is a per-process bound.
- */
-export interface DeliveryCounter {
-  count(message: amqp.ConsumeMessage): number
-  /** Forget a message that reached its final outcome. */
-  forget(message: amqp.ConsumeMessage): void
-}
-
-const classicCounterLimit = 10_000
-
-export const deliveryCounter = (queueType: QueueType): DeliveryCounter => {
-  if (queueType === "quorum") {
-    return {
-      count: (message) => {
-        const header = message.properties.headers?.["x-delivery-count"]
-        const previous = typeof header === "number" ? header : typeof header === "bigint" ? Number(header) : 0
-        return previous + 1
-      },
-      forget: () => undefined
-    }
-  }
-  const counts = new Map<string, number>()
-  const identity = (message: amqp.ConsumeMessage) =>
-    typeof message.properties.messageId === "string" ? `id:${message.properties.messageId}` : `sha:${bodyDigest(message.content)}`
-  return {
-    count: (message) => {
-      const key = identity(message)
-      const count = message.fields.redelivered ? (counts.get(key) ?? 1) + 1 : 1
-      counts.delete(key)
-      counts.set(key, count)
-      // Oldest first in a Map: bound memory when messages are never seen again.
-      if (counts.size > classicCounterLimit) counts.delete(counts.keys().next().value!)
-      return count
-    },
-    forget: (message) => {
-      counts.delete(identity(message))
-    }
-  }
-}
-
-const toInbound = (via: DeliveryChannel, spec: ConsumerQueue, counter: DeliveryCounter, raw: amqp.ConsumeMessage): InboundMessage => ({
-  delivery: {
-    body: raw.content,
-    messageId: typeof raw.properties.messageId === "string" ? raw.properties.messageId : undefined,
-    headers: raw.properties.headers ?? {},
-    deliveryCount: counter.count(raw),
-    queue: spec.queue,
-    accepts: spec.eventTypes
-  },
-  exchange: raw.fields.exchange,
-  routingKey: raw.fields.routingKey,
-  headers: raw.properties.headers ?? {},
-  properties: raw.properties,
-  deliveryTag: raw.fields.deliveryTag,
-  redelivered: raw.fields.redelivered,
-  via,
-  raw
-})
-
-/**
- * The deliveries of one queue on one channel, with manual ack, as a stream. It ends when `stop`
- * completes (the consumer is cancelled first, so nothing more arrives), when the channel closes,
- * or when the broker cancels the consumer.
- */
-export const deliveries = (
-  via: DeliveryChannel,
-  spec: ConsumerQueue,
-  counter: DeliveryCounter,
-  stop: Deferred.Deferred<void>
-): Stream.Stream<InboundMessage, BrokerError> =>
-  Stream.callback<InboundMessage, BrokerError>((queue) =>
-    Effect.gen(function*() {
-      const end = () => {
-        Queue.endUnsafe(queue)
-      }
-      via.channel.once("close", end)
-      yield* Effect.addFinalizer(() => Effect.sync(() => via.channel.removeListener("close", end)))
-      if (!via.isOpen()) return end()
-      const { consumerTag } = yield* Effect.tryPromise({
-        try: () =>
-          via.channel.consume(spec.queue, (raw) => {
-            if (raw === null) return end()
-            via.received(raw)
-            Queue.offerUnsafe(queue, toInbound(via, spec, counter, raw))
-          }, { noAck: false }),
-        catch: brokerError
-      })
-      // After cancel-ok nothing more arrives for this consumer: every delivery is in the buffer.
-      yield* Deferred.await(stop).pipe(
-        Effect.andThen(Effect.tryPromise(() => via.channel.cancel(consumerTag)).pipe(Effect.ignore)),
-        Effect.andThen(Queue.end(queue)),
-        Effect.forkScoped
-      )
-    })
-  )
+import { afterDeadLetter, isFinal, returnsToQueue, Trace, type Told, verdict, Verdict } from "./settlement.ts"
+import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, within } from "./telemetry.ts"
 
 type Work = {
   readonly message: InboundMessage
-  readonly decoded: Decoded | null
-  readonly failure: Outcome | null
+  /** Applies the decoded event, or is the dead letter of one that could not be decoded. */
+  readonly outcome: Effect.Effect<Outcome, never, Stores | ReservationTimers>
   /** The message's consumer span, open from arrival to settlement. */
   readonly trace: DeliveryTrace
-  /** Already moved behind the rest of its lane once (see `runLane`). */
-  readonly deferred?: boolean
 }
 
-interface Round {
-  /** Set when a message asked consumption to hold until the database answers. */
-  pausing: boolean
-  readonly stop: Deferred.Deferred<void>
-}
+/**
+ * Whether this queue consumes. A message that needs the database asks for `Pausing`: the
+ * subscription is cancelled, what is delivered goes back, and once the lanes ran dry it is
+ * `Paused` until `StoreHealth.ping` answers.
+ */
+type Pause = "Consuming" | "Pausing" | "Paused"
+
+/** What ended a round of one subscription: the database answers again, or the session is over. */
+type RoundEnd = "resumed" | "ended"
+
+type Requirements = Scope.Scope | Broker | Publisher | OutboxRelay | RuntimeConfig | Stores | ReservationTimers
 
 const storeBackoff = Schedule.exponential("200 millis", 2).pipe(
   Schedule.modifyDelay(({ output }) => Effect.succeed(Duration.min(output, Duration.seconds(10)))),
@@ -145,130 +47,86 @@ const storeBackoff = Schedule.exponential("200 millis", 2).pipe(
 
 /**
  * Consumes one queue until the scope closes (issue 4). Messages of one ordering key run one at
- * a time in delivery order; different keys run in parallel, up to the prefetch. Outcomes:
- * Ack/Duplicate ack; DeadLetter publishes to the DLQ, records, then acks; Retry requeues (and
- * requeues the key's later messages behind it, to keep their order), and with `pause` cancels
- * the subscription until `StoreHealth.ping` answers. A lost channel ends the session: what it
+ * a time in delivery order (see `lanes.ts`); different keys run in parallel, up to the prefetch.
+ * What the broker is told comes from `settlement.ts`. A lost channel ends the session: what it
  * delivered is never settled elsewhere, and a new channel subscribes again.
  *
  * On scope close (SIGTERM) the subscription is cancelled, messages already delivered get
  * `shutdownTimeout` to finish, and whatever is left goes back to the queue.
  */
-export const consume = (
-  spec: ConsumerQueue
-): Effect.Effect<void, never, Scope.Scope | Broker | Publisher | OutboxRelay | RuntimeConfig | Stores | ReservationTimers> =>
+export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Requirements> =>
   Effect.gen(function*() {
     const broker = yield* Broker
     const config = yield* RuntimeConfig
     const relay = yield* OutboxRelay
     const health = yield* StoreHealth
+    const applier = yield* EventApplier
     const counter = deliveryCounter(config.topology.queueType)
-    const paused = Metric.withAttributes(consumerPaused, { queue: spec.queue })
-    let isPaused = false
-    yield* Metric.update(paused, 0)
+    const pausedGauge = Metric.withAttributes(consumerPaused, { queue: spec.queue })
+    const pause = yield* SubscriptionRef.make<Pause>("Consuming")
+    const shutdown = yield* Deferred.make<void>()
+    yield* Metric.update(pausedGauge, 0)
     const activity = yield* trackActivity(spec, config.topology.singleActiveConsumer, config.consumerRoleCheckInterval)
     const readiness = yield* Effect.serviceOption(Readiness)
     if (Option.isSome(readiness)) {
       // A standby is ready: it takes over when the active replica goes.
       yield* readiness.value.register(
         `consumer ${spec.queue}`,
-        Effect.sync(() => (isPaused ? "paused until the database answers" : { ok: true, detail: describeRole(activity.role()) }))
+        Effect.map(SubscriptionRef.get(pause), (state) =>
+          state === "Paused" ? "paused until the database answers" : { ok: true, detail: describeRole(activity.role()) })
       )
     }
     const logged = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.annotateLogs(effect, { queue: spec.queue })
+    const requestPause = SubscriptionRef.update(pause, (state) => (state === "Consuming" ? "Pausing" : state))
 
-    const shutdown = Deferred.makeUnsafe<void>()
-    const finished = Deferred.makeUnsafe<void>()
-    let round: Round | undefined
-
-    const session = Effect.scoped(Effect.gen(function*() {
+    /** One channel: its subscription rounds, separated by pauses, until it closes or shutdown. */
+    const session = Effect.fnUntraced(function*() {
+      // Scope of the session: the channel, closed last.
       const via = deliveryChannel(yield* broker.channel)
       yield* Effect.tryPromise({ try: () => via.channel.prefetch(spec.prefetch), catch: brokerError })
-
-      // Registered before the lanes, so it runs after they were interrupted and before the
-      // channel closes: whatever is still unsettled goes back to the queue, in delivery order.
+      /** Delivered and not settled yet, by delivery tag. */
       const held = new Map<number, InboundMessage>()
-      yield* Effect.addFinalizer(() =>
-        Effect.sync(() => {
-          via.flush()
-          for (const tag of [...held.keys()].sort((a, b) => a - b)) settle(held.get(tag)!, "requeue")
-          held.clear()
-        })
-      )
-      const lanes = new Map<string, Array<Work>>()
-      const fibers = yield* FiberSet.make<void, never>()
 
       const finish = (message: InboundMessage, how: Settlement) => {
         held.delete(message.deliveryTag)
-        if (how === "ack" || how === "reject") counter.forget(message.raw)
+        if (isFinal(how)) counter.forget(message.raw)
         settle(message, how)
       }
 
-      const act = (
-        work: Work,
-        current: Round,
-        /** Asked when it fails: whether other messages of its key wait behind it now. */
-        mayDefer: () => boolean
-      ): Effect.Effect<"done" | "requeued" | "deferred", never, Stores | ReservationTimers | Publisher> =>
+      const tell = (work: Work, outcome: Outcome, told: Told): Effect.Effect<Step> =>
         Effect.gen(function*() {
-          const { message } = work
-          const outcome = work.failure ?? (yield* (yield* EventApplier).apply(work.decoded!, message.delivery.deliveryCount))
-          switch (outcome._tag) {
-            case "Ack":
-              finish(message, "ack")
-              yield* finishDelivery(work.trace, outcome)
-              yield* relay.nudge
-              return "done" as const
-            case "Duplicate":
-              finish(message, "ack")
-              yield* finishDelivery(work.trace, outcome)
-              return "done" as const
-            case "DeadLetter": {
-              const result = yield* deadLetter(config, message, outcome.failure, outcome.decoded).pipe(
-                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": outcome.failure.errorType } }, noStackTrace)
-              )
-              switch (result._tag) {
-                case "DeadLettered":
-                  finish(message, "ack")
-                  yield* finishDelivery(work.trace, outcome)
-                  return "done" as const
-                case "StoreUnavailable":
-                  // An outage is not the message's fault: back to the queue, uncounted, and pause.
-                  current.pausing = true
-                  finish(message, "requeue")
-                  yield* abandonDelivery(work.trace, `dead-lettering waits for the database (${outcome.failure.errorType})`)
-                  return "requeued" as const
-                case "CopyUnconfirmed":
-                  // Counted, so the queue's x-delivery-limit bounds it if the broker never confirms.
-                  finish(message, "retry")
-                  yield* abandonDelivery(work.trace, `dead-letter copy unconfirmed (${outcome.failure.errorType})`)
-                  return "requeued" as const
-                case "Unrecordable":
-                  // The broker dead-letters it to the same DLQ (x-death says why): it terminates.
-                  finish(message, "reject")
-                  yield* abandonDelivery(work.trace, `dead-letter record impossible (${outcome.failure.errorType})`)
-                  return "done" as const
-              }
-            }
-            case "Retry":
-              if (outcome.failure.errorType === "ReservationNotFound" && mayDefer()) {
-                // What it needs (its order.placed) may be right behind it in this lane.
-                return "deferred" as const
-              }
-              yield* Effect.logWarning("message returned to the queue").pipe(
-                Effect.annotateLogs({
-                  error_type: outcome.failure.errorType,
-                  error: outcome.failure.message,
-                  delivery_count: message.delivery.deliveryCount,
-                  pause: outcome.pause
-                })
-              )
-              if (outcome.pause) current.pausing = true
-              // An outage is not the message's fault; a failure that may pass is, and counts.
-              finish(message, outcome.pause ? "requeue" : "retry")
-              yield* finishDelivery(work.trace, outcome)
-              return "requeued" as const
+          if (told.returned !== undefined) {
+            yield* Effect.logWarning("message returned to the queue").pipe(
+              Effect.annotateLogs({
+                error_type: told.returned.errorType,
+                error: told.returned.message,
+                delivery_count: work.message.delivery.deliveryCount,
+                pause: told.pause
+              })
+            )
           }
+          if (told.pause) yield* requestPause
+          finish(work.message, told.how)
+          yield* Trace.$match(told.trace, {
+            Finished: () => finishDelivery(work.trace, outcome),
+            Abandoned: ({ reason }) => abandonDelivery(work.trace, reason)
+          })
+          if (told.nudgeRelay) yield* relay.nudge
+          return returnsToQueue(told.how) ? "requeued" : "done"
+        })
+
+      const run = (work: Work, canDefer: Effect.Effect<boolean>): Effect.Effect<Step, never, Stores | ReservationTimers | Publisher> =>
+        Effect.gen(function*() {
+          const outcome = yield* work.outcome
+          return yield* Verdict.$match(verdict(outcome, yield* canDefer), {
+            Settle: ({ told }) => tell(work, outcome, told),
+            Defer: () => Effect.succeed<Step>("deferred"),
+            DeadLetter: ({ failure }) =>
+              deadLetter(config, work.message, failure, outcome.decoded).pipe(
+                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": failure.errorType } }, noStackTrace),
+                Effect.flatMap((result) => tell(work, outcome, afterDeadLetter(result, failure)))
+              )
+          })
         }).pipe(
           within(work.trace),
           Effect.catchCause((cause) =>
@@ -277,53 +135,20 @@ export const consume = (
               Effect.annotateLogs({ cause: Cause.pretty(cause) }),
               Effect.andThen(Effect.sync(() => finish(work.message, "requeue"))),
               Effect.andThen(abandonDelivery(work.trace, "runtime defect")),
-              Effect.as("requeued" as const)
+              Effect.as<Step>("requeued")
             )
           )
         )
 
-      // One fiber per busy key, working through that key's messages in delivery order.
-      const runLane = (key: string, current: Round) =>
-        Effect.gen(function*() {
-          const lane = lanes.get(key)!
-          while (lane.length > 0) {
-            const work = lane[0]!
-            if (!via.isOpen()) {
-              // The broker has taken them back already; acking elsewhere is impossible.
-              for (const w of lane) {
-                held.delete(w.message.deliveryTag)
-                yield* abandonDelivery(w.trace, "channel closed")
-              }
-              break
-            }
-            if (current.pausing) {
-              finish(work.message, "requeue")
-              yield* abandonDelivery(work.trace, "consumption paused")
-              lane.shift()
-              continue
-            }
-            // A message failing for want of an earlier event of its key goes once behind the
-            // key's other waiting messages: after a requeue or a second consumer, the broker
-            // may have delivered a key's events out of order, and the missing one may be here.
-            const result = yield* act(work, current, () => work.deferred !== true && lane.length > 1)
-            lane.shift()
-            if (result === "deferred") {
-              lane.push({ ...work, deferred: true })
-              continue
-            }
-            if (result === "requeued") {
-              // Later messages of the key go back behind it, so they never overtake it.
-              for (const w of lane.splice(0)) {
-                finish(w.message, "requeue")
-                yield* abandonDelivery(w.trace, "kept behind a requeued message of its key")
-              }
-            }
-            if (current.pausing) Deferred.doneUnsafe(current.stop, Exit.void)
-          }
-          lanes.delete(key)
-        }).pipe(Effect.annotateLogs({ ordering_key: key }))
+      const drop = (work: Work, why: Dropped) =>
+        Effect.suspend(() => {
+          // On a closed channel the broker has taken it back already: it can be settled nowhere.
+          if (why === "channel closed") held.delete(work.message.deliveryTag)
+          else finish(work.message, "requeue")
+          return abandonDelivery(work.trace, why)
+        })
 
-      const dispatch = (message: InboundMessage, current: Round) =>
+      const dispatch = (lanes: Lanes<Work, Stores | ReservationTimers | Publisher>, message: InboundMessage) =>
         Effect.gen(function*() {
           held.set(message.deliveryTag, message)
           const trace = yield* startDelivery({
@@ -338,84 +163,100 @@ export const consume = (
             within(trace),
             Effect.result
           )
-          const work: Work = decoded._tag === "Success"
-            ? { message, decoded: decoded.success, failure: null, trace }
-            : {
-              message,
-              decoded: null,
-              failure: { _tag: "DeadLetter", decoded: null, failure: { errorType: decoded.failure._tag, message: decoded.failure.message } },
-              trace
-            }
           // Messages that cannot be decoded have no key: each gets its own lane.
-          const key = work.decoded ? orderingKey(work.decoded.event) : `undecodable:${message.deliveryTag}`
-          const lane = lanes.get(key)
-          if (lane) {
-            lane.push(work)
-            return
-          }
-          lanes.set(key, [work])
-          yield* FiberSet.run(fibers, runLane(key, current))
+          yield* Result.match(decoded, {
+            onSuccess: (event) =>
+              lanes.offer(orderingKey(event.event), {
+                message,
+                trace,
+                outcome: applier.apply(event, message.delivery.deliveryCount)
+              }),
+            onFailure: (error) =>
+              lanes.offer(`undecodable:${message.deliveryTag}`, { message, trace, outcome: Effect.succeed(undecodable(error)) })
+          })
         })
 
-      while (via.isOpen()) {
-        const current: Round = { pausing: false, stop: Deferred.makeUnsafe<void>() }
-        round = current
-        if (Deferred.isDoneUnsafe(shutdown)) Deferred.doneUnsafe(current.stop, Exit.void)
-        yield* activity.subscribed
-        yield* deliveries(via, spec, counter, current.stop).pipe(
-          Stream.runForEach((message) => Effect.andThen(activity.delivered, dispatch(message, current))),
-          Effect.ensuring(activity.unsubscribed)
-        )
-        yield* FiberSet.awaitEmpty(fibers)
-        if (Deferred.isDoneUnsafe(shutdown)) return
-        if (!current.pausing) {
-          // The broker cancelled us (queue deleted?) or the channel closed: start over.
-          if (via.isOpen()) yield* logged(Effect.logWarning("subscription cancelled by the broker"))
-          return
-        }
-        isPaused = true
-        yield* Metric.update(paused, 1)
-        yield* logged(Effect.logWarning("database unavailable: consumption paused"))
-        yield* Effect.raceFirst(
-          health.ping.pipe(Effect.retry(storeBackoff), Effect.orDie),
-          Deferred.await(shutdown)
-        )
-        isPaused = false
-        yield* Metric.update(paused, 0)
-        if (Deferred.isDoneUnsafe(shutdown)) return
-        yield* logged(Effect.logInfo("database answers again: consumption resumed"))
-      }
-    }))
-
-    yield* Effect.gen(function*() {
-      while (!Deferred.isDoneUnsafe(shutdown)) {
-        yield* session.pipe(
-          Effect.catchCause((cause) =>
-            logged(Effect.logWarning("consumer session ended").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) })))
+      /** One subscription, until the broker, a pause or shutdown ends it, then the pause if one was asked. */
+      const round = (lanes: Lanes<Work, Stores | ReservationTimers | Publisher>) =>
+        Effect.gen(function*() {
+          const stop = yield* Deferred.make<void>()
+          // A pause asked by a message, or shutdown, cancels the subscription.
+          yield* Effect.raceFirst(
+            SubscriptionRef.changes(pause).pipe(Stream.filter((state) => state === "Pausing"), Stream.runHead),
+            Deferred.await(shutdown)
+          ).pipe(Effect.andThen(Deferred.succeed(stop, undefined)), Effect.forkScoped)
+          yield* activity.subscribed
+          yield* deliveries(via, spec, counter, stop).pipe(
+            Stream.runForEach((message) => Effect.andThen(activity.delivered, dispatch(lanes, message))),
+            Effect.ensuring(activity.unsubscribed)
           )
+          yield* lanes.idle
+          if (yield* Deferred.isDone(shutdown)) return "ended" as const
+          if ((yield* SubscriptionRef.get(pause)) !== "Pausing") {
+            // The broker cancelled us (queue deleted?) or the channel closed: start over.
+            if (via.isOpen()) yield* logged(Effect.logWarning("subscription cancelled by the broker"))
+            return "ended" as const
+          }
+          yield* SubscriptionRef.set(pause, "Paused")
+          yield* Metric.update(pausedGauge, 1)
+          yield* logged(Effect.logWarning("database unavailable: consumption paused"))
+          yield* Effect.raceFirst(health.ping.pipe(Effect.retry(storeBackoff), Effect.orDie), Deferred.await(shutdown))
+          yield* SubscriptionRef.set(pause, "Consuming")
+          yield* Metric.update(pausedGauge, 0)
+          if (yield* Deferred.isDone(shutdown)) return "ended" as const
+          yield* logged(Effect.logInfo("database answers again: consumption resumed"))
+          return "resumed" as const
+        }).pipe(Effect.scoped)
+
+      const gate = Effect.map(SubscriptionRef.get(pause), (state) => (!via.isOpen() ? "closed" : state === "Consuming" ? "open" : "paused"))
+
+      // Shutdown order inside a session: (1) the inner scope closes, interrupting the lanes;
+      // (2) what they left unsettled goes back to the queue in delivery order; (3) the session's
+      // scope closes the channel.
+      yield* Effect.gen(function*() {
+        const lanes = yield* makeLanes<Work, Stores | ReservationTimers | Publisher>({ run, gate, drop })
+        yield* round(lanes).pipe(Effect.repeat({ while: (end: RoundEnd) => end === "resumed" && via.isOpen() }))
+      }).pipe(
+        Effect.scoped,
+        Effect.ensuring(Effect.sync(() => requeueHeld(via, held)))
+      )
+    }, Effect.scoped)
+
+    // A session ends with its channel; a new one starts after a short breath, until shutdown.
+    const sessions = Effect.gen(function*() {
+      if (yield* Deferred.isDone(shutdown)) return
+      yield* session().pipe(
+        Effect.catchCause((cause) =>
+          logged(Effect.logWarning("consumer session ended").pipe(Effect.annotateLogs({ cause: Cause.pretty(cause) })))
         )
-        if (!Deferred.isDoneUnsafe(shutdown)) yield* Effect.sleep("250 millis")
-      }
+      )
     }).pipe(
+      Effect.repeat({ schedule: Schedule.spaced("250 millis"), while: () => Effect.map(Deferred.isDone(shutdown), (done) => !done) }),
       Effect.provideService(ProcessingPolicy, config.processing),
-      Effect.ensuring(Deferred.succeed(finished, undefined)),
-      logged,
-      Effect.forkScoped
+      logged
     )
 
-    // Runs before the fiber above is interrupted: stop subscribing, let in-flight work finish.
-    yield* Effect.addFinalizer(() =>
+    // Shutdown order of the consumer, stated in the release: (1) stop subscribing and let the
+    // messages in flight finish within the deadline; (2) then interrupt the sessions, whose
+    // scopes return the rest to the queue before their channels close.
+    yield* Effect.acquireRelease(Effect.forkDetach(sessions), (fiber) =>
       Effect.gen(function*() {
-        Deferred.doneUnsafe(shutdown, Exit.void)
-        if (round) Deferred.doneUnsafe(round.stop, Exit.void)
-        const done = yield* Deferred.await(finished).pipe(Effect.timeoutOption(config.shutdownTimeout))
-        if (done._tag === "None") {
+        yield* Deferred.succeed(shutdown, undefined)
+        const done = yield* Fiber.await(fiber).pipe(Effect.timeoutOption(config.shutdownTimeout))
+        if (Option.isNone(done)) {
           yield* logged(Effect.logWarning("shutdown deadline passed: unfinished messages go back to the queue"))
         }
-      })
-    )
+        yield* Fiber.interrupt(fiber)
+      }))
     yield* logged(Effect.logInfo("consumer started"))
   })
+
+/** Whatever is still unsettled on a channel goes back to the queue, in delivery order. */
+const requeueHeld = (via: DeliveryChannel, held: Map<number, InboundMessage>) => {
+  via.flush()
+  for (const tag of [...held.keys()].sort((a, b) => a - b)) settle(held.get(tag)!, "requeue")
+  held.clear()
+}
 
 /** Both inbound queues, consumed until the layer's scope closes. */
 export const consumeAll = (topology: Topology) =>

@@ -6,9 +6,8 @@ import { peek } from "../pipeline/decode.ts"
 import type { FailedEvent } from "../stores/model.ts"
 import { FailedEvents } from "../stores/services.ts"
 import { Broker, brokerError } from "./connection.ts"
-import { deliveries, deliveryCounter } from "./consumer.ts"
 import { deadLetterHeaders, storableText } from "./deadLetter.ts"
-import { deliveryChannel, type InboundMessage, settle } from "./inbound.ts"
+import { deliveries, deliveryChannel, deliveryCounter, type InboundMessage, settle } from "./inbound.ts"
 
 /**
  * Dead letters the broker makes itself (a message's `expiration` passed, a quorum queue's

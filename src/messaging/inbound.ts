@@ -1,5 +1,9 @@
 import type amqp from "amqplib"
+import { Deferred, Effect, Queue, Stream } from "effect"
+import type { ConsumerQueue, QueueType } from "../config.ts"
+import { bodyDigest } from "../domain/ids.ts"
 import type { Delivery } from "../pipeline/decode.ts"
+import { type BrokerError, brokerError } from "./connection.ts"
 
 /**
  * The channel a message came on. Acks and nacks go only there: once it closed, the broker has
@@ -154,3 +158,105 @@ export const settle = (message: InboundMessage, how: Settlement): boolean => {
 }
 
 export const isSettled = (message: InboundMessage): boolean => settled.has(message)
+
+/**
+ * How many times a message has been delivered, 1 the first time.
+ *
+ * Quorum queues count for us (`x-delivery-count`, absent on the first delivery). Classic queues
+ * only say `redelivered`, so the count is kept in this process, keyed by `messageId` (else the
+ * body's digest). Its limitation: the count starts over when the process restarts or another
+ * replica receives the message, so on classic queues `MAX_DELIVERIES` is a per-process bound.
+ */
+export interface DeliveryCounter {
+  count(message: amqp.ConsumeMessage): number
+  /** Forget a message that reached its final outcome. */
+  forget(message: amqp.ConsumeMessage): void
+}
+
+const classicCounterLimit = 10_000
+
+export const deliveryCounter = (queueType: QueueType): DeliveryCounter => {
+  if (queueType === "quorum") {
+    return {
+      count: (message) => {
+        const header = message.properties.headers?.["x-delivery-count"]
+        const previous = typeof header === "number" ? header : typeof header === "bigint" ? Number(header) : 0
+        return previous + 1
+      },
+      forget: () => undefined
+    }
+  }
+  const counts = new Map<string, number>()
+  const identity = (message: amqp.ConsumeMessage) =>
+    typeof message.properties.messageId === "string" ? `id:${message.properties.messageId}` : `sha:${bodyDigest(message.content)}`
+  return {
+    count: (message) => {
+      const key = identity(message)
+      const count = message.fields.redelivered ? (counts.get(key) ?? 1) + 1 : 1
+      counts.delete(key)
+      counts.set(key, count)
+      // Oldest first in a Map: bound memory when messages are never seen again.
+      if (counts.size > classicCounterLimit) counts.delete(counts.keys().next().value!)
+      return count
+    },
+    forget: (message) => {
+      counts.delete(identity(message))
+    }
+  }
+}
+
+const toInbound = (via: DeliveryChannel, spec: ConsumerQueue, counter: DeliveryCounter, raw: amqp.ConsumeMessage): InboundMessage => ({
+  delivery: {
+    body: raw.content,
+    messageId: typeof raw.properties.messageId === "string" ? raw.properties.messageId : undefined,
+    headers: raw.properties.headers ?? {},
+    deliveryCount: counter.count(raw),
+    queue: spec.queue,
+    accepts: spec.eventTypes
+  },
+  exchange: raw.fields.exchange,
+  routingKey: raw.fields.routingKey,
+  headers: raw.properties.headers ?? {},
+  properties: raw.properties,
+  deliveryTag: raw.fields.deliveryTag,
+  redelivered: raw.fields.redelivered,
+  via,
+  raw
+})
+
+/**
+ * The deliveries of one queue on one channel, with manual ack, as a stream. It ends when `stop`
+ * completes (the consumer is cancelled first, so nothing more arrives), when the channel closes,
+ * or when the broker cancels the consumer.
+ */
+export const deliveries = (
+  via: DeliveryChannel,
+  spec: ConsumerQueue,
+  counter: DeliveryCounter,
+  stop: Deferred.Deferred<void>
+): Stream.Stream<InboundMessage, BrokerError> =>
+  Stream.callback<InboundMessage, BrokerError>((queue) =>
+    Effect.gen(function*() {
+      const end = () => {
+        Queue.endUnsafe(queue)
+      }
+      via.channel.once("close", end)
+      yield* Effect.addFinalizer(() => Effect.sync(() => via.channel.removeListener("close", end)))
+      if (!via.isOpen()) return end()
+      const { consumerTag } = yield* Effect.tryPromise({
+        try: () =>
+          via.channel.consume(spec.queue, (raw) => {
+            if (raw === null) return end()
+            via.received(raw)
+            Queue.offerUnsafe(queue, toInbound(via, spec, counter, raw))
+          }, { noAck: false }),
+        catch: brokerError
+      })
+      // After cancel-ok nothing more arrives for this consumer: every delivery is in the buffer.
+      yield* Deferred.await(stop).pipe(
+        Effect.andThen(Effect.tryPromise(() => via.channel.cancel(consumerTag)).pipe(Effect.ignore)),
+        Effect.andThen(Queue.end(queue)),
+        Effect.forkScoped
+      )
+    })
+  )

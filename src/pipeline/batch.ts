@@ -4,7 +4,7 @@ import { orderPlacedAll, type PlacedEvent } from "../handlers/orders/placedToget
 import { formatTraceparent, noStackTrace } from "../observability/spans.ts"
 import { type ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
-import { applyDecoded, type Outcome } from "./pipeline.ts"
+import { applyDecoded, Outcome } from "./pipeline.ts"
 
 /**
  * How the runtime applies a decoded event: one unit of work per event (`applyDecoded`) unless
@@ -106,8 +106,8 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
         for (const [i, result] of exit.value.entries()) {
           const item = items[i]!
           yield* Deferred.succeed(item.done, typeof result === "string"
-            ? { _tag: result === "applied" ? "Ack" : "Duplicate", decoded: item.decoded }
-            : { _tag: "DeadLetter", decoded: item.decoded, failure: { errorType: result._tag, message: result.message } })
+            ? (result === "applied" ? Outcome.Ack : Outcome.Duplicate)({ decoded: item.decoded })
+            : Outcome.DeadLetter({ decoded: item.decoded, failure: { errorType: result._tag, message: result.message } }))
         }
       }).pipe(
         Effect.catchCause((cause) =>

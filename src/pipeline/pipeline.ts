@@ -1,4 +1,4 @@
-import { Cause, Effect, Exit, Schedule } from "effect"
+import { Cause, Data, Effect, Exit, Schedule } from "effect"
 import type { InventoryError, InventoryErrorTag } from "../domain/errors.ts"
 import { fateOf } from "../domain/fates.ts"
 import { afterRollback, handleEvent } from "../handlers/dispatch.ts"
@@ -23,11 +23,15 @@ export interface Failure {
  *   and when `pause` hold consumption until the database answers;
  * - `DeadLetter`: permanent failure, or too many deliveries.
  */
-export type Outcome =
-  | { readonly _tag: "Ack"; readonly decoded: Decoded }
-  | { readonly _tag: "Duplicate"; readonly decoded: Decoded }
-  | { readonly _tag: "Retry"; readonly decoded: Decoded; readonly failure: Failure; readonly pause: boolean }
-  | { readonly _tag: "DeadLetter"; readonly decoded: Decoded | null; readonly failure: Failure }
+export type Outcome = Data.TaggedEnum<{
+  Ack: { readonly decoded: Decoded }
+  Duplicate: { readonly decoded: Decoded }
+  Retry: { readonly decoded: Decoded; readonly failure: Failure; readonly pause: boolean }
+  DeadLetter: { readonly decoded: Decoded | null; readonly failure: Failure }
+}>
+
+/** Constructors and the exhaustive `$match` of `Outcome`. */
+export const Outcome = Data.taggedEnum<Outcome>()
 
 const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: error.message })
 
@@ -65,9 +69,7 @@ export const applyDecoded = (decoded: Decoded, deliveryCount: number) =>
       Effect.exit
     )
     if (Exit.isSuccess(exit)) {
-      return exit.value === "applied"
-        ? { _tag: "Ack", decoded } satisfies Outcome
-        : { _tag: "Duplicate", decoded } satisfies Outcome
+      return exit.value === "applied" ? Outcome.Ack({ decoded }) : Outcome.Duplicate({ decoded })
     }
     const failed = exit.cause.reasons.find(Cause.isFailReason)
     if (failed === undefined) {
@@ -75,8 +77,8 @@ export const applyDecoded = (decoded: Decoded, deliveryCount: number) =>
       const failure: Failure = { errorType: "Defect", message: Cause.pretty(exit.cause).split("\n")[0]!.slice(0, 500) }
       yield* Effect.logError("handler defect").pipe(Effect.annotateLogs({ cause: Cause.pretty(exit.cause) }))
       return deliveryCount >= policy.maxDeliveries
-        ? { _tag: "DeadLetter", decoded, failure } satisfies Outcome
-        : { _tag: "Retry", decoded, failure, pause: false } satisfies Outcome
+        ? Outcome.DeadLetter({ decoded, failure })
+        : Outcome.Retry({ decoded, failure, pause: false })
     }
     const error = failed.error
     const failure = describe(error)
@@ -89,26 +91,29 @@ export const applyDecoded = (decoded: Decoded, deliveryCount: number) =>
           yield* Effect.logError("could not record the consequences of a failed event").pipe(
             Effect.annotateLogs({ cause: Cause.pretty(recorded.cause) })
           )
-          return { _tag: "Retry", decoded, failure, pause: true } satisfies Outcome
+          return Outcome.Retry({ decoded, failure, pause: true })
         }
-        return { _tag: "DeadLetter", decoded, failure } satisfies Outcome
+        return Outcome.DeadLetter({ decoded, failure })
       }
       case "retry":
         return deliveryCount >= policy.maxDeliveries
-          ? { _tag: "DeadLetter", decoded, failure: { ...failure, message: `${failure.message} (after ${deliveryCount} deliveries)` } } satisfies Outcome
-          : { _tag: "Retry", decoded, failure, pause: false } satisfies Outcome
+          ? Outcome.DeadLetter({ decoded, failure: { ...failure, message: `${failure.message} (after ${deliveryCount} deliveries)` } })
+          : Outcome.Retry({ decoded, failure, pause: false })
       case "retry_until_healthy":
         // An outage is never the message's fault: it goes back however often it was delivered.
-        return { _tag: "Retry", decoded, failure, pause: true } satisfies Outcome
+        return Outcome.Retry({ decoded, failure, pause: true })
     }
-  }).pipe(Effect.map((outcome): Outcome => outcome))
+  })
+
+/** A delivery that cannot be decoded is dead-lettered at once, with nothing decoded (SPEC 2). */
+export const undecodable = (error: InventoryError): Outcome => Outcome.DeadLetter({ decoded: null, failure: describe(error) })
 
 /** Raw bytes and properties in, one outcome out: the whole broker-free pipeline. */
 export const processDelivery = (delivery: Delivery) =>
   decodeDelivery(delivery).pipe(
     Effect.withSpan("inventory.decode", {}, noStackTrace),
     Effect.matchEffect({
-      onFailure: (error) => Effect.succeed<Outcome>({ _tag: "DeadLetter", decoded: null, failure: describe(error) }),
+      onFailure: (error) => Effect.succeed(undecodable(error)),
       onSuccess: (decoded) => applyDecoded(decoded, delivery.deliveryCount)
     })
   )

@@ -1,7 +1,7 @@
 import { assert, it } from "@effect/vitest"
 import { Context, Effect, Layer, Logger, References, Tracer } from "effect"
 import type { Decoded } from "../../src/pipeline/decode.ts"
-import { finishDelivery, startDelivery } from "../../src/observability/consumer.ts"
+import { finishDelivery, startDelivery } from "../../src/messaging/telemetry.ts"
 
 /**
  * `finishDelivery` writes one line per event (SPEC 7) inside the message's span. Since it skips

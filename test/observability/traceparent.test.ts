@@ -1,6 +1,6 @@
 import { Effect, Layer, Option, Tracer } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { startDelivery } from "../../src/observability/consumer.ts"
+import { startDelivery } from "../../src/messaging/telemetry.ts"
 import { parseTraceparent } from "../../src/observability/tracing.ts"
 import { sqlLayer } from "../sql/support.ts"
 import { freshId, freshOrg } from "../support/events.ts"

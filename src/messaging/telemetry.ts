@@ -1,9 +1,9 @@
 import { Clock, Effect, Exit, LogLevel, Metric, Option, References, type Tracer } from "effect"
 import { type InboundEventType, sourceService } from "../domain/events.ts"
-import type { Outcome } from "../pipeline/pipeline.ts"
-import { eventErrors, eventProcessingSeconds, eventsConsumed } from "./metrics.ts"
-import { noStackTrace } from "./spans.ts"
-import { parseTraceparent } from "./tracing.ts"
+import { Outcome } from "../pipeline/pipeline.ts"
+import { eventErrors, eventProcessingSeconds, eventsConsumed } from "../observability/metrics.ts"
+import { noStackTrace } from "../observability/spans.ts"
+import { parseTraceparent } from "../observability/tracing.ts"
 
 /** Where a message came from, as the messaging semantic conventions name it. */
 export interface MessageMeta {
@@ -14,18 +14,12 @@ export interface MessageMeta {
   readonly headers: Readonly<Record<string, unknown>>
 }
 
-export const outcomeLabel = (outcome: Outcome): "ack" | "duplicate" | "retry" | "dead_letter" => {
-  switch (outcome._tag) {
-    case "Ack":
-      return "ack"
-    case "Duplicate":
-      return "duplicate"
-    case "Retry":
-      return "retry"
-    case "DeadLetter":
-      return "dead_letter"
-  }
-}
+export const outcomeLabel: (outcome: Outcome) => "ack" | "duplicate" | "retry" | "dead_letter" = Outcome.$match({
+  Ack: () => "ack" as const,
+  Duplicate: () => "duplicate" as const,
+  Retry: () => "retry" as const,
+  DeadLetter: () => "dead_letter" as const
+})
 
 /** One message's consumer span and clock, from its arrival to its settlement. */
 export interface DeliveryTrace {
@@ -100,7 +94,12 @@ export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome): Effect.E
     const eventType = decoded?.event.event ?? "unknown"
     const source = decoded === null ? "unknown" : sourceService(decoded.event.event)
     const label = outcomeLabel(outcome)
-    const failure = outcome._tag === "Retry" || outcome._tag === "DeadLetter" ? outcome.failure : undefined
+    const failure = Outcome.$match(outcome, {
+      Ack: () => undefined,
+      Duplicate: () => undefined,
+      Retry: ({ failure }) => failure,
+      DeadLetter: ({ failure }) => failure
+    })
     const span = trace.span
     span.attribute("inventory.event_type", eventType)
     span.attribute("inventory.event_id", decoded?.eventId ?? "")
