@@ -439,7 +439,7 @@ const ourEnv = {
 }
 
 const seedOurs = async () => {
-  execFileSync(node, ["src/stores/sql/migrate.ts"], { env: { ...process.env, ...ourEnv }, stdio: "ignore" })
+  execFileSync(node, ["src/migrate.ts"], { env: { ...process.env, ...ourEnv }, stdio: "ignore" })
   const client = await db.connect()
   try {
     await client.query(`SET search_path TO ${schema}`)

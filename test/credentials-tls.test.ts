@@ -54,7 +54,7 @@ describe("credentials and TLS", () => {
   it("DATABASE_URL with sslmode=require never connects in plaintext and never prints the password", async () => {
     const schema = uniqueSchema("tls_require")
     schemas.push(schema)
-    const { code, output } = await node("src/stores/sql/migrate.ts", { DATABASE_URL: withPassword("require"), DATABASE_SCHEMA: schema })
+    const { code, output } = await node("src/migrate.ts", { DATABASE_URL: withPassword("require"), DATABASE_SCHEMA: schema })
     expect(code).not.toBe(0)
     expect(output).toMatch(/refused TLS|does not support TLS/)
     expect(output).not.toContain(secret)
@@ -65,7 +65,7 @@ describe("credentials and TLS", () => {
   it("the same URL with sslmode=disable connects (the TLS request is what made the difference)", async () => {
     const schema = uniqueSchema("tls_disable")
     schemas.push(schema)
-    const { code, output } = await node("src/stores/sql/migrate.ts", { DATABASE_URL: withPassword("disable"), DATABASE_SCHEMA: schema })
+    const { code, output } = await node("src/migrate.ts", { DATABASE_URL: withPassword("disable"), DATABASE_SCHEMA: schema })
     expect(code).toBe(0)
     expect(output).not.toContain(secret)
     expect(await schemaExists(schema)).toBe(true)

@@ -126,7 +126,7 @@ export const runChaos = async (o: ChaosOptions): Promise<ChaosResult> => {
     // 10 MB unless the broker refuses that much; then the largest it accepts (still above our limit).
     const hugeBytes = Math.min(10 * 1024 * 1024, maxMessage - 4096)
     await createVhost(vhost)
-    await exec(process.execPath, ["src/stores/sql/migrate.ts"], { cwd: o.cwd, env: { ...process.env, ...env } })
+    await exec(process.execPath, ["src/migrate.ts"], { cwd: o.cwd, env: { ...process.env, ...env } })
     await seed(query)
 
     // A durable capture queue on the outbound exchange outlives the killed connections.

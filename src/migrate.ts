@@ -1,7 +1,7 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import { databaseSettings } from "../../config.ts"
-import { clientLayer, prepareSchema } from "./client.ts"
+import { databaseSettings } from "./config.ts"
+import { clientLayer, prepareSchema } from "./stores/sql/client.ts"
 
 /**
  * `npm run migrate`: applies pending migrations to the configured database, then exits. An entry
