@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { addWarehouse, freshId, freshOrg, putStock } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import { startConsumer } from "../reservations/support.ts"
 
 /**

@@ -8,7 +8,7 @@ import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Movements } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg } from "../support/events.ts"
 import { connectionCount, createVhost, deleteVhost, eventually, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
  * `npm start` outside the image (issue 19): npm forwards SIGTERM and SIGINT to its script's

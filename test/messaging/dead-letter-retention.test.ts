@@ -7,7 +7,7 @@ import type { FailedEvent } from "../../src/stores/model.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import { type FailedEventFilter, FailedEvents, type Stores } from "../../src/stores/services.ts"
 import { freshOrg } from "../support/events.ts"
-import { sqlStoresLayer } from "../sql/support.ts"
+import { sqlStoresLayer } from "../support/sql.ts"
 
 /**
  * `failed_events` on both stores: keyset paging in (failed_at, seq) order with the organization

@@ -9,7 +9,7 @@ import type { InboundMessage } from "../../src/messaging/inbound.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, quantities } from "../support/events.ts"
 import { consumerInVhost, eventually, queuesSettled, rabbitmqctl, vhostUrl } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * Issue 15 items 1, 5 and 6 on the real broker and PostgreSQL: hostile messages whose dead-letter

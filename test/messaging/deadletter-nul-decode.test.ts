@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities } from "../support/events.ts"
 import { consumerInVhost, eventually, queuesSettled } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * Issue 15 item 1, the two cases decoding settles (SPEC 2: text PostgreSQL cannot store is a

@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, quantities } from "../support/events.ts"
 import { consumerInVhost, eventually, queuesSettled } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * SPEC 5, the last resort on the real broker: a dead letter for which not even the minimal record

@@ -14,7 +14,7 @@ import {
   testEnv,
   uniqueVhost
 } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * SPEC 5 on a real broker and PostgreSQL: what is dead-lettered (at once, or after too many

@@ -6,7 +6,7 @@ import { consumerPaused } from "../../src/observability/metrics.ts"
 import { FailedEvents, Movements } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, queuesSettled, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * The circuit breaker of SPEC 5: PostgreSQL stops for longer than the in-process retry schedule.

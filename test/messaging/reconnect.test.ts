@@ -13,7 +13,7 @@ import {
   testEnv,
   uniqueVhost
 } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * Connection recovery (SPEC 5) under load: every client connection of the vhost is killed

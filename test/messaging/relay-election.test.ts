@@ -8,7 +8,7 @@ import { Publisher } from "../../src/messaging/publisher.ts"
 import { OutboxRelay } from "../../src/messaging/relay.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Outbox } from "../../src/stores/services.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import { createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 
 /**

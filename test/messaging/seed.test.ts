@@ -4,7 +4,7 @@ import { FailedEvents, Reservations, Variants } from "../../src/stores/services.
 import { addWarehouse, putStock, quantities } from "../support/events.ts"
 import { type Captured, createVhost, queuesSettled, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 import { seedExamples, type SeedEventType } from "../support/seed.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * SPEC 1-6 end to end: every example of the seed, published to its exchange on a real broker,

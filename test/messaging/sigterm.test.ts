@@ -7,7 +7,7 @@ import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Movements, Reconciliation, Warehouses } from "../../src/stores/services.ts"
 import { freshId } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 
 /**

@@ -12,7 +12,7 @@ import * as SqlStores from "../../src/stores/sql/index.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, rabbitmqctl, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
  * Two replicas (two consumer runtimes on one vhost and one database). With single active

@@ -9,7 +9,7 @@ import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Warehouses } from "../../src/stores/services.ts"
 import { adjustStock } from "../../src/handlers/returns.ts"
 import { UnitOfWork } from "../../src/stores/services.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import { closeConnections, createVhost, deleteVhost, eventually, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
 
 /**

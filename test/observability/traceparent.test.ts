@@ -2,7 +2,7 @@ import { Effect, Layer, Option, Tracer } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { startDelivery } from "../../src/messaging/telemetry.ts"
 import { parseTraceparent } from "../../src/observability/tracing.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 import { freshId, freshOrg } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 

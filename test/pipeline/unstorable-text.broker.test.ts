@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { FailedEvents } from "../../src/stores/services.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 import { freshId, freshOrg } from "../support/events.ts"
 import { consumerInVhost, eventually, queuesSettled } from "../support/rabbit.ts"
 

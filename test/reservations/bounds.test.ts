@@ -5,7 +5,7 @@ import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import type { ReservationSchedule, ReservationStatus } from "../../src/stores/model.ts"
 import { type ReservationRef, Reservations, ReservationTimers, type Stores } from "../../src/stores/services.ts"
-import { sqlStoresLayer } from "../sql/support.ts"
+import { sqlStoresLayer } from "../support/sql.ts"
 import { freshOrg } from "../support/events.ts"
 
 /**

@@ -4,7 +4,7 @@ import * as Scheduler from "../../src/reservations/scheduler.ts"
 import { Reconciliation, ReservationTimers } from "../../src/stores/services.ts"
 import { addWarehouse, freshOrg, putStock, quantities, reservationsOf } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
-import { sqlStoresLayer } from "../sql/support.ts"
+import { sqlStoresLayer } from "../support/sql.ts"
 import { captureQueue, installAudit, orderPlaced, outboxRowsOf, released, stockChangesOf, transitionsOf } from "./support.ts"
 
 /**

@@ -5,7 +5,7 @@ import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Outbox, Reconciliation } from "../../src/stores/services.ts"
 import { addWarehouse, freshOrg, putStock, quantities, reservationsOf } from "../support/events.ts"
 import { createVhost, deleteVhost, eventually, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import {
   captureQueue,
   installAudit,

@@ -8,7 +8,7 @@ import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Reconciliation, Reservations, ReservationTimers, type Stores } from "../../src/stores/services.ts"
 import { addWarehouse, freshOrg, putStock, quantities, reservationsOf, send } from "../support/events.ts"
 import { eventually } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../sql/support.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import { installAudit, noTimers, outboxRowsOf, stockChangesOf, transitionsOf } from "./support.ts"
 
 /**

@@ -1,10 +1,10 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { ReservationTimers } from "../src/stores/services.ts"
-import * as Scheduler from "../src/reservations/scheduler.ts"
-import * as MemoryStores from "../src/stores/memory/stores.ts"
-import { addWarehouse, freshOrg, noRetries, outboxOf, putStock, quantities, reservationsOf, send } from "./support/events.ts"
+import { ReservationTimers } from "../../src/stores/services.ts"
+import * as Scheduler from "../../src/reservations/scheduler.ts"
+import * as MemoryStores from "../../src/stores/memory/stores.ts"
+import { addWarehouse, freshOrg, noRetries, outboxOf, putStock, quantities, reservationsOf, send } from "../support/events.ts"
 
 /** Timers only: a sweep interval far beyond any test, so every release proves a timer fired. */
 const timersOnly = Scheduler.layer({ sweepInterval: "1000 days", sweepBatch: 100 }).pipe(Layer.provideMerge(MemoryStores.layer))

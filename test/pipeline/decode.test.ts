@@ -1,8 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
-import { catalogEventTypes, type InboundEventType, inboundEventTypes, orderEventTypes } from "../src/domain/events.ts"
-import { decodeDelivery } from "../src/pipeline/decode.ts"
-import { seedExamples } from "./support/seed.ts"
+import { catalogEventTypes, type InboundEventType, inboundEventTypes, orderEventTypes } from "../../src/domain/events.ts"
+import { decodeDelivery } from "../../src/pipeline/decode.ts"
+import { seedExamples } from "../support/seed.ts"
 
 const bytes = (value: unknown) => new TextEncoder().encode(typeof value === "string" ? value : JSON.stringify(value))
 

@@ -16,7 +16,7 @@ import {
   Warehouses
 } from "../../src/stores/services.ts"
 import { fromSqlError, UnexpectedDatabaseError } from "../../src/stores/sql/index.ts"
-import { sqlStoresLayer } from "./support.ts"
+import { sqlStoresLayer } from "../support/sql.ts"
 
 let counter = 0
 const freshOrg = () => `org-${(counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest"
-import { formatTable } from "../bench/chaos/audit.ts"
-import { ensurePostgres } from "../bench/chaos/infra.ts"
-import { runChaos } from "../bench/chaos/run.ts"
+import { formatTable } from "../../bench/chaos/audit.ts"
+import { ensurePostgres } from "../../bench/chaos/infra.ts"
+import { runChaos } from "../../bench/chaos/run.ts"
 
 /**
  * The fault and abuse harness (issue 9), shortened: ~2,000 events with 5% sent twice, 1%
@@ -26,7 +26,7 @@ describe("chaos", () => {
         pairMs: 5_000,
         hugeCount: 1,
         seed: 20_260_109,
-        cwd: new URL("..", import.meta.url).pathname,
+        cwd: new URL("../..", import.meta.url).pathname,
         databaseUrl,
         settleTimeoutMs: 90_000,
         log: () => undefined

@@ -1,14 +1,14 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import * as TestClock from "effect/testing/TestClock"
-import { RuntimeConfig } from "../src/config.ts"
-import type { OutboundEvent } from "../src/domain/published.ts"
-import { type OutgoingMessage, Publisher, PublishError } from "../src/messaging/publisher.ts"
-import { OutboxRelay } from "../src/messaging/relay.ts"
-import { MemoryDatabase } from "../src/stores/memory/MemoryDatabase.ts"
-import * as MemoryStores from "../src/stores/memory/stores.ts"
-import { Outbox, type Stores } from "../src/stores/services.ts"
-import { sqlStoresLayer } from "./sql/support.ts"
+import { RuntimeConfig } from "../../src/config.ts"
+import type { OutboundEvent } from "../../src/domain/published.ts"
+import { type OutgoingMessage, Publisher, PublishError } from "../../src/messaging/publisher.ts"
+import { OutboxRelay } from "../../src/messaging/relay.ts"
+import { MemoryDatabase } from "../../src/stores/memory/MemoryDatabase.ts"
+import * as MemoryStores from "../../src/stores/memory/stores.ts"
+import { Outbox, type Stores } from "../../src/stores/services.ts"
+import { sqlStoresLayer } from "../support/sql.ts"
 
 const row = (id: string) => ({
   event_id: id,

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { readFileSync } from "node:fs"
 
-const read = (file: string) => readFileSync(new URL(`../${file}`, import.meta.url), "utf8")
+const read = (file: string) => readFileSync(new URL(`../../${file}`, import.meta.url), "utf8")
 
 describe("deployment", () => {
   it("the image runs the consumer with the flags of npm start (heap bounds, V8 pool sized from the cores)", () => {

@@ -5,7 +5,7 @@ import type { Outcome } from "../../src/pipeline/pipeline.ts"
 import { liveStatuses } from "../../src/stores/model.ts"
 import { Reconciliation, Reservations, UnitOfWork } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, noRetries, outboxOf, putStock, quantities, reservationsOf, send } from "../support/events.ts"
-import { sqlLayer } from "./support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * Real concurrency: every event runs through the real pipeline in its own unit of work, on

@@ -2,8 +2,8 @@ import { execFile } from "node:child_process"
 import { promisify } from "node:util"
 import pg from "pg"
 import { afterAll, describe, expect, it } from "vitest"
-import { freePort } from "../bench/chaos/infra.ts"
-import { testDatabaseUrl, uniqueSchema } from "./sql/support.ts"
+import { freePort } from "../../bench/chaos/infra.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
  * Issue 9: credentials come only from the environment and never appear in logs or errors;

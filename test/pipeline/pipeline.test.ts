@@ -1,12 +1,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
-import { DatabaseError, type InventoryErrorTag } from "../src/domain/errors.ts"
-import { type Fate, fates } from "../src/domain/fates.ts"
-import { ProcessingPolicy } from "../src/pipeline/policy.ts"
-import * as MemoryStores from "../src/stores/memory/stores.ts"
-import * as Scheduler from "../src/reservations/scheduler.ts"
-import { EventLog, Stock } from "../src/stores/services.ts"
-import { addWarehouse, freshOrg, outboxOf, putStock, quantities, reservationsOf, send } from "./support/events.ts"
+import { DatabaseError, type InventoryErrorTag } from "../../src/domain/errors.ts"
+import { type Fate, fates } from "../../src/domain/fates.ts"
+import { ProcessingPolicy } from "../../src/pipeline/policy.ts"
+import * as MemoryStores from "../../src/stores/memory/stores.ts"
+import * as Scheduler from "../../src/reservations/scheduler.ts"
+import { EventLog, Stock } from "../../src/stores/services.ts"
+import { addWarehouse, freshOrg, outboxOf, putStock, quantities, reservationsOf, send } from "../support/events.ts"
 
 const policy = {
   retryBaseDelay: Duration.millis(5),

@@ -2,7 +2,7 @@ import { Effect, Layer } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import { FailedEvents, Reservations } from "../../src/stores/services.ts"
-import { sqlStoresLayer } from "../sql/support.ts"
+import { sqlStoresLayer } from "../support/sql.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities } from "../support/events.ts"
 import { type Captured, createVhost, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 
