@@ -220,11 +220,11 @@ export const deadLetter = (config: DeadLetterConfig, message: InboundMessage, fa
       dlq_copied_at: null,
       headers: carriedHeaders(message.headers)
     }
-    // The copy never carries the broker's `x-death` (nor other bookkeeping): the recorder tells
+    // The copy never carries the broker's `x-death` headers: the recorder tells
     // the broker's dead letters from ours by it, whatever `x-error-type` a publisher forged.
     const carried = {
       options: carriedProperties(message.properties),
-      headers: Object.fromEntries(Object.entries(message.headers).filter(([name]) => !/^x-(death|first-death-|last-death-|delivery-count)/.test(name)))
+      headers: Object.fromEntries(Object.entries(message.headers).filter(([name]) => !/^x-(death|first-death-|last-death-)/.test(name)))
     }
 
     const attempt = Effect.exit(recordThenCopy(config.topology, message, { id, record: full, carried }))

@@ -8,7 +8,7 @@ import { FailedEvents, Outbox, Reconciliation } from "../../src/stores/services.
 import { makeCluster, type ClusterNode } from "../support/cluster.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities } from "../support/events.ts"
 import { eventually, startRuntime, testEnv } from "../support/rabbit.ts"
-import { sqlLayer } from "../sql/support.ts"
+import { sqlLayer } from "../support/sql.ts"
 
 /**
  * Issue 17, broker cluster: a three-node RabbitMQ cluster of its own on this machine (the shared
