@@ -346,7 +346,9 @@ const replay = Command.make(
             }), { discard: true }).pipe(
               Effect.provide(BrokerPublisher),
               // What went out is marked; say so before failing, so the operator knows where it stopped.
-              Effect.catchCause((cause) => Effect.andThen(Effect.andThen(out.page(done), out.end), Effect.failCause(cause)))
+              // Nothing sent yet (the broker unreachable, say): no "Nothing to replay." on the way out.
+              Effect.catchCause((cause) =>
+                Effect.andThen(sent > 0 ? Effect.andThen(out.page(done), out.end) : Effect.void, Effect.failCause(cause)))
             )
           yield* out.page(done)
         })
