@@ -6,7 +6,7 @@ import type { FailedEvent } from "../stores/model.ts"
 import { type FailedEventFilter, type FailedEventPosition, FailedEvents, type ListedFailedEvent } from "../stores/services.ts"
 import { BrokerPublisher, Database } from "./environment.ts"
 import * as Flags from "./flags.ts"
-import { type Column, failure, iso, jsonText, printJson, renderRecord, renderTable, usage } from "./output.ts"
+import { type Column, failure, iso, jsonText, minute, printJson, renderRecord, renderTable, shortId, usage } from "./output.ts"
 
 /**
  * `inventory dlq list|show|replay`: dead-lettered events as the database keeps them (after the
@@ -133,21 +133,37 @@ const eachPage = <E, R>(
     }
   })
 
-const shorten = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max - 1)}…`)
-
-const failedColumns: ReadonlyArray<Column<FailedEvent>> = [
-    { header: "ID", value: (e) => e.id },
-    { header: "EVENT_TYPE", value: (e) => e.event_type },
-    { header: "ORG", value: (e) => e.organization_id },
-    { header: "ERROR_TYPE", value: (e) => e.error_type },
-    { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
-    { header: "FAILED_AT", value: (e) => e.failed_at.toISOString() },
-    { header: "EXCHANGE", value: (e) => e.original_exchange },
-    { header: "ROUTING_KEY", value: (e) => e.original_routing_key },
-    { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
-    { header: "LAST_REPLAYED_AT", value: (e) => iso(e.last_replayed_at) },
-    { header: "REASON", value: (e) => shorten(e.error_message, 80) }
+/** Every column, ids and reason in full: `--wide`. */
+const wideColumns: ReadonlyArray<Column<FailedEvent>> = [
+  { header: "ID", value: (e) => e.id },
+  { header: "EVENT_TYPE", value: (e) => e.event_type },
+  { header: "ORG", value: (e) => e.organization_id },
+  { header: "ERROR_TYPE", value: (e) => e.error_type },
+  { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
+  { header: "FAILED_AT", value: (e) => e.failed_at.toISOString() },
+  { header: "EXCHANGE", value: (e) => e.original_exchange },
+  { header: "ROUTING_KEY", value: (e) => e.original_routing_key },
+  { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
+  { header: "LAST_REPLAYED_AT", value: (e) => iso(e.last_replayed_at) },
+  { header: "REASON", value: (e) => e.error_message }
 ]
+
+/**
+ * What fits 120 columns: short ids, time to the minute (UTC), the origin left to `--wide` and
+ * `dlq show`, the reason in whatever room is left. Caps: 8+16+18+12+20+8+7 and 7 gaps = 103.
+ */
+const narrowColumns: ReadonlyArray<Column<FailedEvent>> = [
+  { header: "ID", value: (e) => shortId(e.id) },
+  { header: "FAILED_AT", value: (e) => minute(e.failed_at) },
+  { header: "EVENT_TYPE", value: (e) => e.event_type, max: 18 },
+  { header: "ORG", value: (e) => e.organization_id, max: 12 },
+  { header: "ERROR_TYPE", value: (e) => e.error_type, max: 20 },
+  { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
+  { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
+  { header: "REASON", value: (e) => e.error_message, fill: true }
+]
+
+const failedColumns = (wide: boolean) => (wide ? wideColumns : narrowColumns)
 
 const organizationFlag = Flags.id("org", "Only this organization's dead letters").pipe(Flag.optional)
 
@@ -173,10 +189,10 @@ const filterOf = (eventType: Option.Option<string>, errorType: Option.Option<str
 
 const list = Command.make(
   "list",
-  { ...filterFlags, pageSize: pageSizeFlag, json: Flags.json },
-  ({ eventType, errorType, org, pageSize, json }) =>
+  { ...filterFlags, pageSize: pageSizeFlag, json: Flags.json, wide: Flags.wide },
+  ({ eventType, errorType, org, pageSize, json, wide }) =>
     Effect.gen(function*() {
-      const out = pagedOutput(json, failedEventJson, failedColumns, "No dead-lettered events for this filter.")
+      const out = pagedOutput(json, failedEventJson, failedColumns(wide), "No dead-lettered events for this filter.")
       yield* eachPage(filterOf(eventType, errorType, org), pageSize, (rows) => Effect.as(out.page(rows), true))
       yield* out.end
     })

@@ -98,7 +98,12 @@ describe("dlq with the running consumer", () => {
     expect(await reservationsOf("order-1")).toEqual([])
 
     // list: table and filters; show: the body byte for byte, table and JSON.
-    const table = await cli("dlq", "list")
+    // The default table fits 120 columns with a short id; --wide has every column in full.
+    const narrow = await cli("dlq", "list")
+    expect(narrow.stdout.split("\n")[0]).toMatch(/^ID\s+FAILED_AT\s+EVENT_TYPE\s+ORG\s+ERROR_TYPE\s+ATTEMPTS\s+REPLAYS\s+REASON$/)
+    expect(narrow.stdout).toMatch(new RegExp(`^${failed!.id.slice(0, 8)}\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d\\s+order\\.placed\\s+${org}\\s+InsufficientStock\\s+1\\s+0\\s+Insufficient stock`, "m"))
+    for (const line of narrow.stdout.trimEnd().split("\n")) expect(line.length).toBeLessThanOrEqual(120)
+    const table = await cli("dlq", "list", "--wide")
     expect(table.stdout.split("\n")[0]).toMatch(/^ID\s+EVENT_TYPE\s+ORG\s+ERROR_TYPE\s+ATTEMPTS\s+FAILED_AT\s+EXCHANGE\s+ROUTING_KEY\s+REPLAYS\s+LAST_REPLAYED_AT\s+REASON$/)
     expect(table.stdout).toMatch(new RegExp(`^${failed!.id}\\s+order\\.placed\\s+${org}\\s+InsufficientStock\\s+1\\s+\\S+\\s+order_events\\s+order\\.placed\\s+0\\s+-\\s+Insufficient stock`, "m"))
     expect(json<Array<FailedEventJson>>(await cli("dlq", "list", "--event-type", "order.placed", "--error-type", "InsufficientStock", "--json")).map((e) => e.id)).toEqual([failed!.id])
@@ -135,7 +140,12 @@ describe("dlq with the running consumer", () => {
     }, 60_000)
     expect(reservation).toMatchObject({ order_id: "order-1", status: "active", items: [{ variant_id: "v-1", warehouse_id: "wh-1", quantity: 3 }] })
     expect(Number.isNaN(Date.parse(reservation!.expires_at!))).toBe(false)
-    const reservationsTable = await cli("reservations", "list", "--org", org, "--status", "active")
+    const reservationsNarrow = await cli("reservations", "list", "--org", org, "--status", "active")
+    expect(reservationsNarrow.stdout).toMatch(/^RESERVATION\s+ORDER\s+STATUS\s+EXPIRES_AT\s+CREATED_AT\s+ITEMS$/m)
+    expect(reservationsNarrow.stdout).toMatch(
+      new RegExp(`^${reservation!.reservation_id.slice(0, 8)}\\s+order-1\\s+active\\s+\\S+ \\S+\\s+\\S+ \\S+\\s+v-1@wh-1x3$`, "m")
+    )
+    const reservationsTable = await cli("reservations", "list", "--org", org, "--status", "active", "--wide")
     expect(reservationsTable.stdout).toMatch(/^RESERVATION\s+ORDER\s+STATUS\s+ITEMS\s+EXPIRES_AT\s+CREATED_AT$/m)
     expect(reservationsTable.stdout).toMatch(new RegExp(`^${reservation!.reservation_id}\\s+order-1\\s+active\\s+v-1@wh-1x3\\s+\\S+Z\\s+\\S+Z$`, "m"))
     expect(json(await cli("reservations", "list", "--org", org, "--status", "cancelled", "--json"))).toEqual([])
