@@ -8,7 +8,7 @@ import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, wit
 import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
-import { type Decoded, decodeDelivery } from "../pipeline/decode.ts"
+import { type Decoded, decodeDelivery, peek } from "../pipeline/decode.ts"
 import { EventApplier } from "../pipeline/batch.ts"
 import type { Outcome } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
@@ -231,7 +231,7 @@ export const consume = (
               switch (result._tag) {
                 case "DeadLettered":
                   finish(message, "ack")
-                  yield* finishDelivery(work.trace, outcome)
+                  yield* finishDelivery(work.trace, outcome, outcome.decoded === null ? peek(message.delivery.body, message.delivery.messageId) : undefined)
                   return "done" as const
                 case "StoreUnavailable":
                   // An outage is not the message's fault: back to the queue, uncounted, and pause.
