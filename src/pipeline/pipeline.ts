@@ -29,7 +29,9 @@ export type Outcome =
   | { readonly _tag: "Retry"; readonly decoded: Decoded; readonly failure: Failure; readonly pause: boolean }
   | { readonly _tag: "DeadLetter"; readonly decoded: Decoded | null; readonly failure: Failure }
 
-const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: error.message })
+// On one line: the message becomes the x-error-message header and a log line's message, and a
+// schema's failure text spans several lines.
+const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: error.message.trim().replace(/\s*\n\s*/g, "; ") })
 
 /** One event's unit of work: the event-log row, every effect, the outbox rows, or nothing (SPEC 6). */
 export const applyOnce = (decoded: Decoded) =>
