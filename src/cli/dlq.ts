@@ -1,10 +1,11 @@
 import { Clock, Console, Duration, Effect, Option, Schema } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
+import { SqlClient } from "effect/sql/SqlClient"
 import { Id } from "../domain/primitives.ts"
 import { Publisher } from "../messaging/publisher.ts"
 import type { FailedEvent } from "../stores/model.ts"
 import { type FailedEventFilter, type FailedEventPosition, FailedEvents, type ListedFailedEvent } from "../stores/services.ts"
-import { BrokerPublisher, Database } from "./environment.ts"
+import { BrokerPublisher, Database, DatabaseWithClient } from "./environment.ts"
 import * as Flags from "./flags.ts"
 import { type Column, failure, iso, jsonText, minute, printJson, renderRecord, renderTable, shortId, usage } from "./output.ts"
 
@@ -205,11 +206,29 @@ const list = Command.make(
   Command.provide(Database)
 )
 
-const failedEventId = Argument.String("id").pipe(Argument.withSchema(Id), Argument.withDescription("Dead-letter id (from dlq list)"))
+const failedEventId = Argument.String("id").pipe(
+  Argument.withSchema(Id),
+  Argument.withDescription("Dead-letter id, or its start as dlq list shows it (8 characters)")
+)
 
 /** The dead letter, which must belong to `org` when one is given. */
-const findOrFail = (id: string, org: Option.Option<string>) =>
+/**
+ * The id as given, or the one id it is the start of: `dlq list` shows 8 characters, and they
+ * must be enough to name the record. Two ids with that start: say so, rather than pick one.
+ */
+const resolveId = (id: string) =>
   Effect.gen(function*() {
+    const sql = yield* SqlClient
+    const exact = yield* sql<{ id: string }>`SELECT id FROM failed_events WHERE id = ${id}`
+    if (exact.length > 0) return id
+    const rows = yield* sql<{ id: string }>`SELECT id FROM failed_events WHERE starts_with(id, ${id}) ORDER BY id LIMIT 2`
+    if (rows.length > 1) return yield* failure(`${id} is the start of more than one dead-letter id; give more of it (dlq list --wide shows them whole).`)
+    return rows[0]?.id ?? id
+  })
+
+const findOrFail = (given: string, org: Option.Option<string>) =>
+  Effect.gen(function*() {
+    const id = yield* resolveId(given)
     const found = yield* (yield* FailedEvents).get(id)
     if (Option.isNone(found)) return yield* failure(`No dead-lettered event with id ${id}.`)
     if (Option.isSome(org) && found.value.organization_id !== org.value) {
@@ -256,7 +275,7 @@ const show = Command.make(
     })
 ).pipe(
   Command.withDescription("Show one dead-lettered event, its headers and body (control characters shown as \\xNN escapes)"),
-  Command.provide(Database)
+  Command.provide(DatabaseWithClient)
 )
 
 export interface ReplayJson {
@@ -319,7 +338,7 @@ const outcome = (e: FailedEvent, replayed: boolean): ReplayJson => ({
 const replay = Command.make(
   "replay",
   {
-    id: Flags.id("id", "Replay this dead-lettered event").pipe(Flag.optional),
+    id: Flags.id("id", "Replay this dead-lettered event (its id, or the start dlq list shows)").pipe(Flag.optional),
     all: Flag.Boolean("all").pipe(
       Flag.withDescription("Replay every dead-lettered event not replayed yet (narrowed by the filters)"),
       Flag.withDefault(false)
@@ -393,7 +412,7 @@ const replay = Command.make(
     { command: "inventory dlq replay --all --error-type InsufficientStock --rate 10", description: "Replay a class of failures, 10 per second" },
     { command: "inventory dlq replay --all --org acme --dry-run", description: "See what --all would replay for one organization" }
   ]),
-  Command.provide(Database)
+  Command.provide(DatabaseWithClient)
 )
 
 export const dlq = Command.make("dlq").pipe(

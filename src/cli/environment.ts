@@ -1,4 +1,4 @@
-import { Cause, Layer, Redacted } from "effect"
+import { Cause, Effect, Layer, Redacted } from "effect"
 import { brokerUrls, displayUrl, RuntimeConfig } from "../config.ts"
 import { Broker } from "../messaging/connection.ts"
 import { Publisher } from "../messaging/publisher.ts"
@@ -13,6 +13,9 @@ import { CommandFailed } from "./output.ts"
 
 /** Every store on PostgreSQL; migrates when built, as the consumer does. */
 export const Database = SqlStores.layer
+
+/** The stores and the raw client beside them, for the few reads no store offers (an id by its prefix). */
+export const DatabaseWithClient = Layer.unwrap(Effect.map(SqlStores.databaseConfig, (options) => SqlStores.layerWithClient(options)))
 
 /** Publishing with confirms on the consumer's broker (declares the topology on connect). */
 export const BrokerPublisher = Publisher.layer.pipe(
