@@ -32,10 +32,6 @@ class Finished extends Schema.TaggedError<Finished>()("Finished", { code: Schema
   }
 }
 
-/**
- * A usage error is the error first and one line of hint, on stderr: the whole help (two dozen
- * lines) would push the error out of sight. `--help` and a bare command group still print help.
- */
 // "Did you mean this?\n  list" reads as one sentence: a question joins its answer with a space.
 const oneLine = (text: string) => text.trim().replace(/([?:])\s*\n\s*/g, "$1 ").replace(/\s*\n\s*/g, "; ")
 
@@ -48,6 +44,10 @@ const commandWords = () => {
   return ["inventory", ...(firstFlag === -1 ? args : args.slice(0, firstFlag))]
 }
 
+/**
+ * A usage error is the error first and one line of hint, on stderr: the whole help (two dozen
+ * lines) would push the error out of sight. `--help` and a bare command group still print help.
+ */
 const presenter: CliOutput.Presenter = {
   present: (event) =>
     event._tag === "InvalidInvocation"
