@@ -163,6 +163,8 @@ const duration = (variable: string, fallback: Duration.Duration) =>
 export const brokerUrls = (raw: string): ReadonlyArray<string> =>
   raw.split(/,(?=\s*[a-z][a-z0-9+.-]*:\/\/)/i).map((url) => url.trim()).filter((url) => url !== "")
 
+export const DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672"
+
 const amqpUrl = Config.schema(
   Schema.Redacted(Schema.String.check(Schema.makeFilter((raw: string) => {
     const urls = brokerUrls(raw)
@@ -176,7 +178,7 @@ const amqpUrl = Config.schema(
     })
   }, { message: "AMQP_URL must be an amqp:// or amqps:// URL, or several separated by commas" }))),
   "AMQP_URL"
-).pipe(Config.withDefault(Redacted.make("amqp://guest:guest@127.0.0.1:5672")))
+).pipe(Config.withDefault(Redacted.make(DEFAULT_AMQP_URL)))
 
 const queueType = Config.schema(
   Schema.Literals(["quorum", "classic"]).annotate({ message: "QUEUE_TYPE must be quorum or classic" }),
@@ -329,6 +331,9 @@ export const loggingSettings: Config.Config<LoggingSettings> = Config.all({
  */
 export const credentialedUrls = (): ReadonlyArray<string> =>
   [process.env["DATABASE_URL"], process.env["AMQP_URL"]].filter((url): url is string => url !== undefined && url !== "")
+
+/** `AMQP_URL` as set (or its default), unparsed, to say which broker a failure was about. */
+export const rawBrokerUrl = (): string => process.env["AMQP_URL"] ?? DEFAULT_AMQP_URL
 
 /** `DATABASE_URL` as set (or its default), unparsed, to say which database a failure was about. */
 export const rawDatabaseUrl = (): string => process.env["DATABASE_URL"] ?? DEFAULT_DATABASE_URL

@@ -1,12 +1,13 @@
 import { Clock, Console, Duration, Effect, Option, Schema } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
+import { SqlClient } from "effect/sql/SqlClient"
 import { Id } from "../domain/primitives.ts"
 import { Publisher } from "../messaging/publisher.ts"
 import type { FailedEvent } from "../stores/model.ts"
 import { type FailedEventFilter, type FailedEventPosition, FailedEvents, type ListedFailedEvent } from "../stores/services.ts"
-import { BrokerPublisher, Database } from "./environment.ts"
+import { BrokerPublisher, Database, DatabaseWithClient } from "./environment.ts"
 import * as Flags from "./flags.ts"
-import { type Column, failure, iso, jsonText, printJson, renderRecord, renderTable, usage } from "./output.ts"
+import { type Column, failure, iso, jsonText, minute, printJson, renderRecord, renderTable, shortId, usage } from "./output.ts"
 
 /**
  * `inventory dlq list|show|replay`: dead-lettered events as the database keeps them (after the
@@ -133,21 +134,37 @@ const eachPage = <E, R>(
     }
   })
 
-const shorten = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max - 1)}…`)
-
-const failedColumns: ReadonlyArray<Column<FailedEvent>> = [
-    { header: "ID", value: (e) => e.id },
-    { header: "EVENT_TYPE", value: (e) => e.event_type },
-    { header: "ORG", value: (e) => e.organization_id },
-    { header: "ERROR_TYPE", value: (e) => e.error_type },
-    { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
-    { header: "FAILED_AT", value: (e) => e.failed_at.toISOString() },
-    { header: "EXCHANGE", value: (e) => e.original_exchange },
-    { header: "ROUTING_KEY", value: (e) => e.original_routing_key },
-    { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
-    { header: "LAST_REPLAYED_AT", value: (e) => iso(e.last_replayed_at) },
-    { header: "REASON", value: (e) => shorten(e.error_message, 80) }
+/** Every column, ids and reason in full: `--wide`. */
+const wideColumns: ReadonlyArray<Column<FailedEvent>> = [
+  { header: "ID", value: (e) => e.id },
+  { header: "EVENT_TYPE", value: (e) => e.event_type },
+  { header: "ORG", value: (e) => e.organization_id },
+  { header: "ERROR_TYPE", value: (e) => e.error_type },
+  { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
+  { header: "FAILED_AT", value: (e) => e.failed_at.toISOString() },
+  { header: "EXCHANGE", value: (e) => e.original_exchange },
+  { header: "ROUTING_KEY", value: (e) => e.original_routing_key },
+  { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
+  { header: "LAST_REPLAYED_AT", value: (e) => iso(e.last_replayed_at) },
+  { header: "REASON", value: (e) => e.error_message }
 ]
+
+/**
+ * What fits 120 columns: short ids, time to the minute (UTC), the origin left to `--wide` and
+ * `dlq show`, the reason in whatever room is left. Caps: 8+16+18+12+20+8+7 and 7 gaps = 103.
+ */
+const narrowColumns: ReadonlyArray<Column<FailedEvent>> = [
+  { header: "ID", value: (e) => shortId(e.id) },
+  { header: "FAILED_AT", value: (e) => minute(e.failed_at) },
+  { header: "EVENT_TYPE", value: (e) => e.event_type, max: 18 },
+  { header: "ORG", value: (e) => e.organization_id, max: 12 },
+  { header: "ERROR_TYPE", value: (e) => e.error_type, max: 20 },
+  { header: "ATTEMPTS", value: (e) => e.attempts, align: "right" },
+  { header: "REPLAYS", value: (e) => e.replay_count, align: "right" },
+  { header: "REASON", value: (e) => e.error_message, fill: true }
+]
+
+const failedColumns = (wide: boolean) => (wide ? wideColumns : narrowColumns)
 
 const organizationFlag = Flags.id("org", "Only this organization's dead letters").pipe(Flag.optional)
 
@@ -173,10 +190,10 @@ const filterOf = (eventType: Option.Option<string>, errorType: Option.Option<str
 
 const list = Command.make(
   "list",
-  { ...filterFlags, pageSize: pageSizeFlag, json: Flags.json },
-  ({ eventType, errorType, org, pageSize, json }) =>
+  { ...filterFlags, pageSize: pageSizeFlag, json: Flags.json, wide: Flags.wide },
+  ({ eventType, errorType, org, pageSize, json, wide }) =>
     Effect.gen(function*() {
-      const out = pagedOutput(json, failedEventJson, failedColumns, "No dead-lettered events for this filter.")
+      const out = pagedOutput(json, failedEventJson, failedColumns(wide), "No dead-lettered events for this filter.")
       yield* eachPage(filterOf(eventType, errorType, org), pageSize, (rows) => Effect.as(out.page(rows), true))
       yield* out.end
     })
@@ -189,11 +206,29 @@ const list = Command.make(
   Command.provide(Database)
 )
 
-const failedEventId = Argument.String("id").pipe(Argument.withSchema(Id), Argument.withDescription("Dead-letter id (from dlq list)"))
+const failedEventId = Argument.String("id").pipe(
+  Argument.withSchema(Id),
+  Argument.withDescription("Dead-letter id, or its start as dlq list shows it (8 characters)")
+)
 
 /** The dead letter, which must belong to `org` when one is given. */
-const findOrFail = (id: string, org: Option.Option<string>) =>
+/**
+ * The id as given, or the one id it is the start of: `dlq list` shows 8 characters, and they
+ * must be enough to name the record. Two ids with that start: say so, rather than pick one.
+ */
+const resolveId = (id: string) =>
   Effect.gen(function*() {
+    const sql = yield* SqlClient
+    const exact = yield* sql<{ id: string }>`SELECT id FROM failed_events WHERE id = ${id}`
+    if (exact.length > 0) return id
+    const rows = yield* sql<{ id: string }>`SELECT id FROM failed_events WHERE starts_with(id, ${id}) ORDER BY id LIMIT 2`
+    if (rows.length > 1) return yield* failure(`${id} is the start of more than one dead-letter id; give more of it (dlq list --wide shows them whole).`)
+    return rows[0]?.id ?? id
+  })
+
+const findOrFail = (given: string, org: Option.Option<string>) =>
+  Effect.gen(function*() {
+    const id = yield* resolveId(given)
     const found = yield* (yield* FailedEvents).get(id)
     if (Option.isNone(found)) return yield* failure(`No dead-lettered event with id ${id}.`)
     if (Option.isSome(org) && found.value.organization_id !== org.value) {
@@ -240,7 +275,7 @@ const show = Command.make(
     })
 ).pipe(
   Command.withDescription("Show one dead-lettered event, its headers and body (control characters shown as \\xNN escapes)"),
-  Command.provide(Database)
+  Command.provide(DatabaseWithClient)
 )
 
 export interface ReplayJson {
@@ -303,7 +338,7 @@ const outcome = (e: FailedEvent, replayed: boolean): ReplayJson => ({
 const replay = Command.make(
   "replay",
   {
-    id: Flags.id("id", "Replay this dead-lettered event").pipe(Flag.optional),
+    id: Flags.id("id", "Replay this dead-lettered event (its id, or the start dlq list shows)").pipe(Flag.optional),
     all: Flag.Boolean("all").pipe(
       Flag.withDescription("Replay every dead-lettered event not replayed yet (narrowed by the filters)"),
       Flag.withDefault(false)
@@ -346,7 +381,9 @@ const replay = Command.make(
             }), { discard: true }).pipe(
               Effect.provide(BrokerPublisher),
               // What went out is marked; say so before failing, so the operator knows where it stopped.
-              Effect.catchCause((cause) => Effect.andThen(Effect.andThen(out.page(done), out.end), Effect.failCause(cause)))
+              // Nothing sent yet (the broker unreachable, say): no "Nothing to replay." on the way out.
+              Effect.catchCause((cause) =>
+                Effect.andThen(sent > 0 ? Effect.andThen(out.page(done), out.end) : Effect.void, Effect.failCause(cause)))
             )
           yield* out.page(done)
         })
@@ -375,7 +412,7 @@ const replay = Command.make(
     { command: "inventory dlq replay --all --error-type InsufficientStock --rate 10", description: "Replay a class of failures, 10 per second" },
     { command: "inventory dlq replay --all --org acme --dry-run", description: "See what --all would replay for one organization" }
   ]),
-  Command.provide(Database)
+  Command.provide(DatabaseWithClient)
 )
 
 export const dlq = Command.make("dlq").pipe(

@@ -20,3 +20,8 @@ export const text = (name: string, description: string) =>
     Flag.withSchema(Text.pipe(Schema.check(Schema.isMinLength(1, { message: "must not be empty" })))),
     Flag.withDescription(description)
   )
+
+export const wide = Flag.Boolean("wide").pipe(
+  Flag.withDescription("Every column, ids and text in full (the table no longer fits 120 columns)"),
+  Flag.withDefault(false)
+)

@@ -1,7 +1,7 @@
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { readFileSync } from "node:fs"
 import { Cause, Effect, Logger, References, Runtime, Schema } from "effect"
-import { CliError, Command } from "effect/cli"
+import { CliError, CliOutput, Command } from "effect/cli"
 import { check } from "./check.ts"
 import { dlq } from "./dlq.ts"
 import { describeFailure } from "./environment.ts"
@@ -32,21 +32,50 @@ class Finished extends Schema.TaggedError<Finished>()("Finished", { code: Schema
   }
 }
 
+// "Did you mean this?\n  list" reads as one sentence: a question joins its answer with a space.
+const oneLine = (text: string) => text.trim().replace(/([?:])\s*\n\s*/g, "$1 ").replace(/\s*\n\s*/g, "; ")
+
+const usageHint = (commandPath: ReadonlyArray<string>) => `run \`${commandPath.join(" ")} --help\` for usage`
+
+/** The command as typed, up to its first flag: `inventory dlq replay`. */
+const commandWords = () => {
+  const args = process.argv.slice(2)
+  const firstFlag = args.findIndex((arg) => arg.startsWith("-"))
+  return ["inventory", ...(firstFlag === -1 ? args : args.slice(0, firstFlag))]
+}
+
+/**
+ * A usage error is the error first and one line of hint, on stderr: the whole help (two dozen
+ * lines) would push the error out of sight. `--help` and a bare command group still print help.
+ */
+const presenter: CliOutput.Presenter = {
+  present: (event) =>
+    event._tag === "InvalidInvocation"
+      ? Effect.sync(() => {
+        const errors = event.errors.map((error) => `inventory: ${oneLine(error.message)}\n`).join("")
+        process.stderr.write(`${errors}${usageHint(event.commandPath)}\n`)
+      })
+      : CliOutput.defaultPresenter.present(event)
+}
+
 const reportFailure = (cause: Cause.Cause<unknown>) => {
   if (Cause.hasInterruptsOnly(cause)) return Effect.failCause(cause)
   const error = Cause.squash(cause)
-  // effect/cli has already printed help and the parse error: only the exit code is left to set.
+  // The presenter has already printed the parse error (or the help): only the exit code is left to set.
   if (CliError.isCliError(error)) {
     return Effect.fail(new Finished({ code: error._tag === "ShowHelp" && error.errors.length === 0 ? 0 : exitCodes.usage }))
   }
   const { message, exitCode } = describeFailure(cause)
+  // A usage error the command itself found gets the same hint as one the parser found.
+  const hint = exitCode === exitCodes.usage ? `${usageHint(commandWords())}\n` : ""
   return Effect.andThen(
-    Effect.sync(() => process.stderr.write(`inventory: ${message}\n`)),
+    Effect.sync(() => process.stderr.write(`inventory: ${message}\n${hint}`)),
     Effect.fail(new Finished({ code: exitCode }))
   )
 }
 
 Command.run(inventory, { version }).pipe(
+  Effect.provideService(CliOutput.Presenter, presenter),
   Effect.catchCause(reportFailure),
   // stdout carries the data (tables, JSON): library logs go to stderr, warnings and worse only,
   // unless --log-level asks for more.

@@ -4,7 +4,7 @@ import type { Reservation, ReservationItem, ReservationStatus } from "../stores/
 import { Reservations } from "../stores/services.ts"
 import { Database } from "./environment.ts"
 import * as Flags from "./flags.ts"
-import { iso, print, renderTable } from "./output.ts"
+import { iso, minute, print, renderTable, shortId } from "./output.ts"
 
 /** `inventory reservations list`. */
 
@@ -38,24 +38,36 @@ const list = Command.make(
     org: Flags.organization,
     order: Flags.id("order", "Only this order").pipe(Flag.optional),
     status: Flag.Literals("status", statuses).pipe(Flag.withDescription("Only this status"), Flag.optional),
-    json: Flags.json
+    json: Flags.json,
+    wide: Flags.wide
   },
-  ({ org, order, status, json }) =>
+  ({ org, order, status, json, wide }) =>
     Effect.gen(function*() {
       const rows = yield* (yield* Reservations).list({
         organization_id: org,
         ...Option.match(order, { onNone: () => ({}), onSome: (order_id) => ({ order_id }) }),
         ...Option.match(status, { onNone: () => ({}), onSome: (s) => ({ status: s }) })
       })
+      const items = (r: Reservation) => r.items.map((i) => `${i.variant_id}@${i.warehouse_id}x${i.quantity}`).join(", ")
       yield* print(json, rows, reservationJson, () =>
-        renderTable(rows, [
-          { header: "RESERVATION", value: (r) => r.reservation_id },
-          { header: "ORDER", value: (r) => r.order_id },
-          { header: "STATUS", value: (r) => r.status },
-          { header: "ITEMS", value: (r) => r.items.map((i) => `${i.variant_id}@${i.warehouse_id}x${i.quantity}`).join(", ") },
-          { header: "EXPIRES_AT", value: (r) => iso(r.expires_at) },
-          { header: "CREATED_AT", value: (r) => r.created_at.toISOString() }
-        ], `No reservations in ${org} for this filter.`))
+        renderTable(rows, wide
+          ? [
+            { header: "RESERVATION", value: (r) => r.reservation_id },
+            { header: "ORDER", value: (r) => r.order_id },
+            { header: "STATUS", value: (r) => r.status },
+            { header: "ITEMS", value: items },
+            { header: "EXPIRES_AT", value: (r) => iso(r.expires_at) },
+            { header: "CREATED_AT", value: (r) => r.created_at.toISOString() }
+          ]
+          // Fits 120 columns: 8+24+9+16+16 and 5 gaps = 83, the items in the rest.
+          : [
+            { header: "RESERVATION", value: (r) => shortId(r.reservation_id) },
+            { header: "ORDER", value: (r) => r.order_id, max: 24 },
+            { header: "STATUS", value: (r) => r.status },
+            { header: "EXPIRES_AT", value: (r) => minute(r.expires_at) },
+            { header: "CREATED_AT", value: (r) => minute(r.created_at) },
+            { header: "ITEMS", value: items, fill: true }
+          ], `No reservations in ${org} for this filter.`))
     })
 ).pipe(
   Command.withDescription("List reservations of an organization, newest first"),

@@ -39,6 +39,18 @@ export class Broker extends Context.Service<Broker, {
       return broker
     })
   )
+
+  /**
+   * One attempt, no recovery: for operator commands, which should fail within seconds and say
+   * why (wrong credentials, unknown vhost, nothing listening) rather than wait for the broker.
+   */
+  static readonly layerConnectOnce = Layer.effect(
+    Broker,
+    Effect.gen(function*() {
+      const config = yield* RuntimeConfig
+      return yield* make(config.broker, config.topology, { connectOnce: true })
+    })
+  )
 }
 
 /** One node as amqplib's connect options: the URL's fields, heartbeat from the URL or the settings. */
@@ -101,7 +113,8 @@ const rotatingTarget = (settings: BrokerSettings) => {
   }
 }
 
-const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Topology) {
+const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Topology, options: { readonly connectOnce?: boolean } = {}) {
+  const connectOnce = options.connectOnce === true
   const run = yield* FiberSet.makeRuntime<never>()
   const log = (effect: Effect.Effect<void>) => {
     run(effect)
@@ -120,8 +133,8 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
             maxDelay: settings.reconnectMaxDelayMs,
             factor: 2,
             jitter: 0.3,
-            maxRetries: Infinity,
-            initialMaxRetries: settings.connectAttempts === 0 ? Infinity : settings.connectAttempts,
+            maxRetries: connectOnce ? 0 : Infinity,
+            initialMaxRetries: connectOnce ? 0 : settings.connectAttempts === 0 ? Infinity : settings.connectAttempts,
             waitForConnect: false,
             setup: async (model: amqp.ChannelModel) => {
               const channel = await model.createChannel()
@@ -145,13 +158,14 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
           nodes.next()
         })
         model.on("connect-failed", (error: Error) => {
-          log(Effect.logWarning("broker connection attempt failed").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message })))
+          // Connecting once, the failure is the result: the caller reports it, once.
+          if (!connectOnce) log(Effect.logWarning("broker connection attempt failed").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message })))
           nodes.next()
         })
         model.on("reconnect-scheduled", (info: { attempt: number; delay: number }) =>
           log(Effect.logInfo("broker reconnect scheduled").pipe(Effect.annotateLogs({ broker: nodes.shown(), attempt: info.attempt, delay_ms: info.delay }))))
         model.on("reconnect-failed", (error: Error) =>
-          log(Effect.logError("broker recovery gave up").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message }))))
+          connectOnce ? undefined : log(Effect.logError("broker recovery gave up").pipe(Effect.annotateLogs({ broker: nodes.shown(), reason: error.message }))))
         model.on("blocked", (reason: string) => log(Effect.logWarning("broker blocked publishing").pipe(Effect.annotateLogs({ reason }))))
         model.on("unblocked", () => log(Effect.logInfo("broker unblocked publishing")))
         // Errors also arrive as `disconnect`; a listener keeps them from crashing the process.

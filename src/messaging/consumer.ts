@@ -6,7 +6,7 @@ import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
 import { EventApplier } from "../pipeline/batch.ts"
-import { decodeDelivery } from "../pipeline/decode.ts"
+import { decodeDelivery, peek } from "../pipeline/decode.ts"
 import { type Outcome, undecodable } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
@@ -108,7 +108,8 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
           if (told.pause) yield* requestPause
           finish(work.message, told.how)
           yield* Trace.$match(told.trace, {
-            Finished: () => finishDelivery(work.trace, outcome),
+            Finished: () =>
+              finishDelivery(work.trace, outcome, outcome.decoded === null ? peek(work.message.delivery.body, work.message.delivery.messageId) : undefined),
             Abandoned: ({ reason }) => abandonDelivery(work.trace, reason)
           })
           if (told.nudgeRelay) yield* relay.nudge

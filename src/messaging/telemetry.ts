@@ -1,5 +1,6 @@
 import { Clock, Effect, Exit, LogLevel, Metric, Option, References, type Tracer } from "effect"
-import { type InboundEventType, sourceService } from "../domain/events.ts"
+import { type InboundEventType, inboundEventTypes, sourceService } from "../domain/events.ts"
+import type { Peek } from "../pipeline/decode.ts"
 import { Outcome } from "../pipeline/pipeline.ts"
 import { eventErrors, eventProcessingSeconds, eventsConsumed } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
@@ -82,17 +83,25 @@ const processingFor = attributed((eventType: string) => Metric.withAttributes(ev
 const errorsFor = attributed((eventType: string, errorType: string) =>
   Metric.withAttributes(eventErrors, { event_type: eventType, error_type: errorType }))
 
+const knownTypes = new Set<string>(inboundEventTypes)
+
 /**
  * Records what became of the message: on its span (outcome, event attributes, the error's
  * tag), in the metrics of SPEC 7, and in one structured log line; then closes the span.
  */
-export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome): Effect.Effect<void> =>
+export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome, seen?: Peek): Effect.Effect<void> =>
   Effect.gen(function*() {
     const now = yield* Clock.currentTimeNanos
     const seconds = Number(now - trace.startedNanos) / 1e9
     const decoded = outcome.decoded
-    const eventType = decoded?.event.event ?? "unknown"
-    const source = decoded === null ? "unknown" : sourceService(decoded.event.event)
+    // An undecodable message is named by what its dead letter read from it (`peek`); a metric
+    // label takes only a known type, so a stranger's body cannot mint label values.
+    const peekedType = seen?.eventType !== undefined && seen.eventType !== null && knownTypes.has(seen.eventType)
+      ? seen.eventType as InboundEventType
+      : undefined
+    const eventType = decoded?.event.event ?? peekedType ?? "unknown"
+    const source = decoded === null ? (peekedType === undefined ? "unknown" : sourceService(peekedType)) : sourceService(decoded.event.event)
+    const organizationId = decoded?.event.organization_id ?? seen?.organizationId ?? null
     const label = outcomeLabel(outcome)
     const failure = Outcome.$match(outcome, {
       Ack: () => undefined,
@@ -103,7 +112,7 @@ export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome): Effect.E
     const span = trace.span
     span.attribute("inventory.event_type", eventType)
     span.attribute("inventory.event_id", decoded?.eventId ?? "")
-    span.attribute("inventory.organization_id", decoded?.event.organization_id ?? "")
+    span.attribute("inventory.organization_id", organizationId ?? "")
     span.attribute("inventory.outcome", label)
     if (failure !== undefined) {
       span.attribute("error.type", failure.errorType)
@@ -118,10 +127,10 @@ export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome): Effect.E
       const log = level === "Info" ? Effect.logInfo : level === "Error" ? Effect.logError : Effect.logWarning
       yield* log(failure === undefined ? "event consumed" : `event ${label}: ${failure.message}`).pipe(
         Effect.annotateLogs({
-          event_type: eventType,
-          event_id: decoded?.eventId ?? trace.meta.messageId ?? null,
+          event_type: decoded === null && peekedType === undefined ? seen?.eventType ?? eventType : eventType,
+          event_id: decoded?.eventId ?? seen?.eventId ?? trace.meta.messageId ?? null,
           source,
-          organization_id: decoded?.event.organization_id ?? null,
+          organization_id: organizationId,
           processing_time_ms: Math.round(seconds * 1e5) / 100,
           outcome: label,
           ...(failure === undefined ? {} : { error_type: failure.errorType })

@@ -172,7 +172,16 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         uow.transaction(expireReservation(timer.organization_id, timer.reservation_id)).pipe(
           Effect.provideService(ReservationTimers, service),
           Effect.retry(transientRetry),
-          Effect.tap((expired) => (expired ? Metric.update(reservationsExpired, 1) : Effect.void)),
+          // Logged after the commit, so the line never reports an expiry that rolled back.
+          Effect.tap((expired) =>
+            expired
+              ? Effect.andThen(
+                Metric.update(reservationsExpired, 1),
+                Effect.logInfo("reservation expired").pipe(
+                  Effect.annotateLogs({ organization_id: timer.organization_id, reservation_id: timer.reservation_id, by: "timer" })
+                )
+              )
+              : Effect.void),
           Effect.catchCause((cause) =>
             // The sweep will find it again; nothing is lost by giving up here.
             Effect.logWarning("reservation expiry failed; the sweep will retry").pipe(
@@ -212,7 +221,10 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
 
       const sweep = uow.transaction(expireOverdue(options.sweepBatch)).pipe(
         Effect.provideService(ReservationTimers, service),
-        Effect.tap((n) => (n > 0 ? Metric.update(reservationsExpired, n) : Effect.void)),
+        Effect.tap((n) =>
+          n > 0
+            ? Effect.andThen(Metric.update(reservationsExpired, n), Effect.logInfo("reservations expired").pipe(Effect.annotateLogs({ count: n, by: "sweep" })))
+            : Effect.void),
         Effect.repeat({ while: (n) => n >= options.sweepBatch }),
         Effect.withSpan("reservation.sweep"),
         Effect.catchCause((cause) =>

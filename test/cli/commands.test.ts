@@ -231,6 +231,18 @@ describe("commands on PostgreSQL", () => {
   })
 })
 
+/** The error first, then one line of hint naming the help to read; no help text, nothing on stdout. */
+const expectUsageError = (result: { readonly stdout: string; readonly stderr: string }, message: string) => {
+  expect(result.stdout).toBe("")
+  const lines = result.stderr.trimEnd().split("\n")
+  expect(lines[0]).toMatch(/^inventory: /)
+  expect(lines[0]).toContain(message)
+  expect(lines.at(-1)).toMatch(/^run `inventory( [a-z]+)* --help` for usage$/)
+  // One line per error, and the hint: never the help's USAGE/FLAGS sections.
+  expect(lines.length).toBeLessThanOrEqual(3)
+  expect(result.stderr).not.toContain("USAGE")
+}
+
 describe.concurrent("bad arguments: a clear message and a non-zero exit, never a stack trace", () => {
   it.each([
     [["warehouse", "add", "--org", org, "--id", "wh-1"], "Missing required flag: --name"],
@@ -246,11 +258,16 @@ describe.concurrent("bad arguments: a clear message and a non-zero exit, never a
     [["stock", "explode"], "Unknown subcommand"],
     [["stock", "show", "--org", org, "--frobnicate"], "Unrecognized flag: --frobnicate"]
   ])("%j", async (args, message) => {
-    expectCleanFailure(await cli(...args), 2, message)
+    const result = await cli(...args)
+    expectCleanFailure(result, 2, message)
+    expectUsageError(result, message)
   })
 
   it("dlq replay needs exactly one of --id and --all; filters go with --all", async () => {
-    expectCleanFailure(await cli("dlq", "replay"), 2, "inventory: give exactly one of --id ID or --all")
+    const result = await cli("dlq", "replay")
+    expectCleanFailure(result, 2, "inventory: give exactly one of --id ID or --all")
+    expectUsageError(result, "give exactly one of --id ID or --all")
+    expect(result.stderr).toContain("run `inventory dlq replay --help` for usage")
     expectCleanFailure(await cli("dlq", "replay", "--id", "x", "--all"), 2, "give exactly one of --id ID or --all")
     expectCleanFailure(await cli("dlq", "replay", "--id", "x", "--error-type", "InsufficientStock"), 2, "go with --all")
   })
