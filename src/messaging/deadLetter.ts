@@ -68,7 +68,7 @@ const storableOrNull = (text: string | null | undefined, limit = fieldLimit) =>
  * so a replayed event stays in its trace (`traceparent`) and keeps what its publisher attached.
  * Names and strings are made storable and cut; past the record's budget, headers are left out.
  */
-const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
+export const carriedHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
   const carried: Record<string, string | number | boolean> = {}
   let size = 2
   for (const [rawName, value] of Object.entries(headers)) {

@@ -6,7 +6,7 @@ import { peek } from "../pipeline/decode.ts"
 import type { FailedEvent } from "../stores/model.ts"
 import { FailedEvents } from "../stores/services.ts"
 import { Broker, brokerError } from "./connection.ts"
-import { deadLetterHeaders, storableText } from "./deadLetter.ts"
+import { carriedHeaders, deadLetterHeaders, storableText } from "./deadLetter.ts"
 import { deliveries, deliveryChannel, deliveryCounter, type InboundMessage, settle } from "./inbound.ts"
 
 /**
@@ -31,33 +31,6 @@ export const unknownBrokerErrorType = "BrokerDeadLettered"
 
 const storableOrNull = (text: string | null | undefined, max = 255): string | null =>
   text === null || text === undefined ? null : storableText(text, max)
-
-/** Headers the broker or a replay sets; a replay must not carry them again. */
-const bookkeeping = /^x-(delivery-count|death|first-death-|last-death-|replay-)/
-
-/** The record's headers (jsonb) stay under this many characters of JSON, as our own records' do. */
-const headerRecordLimit = 64 * 1024
-
-/** The message's own headers with a plain value, made storable, for `dlq show` and `dlq replay`. */
-const storableHeaders = (headers: Readonly<Record<string, unknown>>): Record<string, string | number | boolean> => {
-  const kept: Record<string, string | number | boolean> = {}
-  let size = 2
-  for (const [name, value] of Object.entries(headers)) {
-    if (bookkeeping.test(name)) continue
-    const plain = typeof value === "string"
-      ? storableText(value, 4096)
-      : typeof value === "boolean" || (typeof value === "number" && Number.isFinite(value))
-      ? value
-      : undefined
-    if (plain === undefined) continue
-    const key = storableText(name, 255)
-    const added = JSON.stringify(key).length + JSON.stringify(plain).length + 2
-    if (size + added > headerRecordLimit) continue
-    kept[key] = plain
-    size += added
-  }
-  return kept
-}
 
 interface Death {
   readonly reason: string | null
@@ -144,7 +117,7 @@ export const brokerDeadLetter = (message: InboundMessage, now: Date, bodyMaxByte
     last_replayed_at: null,
     // The broker put the copy on the DLQ when it dead-lettered the message.
     dlq_copied_at: failedAt,
-    headers: storableHeaders(message.headers)
+    headers: carriedHeaders(message.headers)
   }
 }
 
