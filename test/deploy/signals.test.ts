@@ -6,8 +6,8 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { describe, expect, it } from "vitest"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Movements } from "../../src/stores/services.ts"
-import { addWarehouse, freshId, freshOrg } from "../support/events.ts"
-import { connectionCount, createVhost, deleteVhost, eventually, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
+import { addWarehouse, freshOrg } from "../support/events.ts"
+import { connectionCount, createVhost, publishReturns, TestClient, deleteVhost, eventually, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
@@ -86,23 +86,7 @@ describe("npm start and signals", () => {
         }
         expect(node, `node among ${descendants.join(", ")} under npm ${npm.pid}`).toBeDefined()
 
-        const client = await TestClient.connect(vhost)
-        for (let k = 0; k < total; k++) {
-          await client.publish("order_events", "return.received", {
-            event: "return.received",
-            version: "1.0",
-            timestamp: "2026-01-01T00:00:00Z",
-            organization_id: org,
-            event_id: freshId("evt"),
-            data: {
-              order_id: `order-${k % 25}`,
-              return_id: `ret-${k}`,
-              warehouse_id: "wh_1",
-              returned_items: [{ variant_id: `v-${k % 10}`, quantity: 1, condition: "good" }]
-            }
-          })
-        }
-        await client.close()
+        await publishReturns(vhost, org, total)
         await eventually("work under way", async () => (await applied()) > 0)
 
         process.kill(npm.pid!, signal)

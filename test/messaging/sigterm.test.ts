@@ -5,8 +5,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Movements, Reconciliation, Warehouses } from "../../src/stores/services.ts"
-import { freshId } from "../support/events.ts"
-import { createVhost, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
+import { createVhost, publishReturns, TestClient, deleteVhost, eventually, startRuntime, testEnv, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 
@@ -59,23 +58,7 @@ describe("SIGTERM under load", () => {
 
     try {
       await eventually("consumer started", () => output.includes("consumer started"))
-      const client = await TestClient.connect(vhost)
-      for (let k = 0; k < total; k++) {
-        await client.publish("order_events", "return.received", {
-          event: "return.received",
-          version: "1.0",
-          timestamp: "2026-01-01T00:00:00Z",
-          organization_id: org,
-          event_id: freshId("evt"),
-          data: {
-            order_id: `order-${k % 25}`,
-            return_id: `ret-${k}`,
-            warehouse_id: "wh_1",
-            returned_items: [{ variant_id: `v-${k % 10}`, quantity: 1, condition: "good" }]
-          }
-        })
-      }
-      await client.close()
+      await publishReturns(vhost, org, total)
       await eventually("work under way", async () => (await applied()) > 0)
       child.kill("SIGTERM")
       expect(await exited).toBe(0)
