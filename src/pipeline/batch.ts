@@ -1,57 +1,122 @@
 import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Option, Queue, type Tracer } from "effect"
-import type { OrderPlaced } from "../domain/events.ts"
-import { orderPlacedAll, type PlacedEvent } from "../handlers/orders/placedTogether.ts"
-import { formatTraceparent, noStackTrace } from "../observability/spans.ts"
-import { type ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
+import type { InventoryError } from "../domain/errors.ts"
+import { fateOf } from "../domain/fates.ts"
+import { afterRollback } from "../handlers/dispatch.ts"
+import { nowDate } from "../handlers/outbound.ts"
+import { demandOf } from "../handlers/reads.ts"
+import { noStackTrace } from "../observability/spans.ts"
+import { makeStaged, OutsideWorkingSet, type Staged } from "../stores/memory/staged.ts"
+import { type ReservationTimers, type Stores, UnitOfWork, WorkingSet } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
-import { applyDecoded, Outcome } from "./pipeline.ts"
+import { applyDecoded, applyOnce, describe, Outcome } from "./pipeline.ts"
 
 /**
  * How the runtime applies a decoded event: one unit of work per event (`applyDecoded`) unless
- * `batched` is provided, which groups the `order.placed` events ready at the same moment (issue 8).
+ * `batched` is provided, which applies the events ready at the same moment together (issue 18).
  */
 export const EventApplier = Context.Reference<{
   apply(decoded: Decoded, deliveryCount: number): Effect.Effect<Outcome, never, Stores | ReservationTimers>
 }>("inventory/pipeline/EventApplier", { defaultValue: () => ({ apply: applyDecoded }) })
 
-/** Group commit (issue 8): `order.placed` events ready together share one set-based transaction. */
+/** Group commit: events ready together share one set-based transaction. */
 export interface BatchSettings {
-  /** Most `order.placed` events per transaction; 1 turns grouping off (one transaction per event). */
+  /** Most events per transaction; 1 turns grouping off (one transaction per event). */
   readonly maxSize: number
   /** Most transactions in flight at once; beyond the first, only under a backlog (`backlogThreshold`). */
   readonly concurrency: number
 }
 
-interface Pending {
-  readonly decoded: Decoded & { readonly event: OrderPlaced }
-  readonly deliveryCount: number
-  readonly done: Deferred.Deferred<Outcome>
-  /** The caller's span: the event's work stays beneath its message's trace. */
+/**
+ * How many events must be waiting before a second group starts beside a running one: a quarter
+ * of a full group (1 when grouping is off, so every worker is used as before).
+ */
+export const backlogThreshold = (settings: BatchSettings): number => Math.max(1, Math.floor(settings.maxSize / 4))
+
+/** One event of a group, and the span its work belongs under. */
+export interface GroupEvent {
+  readonly decoded: Decoded
   readonly parent: Option.Option<Tracer.AnySpan>
 }
 
 /**
- * How many `order.placed` must be waiting before a second group starts beside a running one: a
- * quarter of a full group (1 when grouping is off, so every worker is used as before).
+ * What became of one event of a group:
+ * - `applied` / `duplicate`: as one unit of work alone would have it;
+ * - `Refused`: a permanent failure (its fate is the dead-letter queue); its effects were undone
+ *   and what the failure announces (`afterRollback`) was written in the group;
+ * - `Alone`: a failure worth retrying, or a defect: undone, to be applied again on its own with
+ *   the full retry policy once the group committed.
  */
-export const backlogThreshold = (settings: BatchSettings): number => Math.max(1, Math.floor(settings.maxSize / 4))
+export type GroupResult =
+  | "applied"
+  | "duplicate"
+  | { readonly _tag: "Refused"; readonly error: InventoryError }
+  | { readonly _tag: "Alone"; readonly error: InventoryError | null }
 
-const isPlaced = (decoded: Decoded): decoded is Decoded & { readonly event: OrderPlaced } =>
-  decoded.event.event === "order.placed"
+let staged: Staged | undefined
+/** The staged stores are built once: they hold no rows of their own, only the current group's. */
+const stagedStores = () => (staged ??= Effect.runSync(makeStaged))
+
+const isOutside = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((reason) => Cause.isDieReason(reason) && reason.defect instanceof OutsideWorkingSet)
 
 /**
- * Group commit for the hot event: the `order.placed` events that are ready together (at most one
- * per ordering key, since a key's lane waits for its event's outcome) are applied in one
- * set-based unit of work (`orderPlacedAll`), a fixed handful of statements however many there
- * are, up to `maxSize` per group; one group at a time, and up to `concurrency` at once under a
- * backlog. Each event still gets its own outcome: applied, duplicate, or dead-lettered for stock
- * (with its `inventory.reservation.failed` written in the same transaction). Acks wait for the
- * commit, as before. If the transaction fails (a lost connection, a deadlock), every event of
- * the group takes the one-by-one path with the full retry policy.
- *
- * Every other event type is applied one by one, as without batching. A savepoint per event in
- * one shared transaction was measured slower than that, and deadlock-prone when several such
- * transactions run at once (README, throughput).
+ * Many events of any types in one unit of work (the caller's), in a constant number of
+ * statements however many there are (issue 18). It leaves what applying them one at a time, in
+ * the given order, would leave: the rows they may read are loaded and locked once
+ * (`WorkingSet.load`, in the one lock order: orders, then stock rows by key), each event runs its
+ * own handler on them in memory, its failure undoing only its own changes, and what changed is
+ * written back at once (`WorkingSet.save`). A handler that reaches beyond the loaded rows fails
+ * the whole group (a defect, `OutsideWorkingSet`), which the caller then applies one at a time.
+ */
+export const applyGroup = Effect.fn("inventory.group")(function*(events: ReadonlyArray<GroupEvent>) {
+  yield* Effect.annotateCurrentSpan({ "inventory.batch_size": events.length })
+  const store = stagedStores()
+  const workingSet = yield* WorkingSet
+  const uow = yield* UnitOfWork
+  const demand = demandOf(events.map((e) => e.decoded), yield* nowDate)
+  const group = store.begin(demand, yield* workingSet.load(demand))
+  const results: Array<GroupResult> = []
+  for (const { decoded, parent } of events) {
+    const within = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      store.run(group, Option.isSome(parent) ? Effect.withParentSpan(effect, parent.value, noStackTrace) : effect)
+    const exit = yield* Effect.exit(within(applyOnce(decoded)))
+    if (Exit.isSuccess(exit)) {
+      results.push(exit.value)
+      continue
+    }
+    if (isOutside(exit.cause)) return yield* Effect.failCause(exit.cause)
+    const failed = exit.cause.reasons.find(Cause.isFailReason)
+    if (failed === undefined || fateOf(failed.error) !== "dead_letter") {
+      results.push({ _tag: "Alone", error: failed?.error ?? null })
+      continue
+    }
+    const error = failed.error
+    const announced = yield* Effect.exit(within(Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error)))))
+    if (Exit.isFailure(announced)) {
+      if (isOutside(announced.cause)) return yield* Effect.failCause(announced.cause)
+      results.push({ _tag: "Alone", error })
+      continue
+    }
+    results.push({ _tag: "Refused", error })
+  }
+  yield* workingSet.save(store.changes(group))
+  for (const hook of group.afterCommit) yield* uow.afterCommit(hook)
+  return results
+})
+
+interface Pending extends GroupEvent {
+  readonly deliveryCount: number
+  readonly done: Deferred.Deferred<Outcome>
+}
+
+/**
+ * Group commit for every event type: the events that are ready together (at most one per
+ * ordering key, since a key's lane waits for its event's outcome) are applied in one set-based
+ * unit of work (`applyGroup`), up to `maxSize` per group; one group at a time, and up to
+ * `concurrency` at once under a backlog. Each event still gets its own outcome, and acks wait
+ * for the commit, as before. If the transaction fails (a lost connection, a deadlock, a row
+ * outside the working set), every event of the group takes the one-by-one path with the full
+ * retry policy; so does an event whose failure is worth retrying.
  */
 export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stores | ReservationTimers> =>
   Layer.effectContext(Effect.gen(function*() {
@@ -65,54 +130,32 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
         Effect.flatMap((outcome) => Deferred.succeed(item.done, outcome))
       )
 
-    /**
-     * One group in one unit of work. Its span belongs to the first event's trace and links the
-     * others; each other event's trace gets an `inventory.apply` span linking back to it.
-     */
+    /** One group in one unit of work; its span belongs to the first event's trace and links the others. */
     const run = (items: ReadonlyArray<Pending>) =>
       Effect.gen(function*() {
-        const events = items.map((item): PlacedEvent => ({
-          event: item.decoded.event,
-          eventId: item.decoded.eventId,
-          traceparent: Option.isSome(item.parent) ? formatTraceparent(item.parent.value) : null
-        }))
-        const attributes = { "inventory.event_type": "order.placed", "inventory.batch_size": items.length }
-        const exit = yield* Effect.gen(function*() {
-          const groupSpan = yield* Effect.currentSpan.pipe(Effect.option)
-          for (const item of items.slice(1)) {
-            if (Option.isNone(item.parent)) continue
-            yield* Effect.withSpan(Effect.void, "inventory.apply", {
-              captureStackTrace: false,
-              parent: item.parent.value,
-              attributes,
-              links: Option.isSome(groupSpan) ? [{ span: groupSpan.value, attributes: {} }] : []
-            })
-          }
-          return yield* uow.transaction(orderPlacedAll(events))
-        }).pipe(
-          Effect.withSpan("inventory.apply", {
-            ...(Option.isSome(items[0]!.parent) ? { parent: items[0]!.parent.value } : {}),
-            attributes,
-            links: items.slice(1).flatMap((item) => Option.isSome(item.parent) ? [{ span: item.parent.value, attributes: {} }] : [])
-          }),
-          Effect.exit
-        )
+        const first = items[0]!.parent
+        const unit = uow.transaction(applyGroup(items))
+        const exit = yield* Effect.exit(Option.isSome(first) ? Effect.withParentSpan(unit, first.value, noStackTrace) : unit)
         if (Exit.isFailure(exit)) {
-          yield* Effect.logDebug("order.placed group failed; applying its events one by one").pipe(
+          yield* Effect.logDebug("event group failed; applying its events one by one").pipe(
             Effect.annotateLogs({ size: items.length, cause: Cause.pretty(exit.cause) })
           )
           return yield* Effect.forEach(items, alone, { concurrency: "unbounded", discard: true })
         }
+        const later: Array<Pending> = []
         for (const [i, result] of exit.value.entries()) {
           const item = items[i]!
-          yield* Deferred.succeed(item.done, typeof result === "string"
-            ? (result === "applied" ? Outcome.Ack : Outcome.Duplicate)({ decoded: item.decoded })
-            : Outcome.DeadLetter({ decoded: item.decoded, failure: { errorType: result._tag, message: result.message } }))
+          if (result === "applied") yield* Deferred.succeed(item.done, Outcome.Ack({ decoded: item.decoded }))
+          else if (result === "duplicate") yield* Deferred.succeed(item.done, Outcome.Duplicate({ decoded: item.decoded }))
+          else if (result._tag === "Refused") {
+            yield* Deferred.succeed(item.done, Outcome.DeadLetter({ decoded: item.decoded, failure: describe(result.error) }))
+          } else later.push(item)
         }
+        yield* Effect.forEach(later, alone, { concurrency: "unbounded", discard: true })
       }).pipe(
         Effect.catchCause((cause) =>
           // Nothing may be left waiting: whatever is not decided yet takes the one-by-one path.
-          Effect.logError("order.placed group failed unexpectedly").pipe(
+          Effect.logError("event group failed unexpectedly").pipe(
             Effect.annotateLogs({ cause: Cause.pretty(cause) }),
             Effect.andThen(Effect.forEach(items, (item) =>
               Deferred.isDoneUnsafe(item.done) ? Effect.void : alone(item), { discard: true }))
@@ -140,19 +183,17 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
       }))))
     })))
 
-    yield* Effect.logInfo("group commit on for order.placed").pipe(
+    yield* Effect.logInfo("group commit on").pipe(
       Effect.annotateLogs({ max_size: settings.maxSize, concurrency: settings.concurrency, backlog })
     )
 
     const apply = (decoded: Decoded, deliveryCount: number): Effect.Effect<Outcome, never, Stores | ReservationTimers> =>
-      isPlaced(decoded)
-        ? Effect.gen(function*() {
-          const done = yield* Deferred.make<Outcome>()
-          const parent = yield* Effect.option(Effect.currentSpan)
-          yield* Queue.offer(queue, { decoded, deliveryCount, done, parent })
-          if (running > 0 && Queue.sizeUnsafe(queue) >= backlog) Queue.offerUnsafe(changed, undefined)
-          return yield* Deferred.await(done)
-        })
-        : applyDecoded(decoded, deliveryCount)
+      Effect.gen(function*() {
+        const done = yield* Deferred.make<Outcome>()
+        const parent = yield* Effect.option(Effect.currentSpan)
+        yield* Queue.offer(queue, { decoded, deliveryCount, done, parent })
+        if (running > 0 && Queue.sizeUnsafe(queue) >= backlog) Queue.offerUnsafe(changed, undefined)
+        return yield* Deferred.await(done)
+      })
     return Context.make(EventApplier, { apply })
   }))

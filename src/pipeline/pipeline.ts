@@ -36,7 +36,8 @@ export const Outcome = Data.taggedEnum<Outcome>()
 // On one line: the message becomes the x-error-message header and a log line's message, and a
 // schema's failure text spans several lines.
 const oneLine = (text: string) => text.trim().replace(/\s*\n\s*(?=at \[)/g, " ").replace(/\s*\n\s*/g, "; ")
-const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: oneLine(error.message) })
+/** The failure as the DLQ headers, logs and metrics name it. */
+export const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: oneLine(error.message) })
 
 /** One event's unit of work: the event-log row, every effect, the outbox rows, or nothing (SPEC 6). */
 export const applyOnce = (decoded: Decoded) =>

@@ -251,6 +251,71 @@ export class Reconciliation extends Context.Service<Reconciliation, {
   check(organizationId?: string): Db<ReadonlyArray<Violation>>
 }>()("inventory/stores/Reconciliation") {}
 
+/** One variant of one organization. */
+export interface VariantRef {
+  readonly organization_id: string
+  readonly variant_id: string
+}
+
+/**
+ * What a group of events may read (issue 18): the rows of these orders, reservations, variants
+ * and organizations. The event-log entries are recorded on loading, as `EventLog.recordAll` does.
+ */
+export interface WorkingSetDemand {
+  readonly events: ReadonlyArray<EventLogEntry>
+  readonly organizations: ReadonlyArray<string>
+  readonly orders: ReadonlyArray<OrderRef>
+  readonly reservations: ReadonlyArray<ReservationRef>
+  /** Their stock rows are loaded, and those of every variant the loaded reservations hold. */
+  readonly variants: ReadonlyArray<VariantRef>
+  /** Variants whose catalog rows are read (catalog events). */
+  readonly catalog: ReadonlyArray<VariantRef>
+}
+
+/** The rows a demand covers, as they stood once locked. */
+export interface WorkingSetRows {
+  /** One flag per demanded event, as `EventLog.recordAll` returns them. */
+  readonly recorded: ReadonlyArray<boolean>
+  /** Every warehouse of the demanded organizations. */
+  readonly warehouses: ReadonlyArray<Warehouse>
+  /** The demanded variants' catalog rows that exist. */
+  readonly variants: ReadonlyArray<Variant>
+  /** Every stock row of the demanded variants and of the loaded reservations' variants, locked. */
+  readonly stock: ReadonlyArray<StockRow>
+  /** Every reservation of the demanded orders, and those with the demanded ids, in write order. */
+  readonly reservations: ReadonlyArray<Reservation>
+  /** The variants whose stock rows were loaded (the demanded ones and those the reservations hold). */
+  readonly stockVariants: ReadonlyArray<VariantRef>
+}
+
+/** What a group's events changed, to be written in a constant number of statements. */
+export interface WorkingSetChanges {
+  /** Existing rows (loaded and locked) with their new values. */
+  readonly stockUpdated: ReadonlyArray<StockRow>
+  /** Rows that did not exist when loaded. */
+  readonly stockCreated: ReadonlyArray<StockRow>
+  readonly reservationsCreated: ReadonlyArray<Reservation>
+  /** Existing reservations with a new status or closing reason. */
+  readonly reservationsChanged: ReadonlyArray<Reservation>
+  readonly variants: ReadonlyArray<Variant>
+  readonly movements: ReadonlyArray<Movement>
+  readonly outbox: ReadonlyArray<OutboxMessage>
+  /** Event-log entries recorded on loading whose events' effects were all rolled back. */
+  readonly forget: ReadonlyArray<EventRef>
+}
+
+/**
+ * Set-based units of work (issue 18): a group of events reads the rows it may touch in a few
+ * statements (`load`, which locks them in the one fixed order: orders, then stock rows by
+ * primary key), is applied in memory one event at a time, and writes what changed in a few more
+ * (`save`). Both run inside the caller's unit of work. `save` fails with `DatabaseError` when a
+ * write finds the rows other than loaded (a row created meanwhile), so the group rolls back.
+ */
+export class WorkingSet extends Context.Service<WorkingSet, {
+  load(demand: WorkingSetDemand): Db<WorkingSetRows>
+  save(changes: WorkingSetChanges): Db<void>
+}>()("inventory/stores/WorkingSet") {}
+
 /** Whether the store answers at all: the circuit breaker and `/readyz` ask it. */
 export class StoreHealth extends Context.Service<StoreHealth, {
   readonly ping: Db<void>
@@ -269,3 +334,4 @@ export type Stores =
   | FailedEvents
   | Reconciliation
   | StoreHealth
+  | WorkingSet

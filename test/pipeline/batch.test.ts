@@ -8,11 +8,11 @@ import type { Outcome } from "../../src/pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../../src/pipeline/policy.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
-import { EventLog, Reconciliation, type Stores, UnitOfWork } from "../../src/stores/services.ts"
+import { EventLog, Reconciliation, type Stores, UnitOfWork, WorkingSet } from "../../src/stores/services.ts"
 import { addWarehouse, envelopeBytes, freshId, freshOrg, outboxOf, putStock, quantities, reservationsOf } from "../support/events.ts"
 import { sqlStoresLayer } from "../support/sql.ts"
 
-/** Counts outermost units of work, and fails the event-log write of chosen event ids once. */
+/** Counts outermost units of work, and fails the event-log write (alone or in a group) of chosen event ids once. */
 class Faults extends Context.Service<Faults, { outer: number; readonly failOnce: Set<string> }>()("test/Faults") {}
 
 const instrumented = <E>(stores: Layer.Layer<Stores, E>) => {
@@ -21,6 +21,7 @@ const instrumented = <E>(stores: Layer.Layer<Stores, E>) => {
     const f = yield* Faults
     const uow = yield* UnitOfWork
     const log = yield* EventLog
+    const workingSet = yield* WorkingSet
     let depth = 0
     return Context.make(UnitOfWork, UnitOfWork.of({
       transaction: (effect) =>
@@ -40,6 +41,13 @@ const instrumented = <E>(stores: Layer.Layer<Stores, E>) => {
         entries.some((entry) => f.failOnce.delete(entry.event_id))
           ? Effect.fail(new DatabaseError({ reason: "serialization", message: "injected" }))
           : log.recordAll(entries)
+    })), Context.add(WorkingSet, WorkingSet.of({
+      ...workingSet,
+      // A group records its events as it loads them.
+      load: (demand) =>
+        demand.events.some((entry) => f.failOnce.delete(entry.event_id))
+          ? Effect.fail(new DatabaseError({ reason: "serialization", message: "injected" }))
+          : workingSet.load(demand)
     })))
   }))
   return Scheduler.layer({ sweepInterval: "1 hour", sweepBatch: 100 }).pipe(

@@ -24,8 +24,11 @@ import {
   UnitOfWork,
   Variants,
   Warehouses,
-  type Violation
+  type Violation,
+  WorkingSet,
+  type WorkingSetRows
 } from "../services.ts"
+import { DatabaseError } from "../../domain/errors.ts"
 import { MemoryDatabase, type Tables } from "./MemoryDatabase.ts"
 
 const pair = (org: string, id: string) => `${org}\u0000${id}`
@@ -452,10 +455,63 @@ const ReconciliationMemory = Layer.effect(
 const StoreHealthMemory = Layer.succeed(StoreHealth, StoreHealth.of({ ping: Effect.void }))
 
 /**
- * Every store, in memory, sharing one `MemoryDatabase`. Swap it for the SQL layer in tests:
- * `Effect.provide(MemoryStores.layer)`.
+ * The working set of a group (issue 18) read from and written back to the memory tables, with
+ * the same conflict rule as the SQL store: a row to create that exists already fails the group.
  */
-export const layer = Layer.mergeAll(
+const WorkingSetMemory = Layer.effect(
+  WorkingSet,
+  Effect.map(MemoryDatabase, ({ atomically, nextOutboxPosition }) =>
+    WorkingSet.of({
+      load: (demand) =>
+        atomically((t): WorkingSetRows => {
+          const recorded = demand.events.map((entry) => recordIn(t, entry))
+          const orders = new Set(demand.orders.map((o) => pair(o.organization_id, o.order_id)))
+          const ids = new Set(demand.reservations.map((r) => pair(r.organization_id, r.reservation_id)))
+          const reservations = [...t.reservations.entries()]
+            .filter(([k, r]) => ids.has(k) || orders.has(pair(r.organization_id, r.order_id)))
+            .map(([, r]) => r)
+          const variants = new Map(demand.variants.map((v) => [pair(v.organization_id, v.variant_id), v]))
+          for (const r of reservations) {
+            for (const item of r.items) variants.set(pair(r.organization_id, item.variant_id), { organization_id: r.organization_id, variant_id: item.variant_id })
+          }
+          const organizations = new Set(demand.organizations)
+          const catalog = new Set(demand.catalog.map((v) => pair(v.organization_id, v.variant_id)))
+          return {
+            recorded,
+            warehouses: [...t.warehouses.values()].filter((w) => organizations.has(w.organization_id)),
+            variants: [...t.variants.entries()].filter(([k]) => catalog.has(k)).map(([, v]) => v),
+            stock: [...t.stock.values()].filter((row) => variants.has(pair(row.organization_id, row.variant_id))).sort(compareStockKeys),
+            reservations,
+            stockVariants: [...variants.values()]
+          }
+        }),
+      save: (changes) =>
+        Effect.flatMap(
+          atomically((t) => {
+            const conflict = changes.stockCreated.some((row) => t.stock.has(stockKeyString(row))) ||
+              changes.reservationsCreated.some((r) => t.reservations.has(pair(r.organization_id, r.reservation_id)))
+            if (conflict) return false
+            for (const row of [...changes.stockUpdated, ...changes.stockCreated]) t.stock.set(stockKeyString(row), row)
+            for (const r of [...changes.reservationsCreated, ...changes.reservationsChanged]) t.reservations.set(pair(r.organization_id, r.reservation_id), r)
+            for (const v of changes.variants) t.variants.set(pair(v.organization_id, v.variant_id), v)
+            t.movements.push(...changes.movements)
+            for (const m of changes.outbox) {
+              if (t.outbox.some((o) => o.event_id === m.event_id)) continue
+              t.outbox.push({ ...m, position: nextOutboxPosition(), sent_at: null })
+            }
+            for (const e of changes.forget) t.eventLog.delete(pair(e.organization_id, e.event_id))
+            return true
+          }),
+          (saved) => saved ? Effect.void : Effect.fail(new DatabaseError({ reason: "conflict", message: "rows changed since the group loaded them" }))
+        )
+    }))
+)
+
+/**
+ * Every store but the working set, over whichever `MemoryDatabase` is provided: the staged
+ * database of a group (`staged.ts`) runs the handlers on these.
+ */
+export const storesOn = Layer.mergeAll(
   UnitOfWorkMemory,
   WarehousesMemory,
   VariantsMemory,
@@ -467,5 +523,11 @@ export const layer = Layer.mergeAll(
   FailedEventsMemory,
   ReconciliationMemory,
   StoreHealthMemory
-).pipe(Layer.provideMerge(MemoryDatabase.layer))
+)
+
+/**
+ * Every store, in memory, sharing one `MemoryDatabase`. Swap it for the SQL layer in tests:
+ * `Effect.provide(MemoryStores.layer)`.
+ */
+export const layer = Layer.mergeAll(storesOn, WorkingSetMemory).pipe(Layer.provideMerge(MemoryDatabase.layer))
 

@@ -9,6 +9,7 @@ import { ReservationsSql } from "./reservations.ts"
 import { StockSql } from "./stock.ts"
 import { EventLogSql, FailedEventsSql, MovementsSql, OutboxSql, StoreHealthSql, VariantsSql, WarehousesSql } from "./stores.ts"
 import { UnitOfWorkSql } from "./unitOfWork.ts"
+import { WorkingSetSql } from "./workingSet.ts"
 
 export type { DatabaseOptions } from "./client.ts"
 export { fromSqlError, UnexpectedDatabaseError } from "./errors.ts"
@@ -25,7 +26,8 @@ export const storesLayer = Layer.mergeAll(
   OutboxSql,
   FailedEventsSql,
   ReconciliationSql,
-  StoreHealthSql
+  StoreHealthSql,
+  WorkingSetSql.pipe(Layer.provide(Layer.mergeAll(EventLogSql, ReservationsSql)))
 )
 
 /**
