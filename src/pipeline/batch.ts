@@ -75,30 +75,34 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
   const uow = yield* UnitOfWork
   const demand = demandOf(events.map((e) => e.decoded), yield* nowDate)
   const group = store.begin(demand, yield* workingSet.load(demand))
-  const results: Array<GroupResult> = []
-  for (const { decoded, parent } of events) {
-    const within = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-      store.run(group, Option.isSome(parent) ? Effect.withParentSpan(effect, parent.value, noStackTrace) : effect)
-    const exit = yield* Effect.exit(within(applyOnce(decoded)))
-    if (Exit.isSuccess(exit)) {
-      results.push(exit.value)
-      continue
+  // The staged stores are provided once for the whole loop; each event runs under its own span.
+  const results = yield* store.run(group, Effect.gen(function*() {
+    const results: Array<GroupResult> = []
+    for (const { decoded, parent } of events) {
+      const within = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Option.isSome(parent) ? Effect.withParentSpan(effect, parent.value, noStackTrace) : effect
+      const exit = yield* Effect.exit(within(applyOnce(decoded)))
+      if (Exit.isSuccess(exit)) {
+        results.push(exit.value)
+        continue
+      }
+      if (isOutside(exit.cause)) return yield* Effect.failCause(exit.cause)
+      const failed = exit.cause.reasons.find(Cause.isFailReason)
+      if (failed === undefined || fateOf(failed.error) !== "dead_letter") {
+        results.push({ _tag: "Alone", error: failed?.error ?? null })
+        continue
+      }
+      const error = failed.error
+      const announced = yield* Effect.exit(within(Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error)))))
+      if (Exit.isFailure(announced)) {
+        if (isOutside(announced.cause)) return yield* Effect.failCause(announced.cause)
+        results.push({ _tag: "Alone", error })
+        continue
+      }
+      results.push({ _tag: "Refused", error })
     }
-    if (isOutside(exit.cause)) return yield* Effect.failCause(exit.cause)
-    const failed = exit.cause.reasons.find(Cause.isFailReason)
-    if (failed === undefined || fateOf(failed.error) !== "dead_letter") {
-      results.push({ _tag: "Alone", error: failed?.error ?? null })
-      continue
-    }
-    const error = failed.error
-    const announced = yield* Effect.exit(within(Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error)))))
-    if (Exit.isFailure(announced)) {
-      if (isOutside(announced.cause)) return yield* Effect.failCause(announced.cause)
-      results.push({ _tag: "Alone", error })
-      continue
-    }
-    results.push({ _tag: "Refused", error })
-  }
+    return results
+  }))
   yield* workingSet.save(store.changes(group))
   for (const hook of group.afterCommit) yield* uow.afterCommit(hook)
   return results

@@ -65,6 +65,8 @@ export interface StagedGroup {
   readonly tables: Tables
   readonly journal: Array<Undo>
   readonly afterCommit: Array<Effect.Effect<void>>
+  /** The event ids in `tables.outbox`. */
+  readonly outboxIds: Set<string>
   readonly loaded: {
     readonly stock: ReadonlyMap<string, StockRow>
     readonly reservations: ReadonlyMap<string, Reservation>
@@ -111,6 +113,7 @@ const stagedDatabase = MemoryDatabase.of({
           Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
             while (group.journal.length > mark) group.journal.pop()!()
             group.tables.movements.length = movements
+            for (const m of group.tables.outbox.slice(outbox)) group.outboxIds.delete(m.event_id)
             group.tables.outbox.length = outbox
             group.afterCommit.length = hooks
           }))
@@ -206,7 +209,18 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     })),
     Context.add(Movements, Movements.of({ append: movements.append, list: () => outside("listing movements") })),
     Context.add(Outbox, Outbox.of({
-      append: outbox.append,
+      // As the memory store's, each event id once, without its scan of every earlier message.
+      append: (messages) =>
+        Effect.flatMap(CurrentGroup, (group) => {
+          if (group === undefined) return outside("the outbox")
+          return Effect.sync(() => {
+            for (const m of messages) {
+              if (group.outboxIds.has(m.event_id)) continue
+              group.outboxIds.add(m.event_id)
+              group.tables.outbox.push({ ...m, position: 0, sent_at: null })
+            }
+          })
+        }),
       pending: () => outside("the outbox"),
       markSent: () => outside("the outbox"),
       pendingCount: () => outside("the outbox"),
@@ -253,6 +267,7 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
       tables,
       journal,
       afterCommit: [],
+      outboxIds: new Set(),
       loaded: { stock, reservations: reservationsLoaded, variants: variantsLoaded },
       recorded,
       covers: {
