@@ -20,6 +20,8 @@
  *                                          (a capture queue bound to inventory_events), legitimate events
  *                                          dead-lettered, live reservations left and the reconciliation
  *   npm run bench -- --rate 500            hold a publish rate (latency under load)
+ *   npm run bench -- --half-peak           after the runs, the lifecycle through ours again, published at half
+ *                                          the rate it just reached: p99 latency at a held half of the peak
  *   npm run bench -- --skip-conventional   no conventional runs;  --skip-naive: no naive run
  *   npm run bench -- --profile DIR         our consumer writes a V8 CPU profile (--cpu-prof) to DIR
  *   npm run bench -- --warmup 0            order.placed events sent (at the same rate) and applied before
@@ -65,6 +67,8 @@ const PREFETCH = value("prefetch") === undefined ? undefined : arg("prefetch", 0
 const RUNS = (value("runs") ?? "placed,lifecycle,mixed").split(",")
 const VARIANTS = arg("variants", 1_000)
 const RATE = arg("rate", 0)
+/** The publish rate held right now: --rate, or half the measured peak for --half-peak's run. */
+let publishRate = RATE
 const WARMUP = arg("warmup", 1_000)
 const PER_SECOND = flag("per-second")
 const STOCK_PER_ROW = arg("stock", 1_000)
@@ -373,7 +377,7 @@ const measure = async (options: {
     await options.onReady?.()
     if (WARMUP > 0) {
       const before = await options.finished()
-      await publishAll(options.vhost, warmup(options.label.replace(/\W/g, "_")), RATE)
+      await publishAll(options.vhost, warmup(options.label.replace(/\W/g, "_")), publishRate)
       await waitFor(`${options.label}: warm-up`, async () => (await options.finished()) - before, WARMUP, TIMEOUT_MS, everyone)
     }
     const published = new Map<string, number>()
@@ -397,7 +401,7 @@ const measure = async (options: {
       everyone.push(consumers[0])
       console.log(`  ${options.label}: replica 1 SIGKILLed ${fmt((Date.now() - t0) / 1000, 1)} s after the first publish, started again`)
     }, options.killAfterMs)
-    const publishMs = await publishAll(options.vhost, recorded, RATE)
+    const publishMs = await publishAll(options.vhost, recorded, publishRate)
     await waitFor(`${options.label}: commits`, async () => (await options.finished()) - from, options.messages.length, TIMEOUT_MS, everyone)
     const elapsed = Date.now() - t0
     clearTimeout(kill)
@@ -529,7 +533,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     `machine ${fmt(100 * run.machineBusy)}% busy (all cores, all processes); publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
-  return { rate, live, expected, deadLettered, outbound }
+  return { rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Announced: percentile(out, 99) }
 }
 
 const checkOurs = () => {
@@ -633,11 +637,23 @@ const compare = async () => {
     console.log(`conventional reconciliation (I3 I8 on its tables): ${convCheck}`)
     clean &&= convCheck === "clean"
   }
+  const lifecyclePeak = summary.find(([label]) => label === "lifecycle")?.[1]
+  let held: { readonly rate: number; readonly p99: number; readonly p99Announced: number } | undefined
+  if (flag("half-peak") && lifecyclePeak !== undefined) {
+    // Latency where production runs: a steady half of the peak just measured, not a backlog.
+    publishRate = Math.max(1, Math.round(lifecyclePeak / 2))
+    const run = await runOurs(lifecycle(ORDERS, "held"))
+    held = { rate: publishRate, p99: run.p99, p99Announced: run.p99Announced }
+    publishRate = RATE
+  }
   const naive = flag("skip-naive") ? undefined : await runNaive(placedOnly(EVENTS))
   console.log(`\nprefetch of the order queue: ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}, the same for the conventional consumer` +
     `\n${"events/s (noisy)".padEnd(18)}${"ours".padStart(10)}${"conventional".padStart(14)}${"ratio".padStart(8)}`)
   for (const [label, ours, theirs] of summary) {
     console.log(`${label.padEnd(18)}${fmt(ours).padStart(10)}${(theirs === undefined ? "-" : fmt(theirs)).padStart(14)}${(theirs === undefined ? "-" : fmt(ours / theirs, 2)).padStart(8)}`)
+  }
+  if (held !== undefined) {
+    console.log(`lifecycle held at half our peak (${fmt(held.rate)} events/s published): p99 ${fmt(held.p99)} ms from publish to its unit of work, ${fmt(held.p99Announced)} ms to its announcement confirmed`)
   }
   const placed = summary.find(([label]) => label === "order.placed")
   if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(placed[1] / naive, 2)}`)

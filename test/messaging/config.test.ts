@@ -15,7 +15,7 @@ describe("runtime configuration", () => {
     const c = exit.value
     expect(Redacted.value(c.broker.url)).toBe("amqp://guest:guest@127.0.0.1:5672")
     expect(c.topology.catalog).toMatchObject({ queue: "inventory_catalog_consumer", exchange: "catalog_events", prefetch: 10 })
-    expect(c.topology.orders).toMatchObject({ queue: "inventory_order_consumer", exchange: "order_events", prefetch: 20 })
+    expect(c.topology.orders).toMatchObject({ queue: "inventory_order_consumer", exchange: "order_events", prefetch: 500 })
     expect(c.topology).toMatchObject({
       eventsExchange: "inventory_events",
       deadLetterExchange: "inventory_dlq",
