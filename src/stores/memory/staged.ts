@@ -1,5 +1,5 @@
 import { Context, Effect, Exit, Layer } from "effect"
-import { type Reservation, stockKeyString, type StockRow, type Variant } from "../model.ts"
+import { compareStockKeys, liveStatuses, type Reservation, stockKeyString, type StockRow, type Variant } from "../model.ts"
 import {
   EventLog,
   FailedEvents,
@@ -30,28 +30,59 @@ export class OutsideWorkingSet extends Error {
 
 type Undo = () => void
 
-/** A map that writes down how to take back each change, so one event's changes can be undone alone. */
-class JournaledMap<K, V> extends Map<K, V> {
-  journal: Array<Undo> = []
-  override set(key: K, value: V): this {
+/**
+ * A map that writes down how to take back each change, so one event's changes can be undone
+ * alone, and keeps its keys grouped by `groupOf` (the order of a reservation, the variant of a
+ * stock row) so the hot lookups need not scan every row of the group.
+ */
+class JournaledMap<V> extends Map<string, V> {
+  journal: Array<Undo> | undefined
+  readonly byGroup = new Map<string, Set<string>>()
+  private readonly groupOf: (value: V) => string
+  constructor(groupOf: (value: V) => string) {
+    super()
+    this.groupOf = groupOf
+  }
+  private added(key: string, value: V) {
+    const g = this.groupOf(value)
+    const keys = this.byGroup.get(g)
+    if (keys === undefined) this.byGroup.set(g, new Set([key]))
+    else keys.add(key)
+  }
+  private removed(key: string, value: V) {
+    this.byGroup.get(this.groupOf(value))?.delete(key)
+  }
+  override set(key: string, value: V): this {
+    const had = super.has(key)
     if (this.journal !== undefined) {
-      const had = super.has(key)
       const old = super.get(key)
-      this.journal.push(had ? () => { super.set(key, old as V) } : () => { super.delete(key) })
+      this.journal.push(had ? () => { super.set(key, old as V) } : () => {
+        super.delete(key)
+        this.removed(key, value)
+      })
     }
+    if (!had) this.added(key, value)
     return super.set(key, value)
   }
-  override delete(key: K): boolean {
-    if (this.journal !== undefined && super.has(key)) {
-      const old = super.get(key) as V
-      this.journal.push(() => { super.set(key, old) })
-    }
+  override delete(key: string): boolean {
+    if (!super.has(key)) return false
+    const old = super.get(key) as V
+    this.journal?.push(() => {
+      super.set(key, old)
+      this.added(key, old)
+    })
+    this.removed(key, old)
     return super.delete(key)
+  }
+  /** The values of one group, in the order their keys were added. */
+  inGroup(group: string): Array<V> {
+    const keys = this.byGroup.get(group)
+    return keys === undefined ? [] : [...keys].map((k) => super.get(k)!)
   }
 }
 
-const journaled = <K, V>(journal: Array<Undo>, entries: Iterable<readonly [K, V]>): JournaledMap<K, V> => {
-  const map = new JournaledMap<K, V>()
+const journaled = <V>(journal: Array<Undo>, entries: Iterable<readonly [string, V]>, groupOf: (value: V) => string = () => ""): JournaledMap<V> => {
+  const map = new JournaledMap<V>(groupOf)
   for (const [k, v] of entries) map.set(k, v)
   map.journal = journal
   return map
@@ -63,6 +94,9 @@ const journaled = <K, V>(journal: Array<Undo>, entries: Iterable<readonly [K, V]
  */
 export interface StagedGroup {
   readonly tables: Tables
+  /** `tables.stock` and `tables.reservations`, with their rows grouped by variant and by order. */
+  readonly stock: JournaledMap<StockRow>
+  readonly reservations: JournaledMap<Reservation>
   readonly journal: Array<Undo>
   readonly afterCommit: Array<Effect.Effect<void>>
   /** The event ids in `tables.outbox`. */
@@ -93,6 +127,12 @@ const outside = (what: string) => Effect.die(new OutsideWorkingSet(`${what} is o
 /** Runs `call` when `covered` holds for the current group, else dies with `OutsideWorkingSet`. */
 const guard = <A, E>(what: string, covered: (group: StagedGroup) => boolean, call: () => Effect.Effect<A, E>): Effect.Effect<A, E> =>
   Effect.flatMap(CurrentGroup, (group) => (group !== undefined && covered(group) ? call() : outside(what)))
+
+/** Reads or changes the current group's rows directly when `covered` holds, else dies with `OutsideWorkingSet`. */
+const onGroup = <A>(what: string, covered: (group: StagedGroup) => boolean, f: (group: StagedGroup) => A): Effect.Effect<A> =>
+  Effect.flatMap(CurrentGroup, (group) => (group !== undefined && covered(group) ? Effect.sync(() => f(group)) : outside(what)))
+
+const newestFirst = (a: Reservation, b: Reservation) => b.created_at.getTime() - a.created_at.getTime()
 
 /**
  * The staged database: the memory stores' tables are the current group's, and a unit of work is
@@ -160,11 +200,27 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     g.covers.reservations.has(pair(org, id)) || g.tables.reservations.has(pair(org, id))
   const event = (org: string, id: string) => (g: StagedGroup) => g.covers.events.has(pair(org, id))
 
+  /** As the memory store's: refused when the order has a live reservation already, or the id exists. */
+  const insert = (r: Reservation) =>
+    onGroup("an order", order(r.organization_id, r.order_id), (g) => {
+      const live = g.reservations.inGroup(pair(r.organization_id, r.order_id)).some((x) => liveStatuses.includes(x.status))
+      if (live && liveStatuses.includes(r.status)) return false
+      const k = pair(r.organization_id, r.reservation_id)
+      if (g.reservations.has(k)) return false
+      g.reservations.set(k, r)
+      return true
+    })
+
   const context = Context.make(UnitOfWork, Context.get(memory, UnitOfWork)).pipe(
     Context.add(Stock, Stock.of({
-      forVariants: (org, ids, options) => guard("stock rows", variantsOf(org, ids), () => stock.forVariants(org, ids, options)),
+      // The memory store's reads, from the rows grouped by variant rather than a scan of all.
+      forVariants: (org, ids) =>
+        onGroup("stock rows", variantsOf(org, ids), (g) => [...new Set(ids)].flatMap((id) => g.stock.inGroup(pair(org, id))).sort(compareStockKeys)),
       candidates: (org, ids) =>
-        guard("stock rows", (g) => variantsOf(org, ids)(g) && organization(org)(g), () => stock.candidates(org, ids)),
+        onGroup("stock rows", (g) => variantsOf(org, ids)(g) && organization(org)(g), (g) =>
+          [...new Set(ids)].flatMap((id) => g.stock.inGroup(pair(org, id)))
+            .filter((row) => row.archived_at === null && g.tables.warehouses.get(pair(org, row.warehouse_id))?.active === true)
+            .sort(compareStockKeys)),
       initialize: (org, id, warehouseIds, levels) => guard("stock rows", variantOf(org, id), () => stock.initialize(org, id, warehouseIds, levels)),
       reserve: (key, q) => guard("a stock row", variantOf(key.organization_id, key.variant_id), () => stock.reserve(key, q)),
       reserveAll: (lines) =>
@@ -181,11 +237,11 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
       lockOrders: (orders) => guard("orders", (g) => orders.every((o) => order(o.organization_id, o.order_id)(g)), () => reservations.lockOrders(orders)),
       lockById: (org, id) => guard("a reservation", reservation(org, id), () => reservations.lockById(org, id)),
       findById: (org, id) => guard("a reservation", reservation(org, id), () => reservations.findById(org, id)),
-      findByOrder: (org, id) => guard("an order", order(org, id), () => reservations.findByOrder(org, id)),
+      findByOrder: (org, id) => onGroup("an order", order(org, id), (g) => g.reservations.inGroup(pair(org, id)).sort(newestFirst)),
       findByOrders: (orders) =>
         guard("orders", (g) => orders.every((o) => order(o.organization_id, o.order_id)(g)), () => reservations.findByOrders(orders)),
-      insert: (r) => guard("an order", order(r.organization_id, r.order_id), () => reservations.insert(r)),
-      insertAll: (rs) => guard("orders", (g) => rs.every((r) => order(r.organization_id, r.order_id)(g)), () => reservations.insertAll(rs)),
+      insert,
+      insertAll: (rs) => Effect.map(Effect.forEach(rs, insert), (written) => written.filter(Boolean).length),
       transition: (org, id, from, to, reason) => guard("a reservation", reservation(org, id), () => reservations.transition(org, id, from, to, reason)),
       lockDue: () => outside("due reservations"),
       activeSchedules: () => outside("reservation schedules"),
@@ -253,11 +309,13 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     const stock = new Map(rows.stock.map((row) => [stockKeyString(row), row] as const))
     const reservationsLoaded = new Map(rows.reservations.map((r) => [pair(r.organization_id, r.reservation_id), r] as const))
     const variantsLoaded = new Map(rows.variants.map((v) => [pair(v.organization_id, v.variant_id), v] as const))
+    const stagedStock = journaled(journal, stock, (row) => pair(row.organization_id, row.variant_id))
+    const stagedReservations = journaled(journal, reservationsLoaded, (r) => pair(r.organization_id, r.order_id))
     const tables: Tables = {
       warehouses: journaled(journal, rows.warehouses.map((w) => [pair(w.organization_id, w.warehouse_id), w] as const)),
       variants: journaled(journal, variantsLoaded),
-      stock: journaled(journal, stock),
-      reservations: journaled(journal, reservationsLoaded),
+      stock: stagedStock,
+      reservations: stagedReservations,
       movements: [],
       eventLog: journaled(journal, present),
       outbox: [],
@@ -265,6 +323,8 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     }
     return {
       tables,
+      stock: stagedStock,
+      reservations: stagedReservations,
       journal,
       afterCommit: [],
       outboxIds: new Set(),
