@@ -79,9 +79,7 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
   const results = yield* store.run(group, Effect.gen(function*() {
     const results: Array<GroupResult> = []
     for (const { decoded, parent } of events) {
-      const within = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-        Option.isSome(parent) ? Effect.withParentSpan(effect, parent.value, noStackTrace) : effect
-      const exit = yield* Effect.exit(within(applyOnce(decoded)))
+      const exit = yield* Effect.exit(applyOnce(decoded, Option.getOrUndefined(parent)))
       if (Exit.isSuccess(exit)) {
         results.push(exit.value)
         continue
@@ -93,7 +91,8 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
         continue
       }
       const error = failed.error
-      const announced = yield* Effect.exit(within(Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error)))))
+      const announce = Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error)))
+      const announced = yield* Effect.exit(Option.isSome(parent) ? Effect.withParentSpan(announce, parent.value, noStackTrace) : announce)
       if (Exit.isFailure(announced)) {
         if (isOutside(announced.cause)) return yield* Effect.failCause(announced.cause)
         results.push({ _tag: "Alone", error })
