@@ -51,3 +51,9 @@ export const relayActive = Metric.gauge("inventory_relay_active", {
 export const consumerActive = Metric.gauge("inventory_consumer_active", {
   description: "1 while this replica is the queue's active consumer (single active consumer), 0 while it stands by or is unsure"
 })
+
+/** Events per set-based unit of work (issue 18): how much group commit is carrying. */
+export const groupSize = Metric.histogram("inventory_group_size", {
+  description: "Events applied together in one unit of work",
+  boundaries: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+})

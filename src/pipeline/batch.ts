@@ -1,9 +1,10 @@
-import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Option, Queue, type Tracer } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Metric, Option, Queue, type Tracer } from "effect"
 import type { InventoryError } from "../domain/errors.ts"
 import { fateOf } from "../domain/fates.ts"
 import { afterRollback } from "../handlers/dispatch.ts"
 import { nowDate } from "../handlers/outbound.ts"
 import { demandOf } from "../handlers/reads.ts"
+import { groupSize } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
 import { makeStaged, OutsideWorkingSet, type Staged } from "../stores/memory/staged.ts"
 import { type ReservationTimers, type Stores, UnitOfWork, WorkingSet } from "../stores/services.ts"
@@ -70,6 +71,7 @@ const isOutside = (cause: Cause.Cause<unknown>) =>
  */
 export const applyGroup = Effect.fn("inventory.group")(function*(events: ReadonlyArray<GroupEvent>) {
   yield* Effect.annotateCurrentSpan({ "inventory.batch_size": events.length })
+  yield* Metric.update(groupSize, events.length)
   const store = stagedStores()
   const workingSet = yield* WorkingSet
   const uow = yield* UnitOfWork

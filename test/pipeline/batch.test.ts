@@ -1,8 +1,9 @@
 import { assert, describe, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Fiber, Layer } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Metric } from "effect"
 import { DatabaseError } from "../../src/domain/errors.ts"
 import { inboundEventTypes } from "../../src/domain/events.ts"
 import { backlogThreshold, batched, EventApplier } from "../../src/pipeline/batch.ts"
+import { groupSize } from "../../src/observability/metrics.ts"
 import { decodeDelivery } from "../../src/pipeline/decode.ts"
 import type { Outcome } from "../../src/pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../../src/pipeline/policy.ts"
@@ -84,6 +85,7 @@ const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         yield* putStock(org, "v1", "w1", 10)
         const faults = yield* Faults
         const before = faults.outer
+        const groupsBefore = (yield* Metric.value(groupSize)).count
         const outcomes: ReadonlyArray<Outcome> = yield* Effect.all([
           apply(org, "order.placed", { order_id: "ok-1", items: [{ variant_id: "v1", quantity: 2 }] }, "e-ok-1"),
           apply(org, "order.placed", { order_id: "short", items: [{ variant_id: "v1", quantity: 50 }] }, "e-short"),
@@ -95,6 +97,9 @@ const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         // Four events offered together: the three order.placed in one set-based transaction, the
         // return in another (one more if the first event was taken alone).
         assert.isAtMost(faults.outer - before, 3)
+        const sizes = yield* Metric.value(groupSize)
+        assert.isAtLeast(sizes.count - groupsBefore, 1, "each group is counted in inventory_group_size")
+        assert.isAtMost(sizes.count - groupsBefore, 3)
         assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 10, available: 5, reserved: 5, damaged: 0 })
         assert.deepStrictEqual(yield* quantities(org, "v2", "w1"), { total: 1, available: 1, reserved: 0, damaged: 0 })
         assert.strictEqual((yield* reservationsOf(org, "short")).length, 0)
