@@ -6,6 +6,7 @@ import type { Reservation, ReservationItem, ReservationStatus } from "../model.t
 import { type OrderRef, Reservations } from "../services.ts"
 import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
+import { insertReservationItems, insertReservations } from "./rows.ts"
 
 interface ReservationRecord {
   readonly organization_id: string
@@ -117,34 +118,13 @@ export const ReservationsSql = Layer.effect(
           ORDER BY ${sql.literal(newestFirst)}`),
 
       // As \`insert\`, for many reservations in one statement.
-      insertAll: (rs) => {
-        if (rs.length === 0) return Effect.succeed(0)
-        const items = rs.flatMap((r) => r.items.map((item, i) => ({ r, item, position: i + 1 })))
-        const iso = (d: Date | null) => (d === null ? null : d.toISOString())
-        return Effect.map(
+      insertAll: (rs) =>
+        rs.length === 0 ? Effect.succeed(0) : Effect.map(
           orDatabaseError(sql<{ readonly inserted: number }>`
-            WITH r AS (
-              INSERT INTO reservations (${sql.literal(columns)})
-              SELECT organization_id, reservation_id, order_id, status, expires_at::timestamptz, created_at::timestamptz, caused_by, closed_reason
-              FROM unnest(${rs.map((r) => r.organization_id)}::text[], ${rs.map((r) => r.reservation_id)}::text[],
-                ${rs.map((r) => r.order_id)}::text[], ${rs.map((r) => r.status)}::text[], ${textArray(rs.map((r) => iso(r.expires_at)))}::text[],
-                ${rs.map((r) => iso(r.created_at))}::text[], ${rs.map((r) => r.caused_by)}::text[], ${textArray(rs.map((r) => r.closed_reason))}::text[])
-                AS n(organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason)
-              ON CONFLICT DO NOTHING
-              RETURNING organization_id, reservation_id
-            ), items AS (
-              INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
-              SELECT i.organization_id, i.reservation_id, i.position, i.variant_id, i.warehouse_id, i.quantity
-              FROM unnest(${items.map((x) => x.r.organization_id)}::text[], ${items.map((x) => x.r.reservation_id)}::text[],
-                ${items.map((x) => x.position)}::integer[], ${items.map((x) => x.item.variant_id)}::text[],
-                ${items.map((x) => x.item.warehouse_id)}::text[], ${items.map((x) => x.item.quantity)}::integer[])
-                AS i(organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
-              JOIN r USING (organization_id, reservation_id)
-            )
+            WITH r AS (${insertReservations(sql, rs)}), items AS (${insertReservationItems(sql, rs, "r")})
             SELECT count(*)::integer AS inserted FROM r`),
           (rows) => rows[0]?.inserted ?? 0
-        )
-      },
+        ),
 
       // One statement: the reservation and its items, or nothing when the order already has
       // a live one (the partial unique index) or the id exists.

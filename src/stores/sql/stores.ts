@@ -5,6 +5,7 @@ import type { FailedEvent, Movement, OutboxMessage, PendingOutboxMessage, Varian
 import { EventLog, FailedEvents, type ListedFailedEvent, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
 import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
+import { insertOutbox } from "./rows.ts"
 import { filterClause, whole } from "./stock.ts"
 
 export const WarehousesSql = Layer.effect(
@@ -162,16 +163,7 @@ export const OutboxSql = Layer.effect(
     const sql = yield* PgClient.PgClient
     return Outbox.of({
       append: (messages) =>
-        // One statement text whatever the count (one prepared plan); positions follow the list.
-        messages.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(sql`
-          INSERT INTO outbox (event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at)
-          SELECT event_id, organization_id, event_type, aggregate_key, payload::jsonb, traceparent, created_at::timestamptz
-          FROM unnest(${messages.map((m) => m.event_id)}::text[], ${messages.map((m) => m.organization_id)}::text[],
-            ${messages.map((m) => m.event_type)}::text[], ${messages.map((m) => m.aggregate_key)}::text[],
-            ${messages.map((m) => JSON.stringify(m.payload))}::text[], ${textArray(messages.map((m) => m.traceparent))}::text[],
-            ${messages.map((m) => m.created_at.toISOString())}::text[])
-            AS m(event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at)
-          ON CONFLICT (event_id) DO NOTHING`)),
+        messages.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(insertOutbox(sql, messages))),
       pending: (limit) =>
         Effect.map(
           orDatabaseError(sql<OutboxRecord>`

@@ -5,6 +5,7 @@ import type { Reservation, ReservationItem, ReservationStatus, Variant, Warehous
 import { EventLog, Reservations, type VariantRef, WorkingSet, type WorkingSetChanges } from "../services.ts"
 import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
+import { insertOutbox, insertReservationItems, insertReservations } from "./rows.ts"
 import { type StockRecord, toStockRow } from "./stock.ts"
 
 interface ReservationRecord {
@@ -71,7 +72,6 @@ export const WorkingSetSql = Layer.effect(
 
     const save = (c: WorkingSetChanges) =>
       Effect.gen(function*() {
-        const items = c.reservationsCreated.flatMap((r) => r.items.map((item, i) => ({ r, item, position: i + 1 })))
         const su = c.stockUpdated
         const sc = c.stockCreated
         const rc = c.reservationsCreated
@@ -102,24 +102,8 @@ export const WorkingSetSql = Layer.effect(
             ORDER BY organization_id, variant_id, warehouse_id
             ON CONFLICT DO NOTHING
             RETURNING 1
-          ), reservations_created AS (
-            INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason)
-            SELECT organization_id, reservation_id, order_id, status, expires_at::timestamptz, created_at::timestamptz, caused_by, closed_reason
-            FROM unnest(${rc.map((r) => r.organization_id)}::text[], ${rc.map((r) => r.reservation_id)}::text[],
-              ${rc.map((r) => r.order_id)}::text[], ${rc.map((r) => r.status)}::text[], ${textArray(rc.map((r) => iso(r.expires_at)))}::text[],
-              ${rc.map((r) => r.created_at.toISOString())}::text[], ${rc.map((r) => r.caused_by)}::text[], ${textArray(rc.map((r) => r.closed_reason))}::text[])
-              WITH ORDINALITY AS n(organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason, ord)
-            ORDER BY ord
-            ON CONFLICT DO NOTHING
-            RETURNING organization_id, reservation_id
-          ), items AS (
-            INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
-            SELECT i.organization_id, i.reservation_id, i.position, i.variant_id, i.warehouse_id, i.quantity
-            FROM unnest(${items.map((x) => x.r.organization_id)}::text[], ${items.map((x) => x.r.reservation_id)}::text[],
-              ${items.map((x) => x.position)}::integer[], ${items.map((x) => x.item.variant_id)}::text[],
-              ${items.map((x) => x.item.warehouse_id)}::text[], ${items.map((x) => x.item.quantity)}::integer[])
-              AS i(organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
-            JOIN reservations_created USING (organization_id, reservation_id)
+          ), reservations_created AS (${insertReservations(sql, rc)}
+          ), items AS (${insertReservationItems(sql, rc, "reservations_created")}
           ), reservations_changed AS (
             UPDATE reservations r SET status = u.status, closed_reason = u.closed_reason
             FROM unnest(${rx.map((r) => r.organization_id)}::text[], ${rx.map((r) => r.reservation_id)}::text[],
@@ -149,16 +133,7 @@ export const WorkingSetSql = Layer.effect(
               WITH ORDINALITY AS n(movement_id, organization_id, variant_id, warehouse_id, movement_type, quantity_change, quantity_before,
                 quantity_after, category, reason, reference_type, reference_id, notes, caused_by, created_at, ord)
             ORDER BY ord
-          ), outbox AS (
-            INSERT INTO outbox (event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at)
-            SELECT event_id, organization_id, event_type, aggregate_key, payload::jsonb, traceparent, created_at::timestamptz
-            FROM unnest(${o.map((x) => x.event_id)}::text[], ${o.map((x) => x.organization_id)}::text[],
-              ${o.map((x) => x.event_type)}::text[], ${o.map((x) => x.aggregate_key)}::text[],
-              ${o.map((x) => JSON.stringify(x.payload))}::text[], ${textArray(o.map((x) => x.traceparent))}::text[],
-              ${o.map((x) => x.created_at.toISOString())}::text[])
-              WITH ORDINALITY AS n(event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at, ord)
-            ORDER BY ord
-            ON CONFLICT (event_id) DO NOTHING
+          ), outbox AS (${insertOutbox(sql, o)}
           ), forgotten AS (
             DELETE FROM event_log e
             USING unnest(${f.map((x) => x.organization_id)}::text[], ${f.map((x) => x.event_id)}::text[]) AS g(organization_id, event_id)
