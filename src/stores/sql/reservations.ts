@@ -8,7 +8,7 @@ import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
 import { insertReservationItems, insertReservations } from "./rows.ts"
 
-interface ReservationRecord {
+export interface ReservationRecord {
   readonly organization_id: string
   readonly reservation_id: string
   readonly order_id: string

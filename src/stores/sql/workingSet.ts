@@ -1,22 +1,15 @@
 import { Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
-import type { Reservation, ReservationItem, ReservationStatus, Variant, Warehouse } from "../model.ts"
+import type { Reservation, ReservationItem, Variant, Warehouse } from "../model.ts"
 import { EventLog, Reservations, type VariantRef, WorkingSet, type WorkingSetChanges } from "../services.ts"
 import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
+import type { ReservationRecord } from "./reservations.ts"
 import { insertOutbox, insertReservationItems, insertReservations } from "./rows.ts"
 import { type StockRecord, toStockRow } from "./stock.ts"
 
-interface ReservationRecord {
-  readonly organization_id: string
-  readonly reservation_id: string
-  readonly order_id: string
-  readonly status: ReservationStatus
-  readonly expires_at: Date | null
-  readonly created_at: Date
-  readonly caused_by: string
-  readonly closed_reason: string | null
+interface ReservationWithItems extends ReservationRecord {
   /** `[variant_id, warehouse_id, quantity]` per item, in position order (json). */
   readonly items: unknown
 }
@@ -45,7 +38,7 @@ export const WorkingSetSql = Layer.effect(
 
     const loadReservations = (orders: ReadonlyArray<{ organization_id: string; order_id: string }>, ids: ReadonlyArray<{ organization_id: string; reservation_id: string }>) =>
       orders.length === 0 && ids.length === 0 ? Effect.succeed<ReadonlyArray<Reservation>>([]) : Effect.map(
-        orDatabaseError(sql<ReservationRecord>`
+        orDatabaseError(sql<ReservationWithItems>`
           SELECT r.organization_id, r.reservation_id, r.order_id, r.status, r.expires_at, r.created_at, r.caused_by, r.closed_reason,
             COALESCE((
               SELECT json_agg(json_build_array(i.variant_id, i.warehouse_id, i.quantity) ORDER BY i.position)
