@@ -6,7 +6,7 @@ import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
 import { EventApplier } from "../pipeline/batch.ts"
-import { decodeDelivery, peek } from "../pipeline/decode.ts"
+import { decodeWith, peek } from "../pipeline/decode.ts"
 import { type Outcome, undecodable } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
@@ -17,8 +17,8 @@ import { deliveries, deliveryChannel, deliveryCounter, type DeliveryChannel, typ
 import { type Dropped, type Lanes, makeLanes, type Step } from "./lanes.ts"
 import type { Publisher } from "./publisher.ts"
 import { OutboxRelay } from "./relay.ts"
-import { afterDeadLetter, isFinal, returnsToQueue, Trace, type Told, verdict, Verdict } from "./settlement.ts"
-import { abandonDelivery, type DeliveryTrace, finishDelivery, startDelivery, within } from "./telemetry.ts"
+import { afterDeadLetter, isFinal, returnsToQueue, type Told, verdict, Verdict } from "./settlement.ts"
+import { abandonDelivery, type DeliveryTrace, finishDelivery, markDecoded, startDelivery, within } from "./telemetry.ts"
 
 type Work = {
   readonly message: InboundMessage
@@ -93,42 +93,48 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
         settle(message, how)
       }
 
-      const tell = (work: Work, outcome: Outcome, told: Told): Effect.Effect<Step> =>
-        Effect.gen(function*() {
-          if (told.returned !== undefined) {
-            yield* Effect.logWarning("message returned to the queue").pipe(
+      const tell = (work: Work, outcome: Outcome, told: Told): Effect.Effect<Step> => {
+        const step: Step = returnsToQueue(told.how) ? "requeued" : "done"
+        // Settled and its span closed in place; only what a message needs beyond that (a warning,
+        // a pause, a wake-up of the relay) is an effect of its own (issue 18).
+        let effect: Effect.Effect<void> = Effect.suspend(() => {
+          finish(work.message, told.how)
+          return told.trace._tag === "Finished"
+            ? finishDelivery(work.trace, outcome, outcome.decoded === null ? peek(work.message.delivery.body, work.message.delivery.messageId) : undefined)
+            : abandonDelivery(work.trace, told.trace.reason)
+        })
+        if (told.pause) effect = Effect.andThen(requestPause, effect)
+        if (told.returned !== undefined) {
+          effect = Effect.andThen(
+            Effect.logWarning("message returned to the queue").pipe(
               Effect.annotateLogs({
                 error_type: told.returned.errorType,
                 error: told.returned.message,
                 delivery_count: work.message.delivery.deliveryCount,
                 pause: told.pause
               })
-            )
-          }
-          if (told.pause) yield* requestPause
-          finish(work.message, told.how)
-          yield* Trace.$match(told.trace, {
-            Finished: () =>
-              finishDelivery(work.trace, outcome, outcome.decoded === null ? peek(work.message.delivery.body, work.message.delivery.messageId) : undefined),
-            Abandoned: ({ reason }) => abandonDelivery(work.trace, reason)
-          })
-          if (told.nudgeRelay) yield* relay.nudge
-          return returnsToQueue(told.how) ? "requeued" : "done"
-        })
+            ),
+            effect
+          )
+        }
+        if (told.nudgeRelay) effect = Effect.andThen(effect, relay.nudge)
+        return Effect.as(effect, step)
+      }
 
       const run = (work: Work, canDefer: Effect.Effect<boolean>): Effect.Effect<Step, never, Stores | ReservationTimers | Publisher> =>
-        Effect.gen(function*() {
-          const outcome = yield* work.outcome
-          return yield* Verdict.$match(verdict(outcome, yield* canDefer), {
-            Settle: ({ told }) => tell(work, outcome, told),
-            Defer: () => Effect.succeed<Step>("deferred"),
-            DeadLetter: ({ failure }) =>
-              deadLetter(config, work.message, failure, outcome.decoded).pipe(
-                Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": failure.errorType } }, noStackTrace),
-                Effect.flatMap((result) => tell(work, outcome, afterDeadLetter(result, failure)))
-              )
-          })
-        }).pipe(
+        work.outcome.pipe(
+          Effect.flatMap((outcome) =>
+            Effect.flatMap(canDefer, (deferrable) =>
+              Verdict.$match(verdict(outcome, deferrable), {
+                Settle: ({ told }) => tell(work, outcome, told),
+                Defer: () => Effect.succeed<Step>("deferred"),
+                DeadLetter: ({ failure }) =>
+                  deadLetter(config, work.message, failure, outcome.decoded).pipe(
+                    Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": failure.errorType } }, noStackTrace),
+                    Effect.flatMap((result) => tell(work, outcome, afterDeadLetter(result, failure)))
+                  )
+              }))
+          ),
           within(work.trace),
           Effect.catchCause((cause) =>
             // A bug in the runtime itself: the message goes back, the consumer goes on.
@@ -149,33 +155,38 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
           return abandonDelivery(work.trace, why)
         })
 
-      const dispatch = (lanes: Lanes<Work, Stores | ReservationTimers | Publisher>, message: InboundMessage) =>
-        Effect.gen(function*() {
-          held.set(message.deliveryTag, message)
-          const trace = yield* startDelivery({
+      /**
+       * One delivery: its consumer span opens, it is decoded in place (a plain function: no
+       * effect, span or context change of its own, issue 18) and queued in its key's lane.
+       */
+      const dispatch = (lanes: Lanes<Work, Stores | ReservationTimers | Publisher>, message: InboundMessage) => {
+        held.set(message.deliveryTag, message)
+        return Effect.flatMap(
+          startDelivery({
             queue: spec.queue,
             exchange: message.exchange,
             routingKey: message.routingKey,
             messageId: message.delivery.messageId,
             headers: message.headers
-          })
-          const decoded = yield* decodeDelivery(message.delivery).pipe(
-            Effect.withSpan("inventory.decode", {}, noStackTrace),
-            within(trace),
-            Effect.result
-          )
-          // Messages that cannot be decoded have no key: each gets its own lane.
-          yield* Result.match(decoded, {
-            onSuccess: (event) =>
-              lanes.offer(orderingKey(event.event), {
+          }),
+          (trace) => {
+            const decoded = decodeWith(message.delivery, config.processing)
+            // Messages that cannot be decoded have no key: each gets its own lane.
+            if (Result.isFailure(decoded)) {
+              return lanes.offer(`undecodable:${message.deliveryTag}`, {
                 message,
                 trace,
-                outcome: applier.apply(event, message.delivery.deliveryCount)
-              }),
-            onFailure: (error) =>
-              lanes.offer(`undecodable:${message.deliveryTag}`, { message, trace, outcome: Effect.succeed(undecodable(error)) })
-          })
-        })
+                outcome: Effect.succeed(undecodable(decoded.failure))
+              })
+            }
+            const event = decoded.success
+            return Effect.andThen(
+              markDecoded(trace),
+              lanes.offer(orderingKey(event.event), { message, trace, outcome: applier.apply(event, message.delivery.deliveryCount) })
+            )
+          }
+        )
+      }
 
       /** One subscription, until the broker, a pause or shutdown ends it, then the pause if one was asked. */
       const round = (lanes: Lanes<Work, Stores | ReservationTimers | Publisher>) =>
@@ -188,7 +199,9 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
           ).pipe(Effect.andThen(Deferred.succeed(stop, undefined)), Effect.forkScoped)
           yield* activity.subscribed
           yield* deliveries(via, spec, counter, stop).pipe(
-            Stream.runForEach((message) => Effect.andThen(activity.delivered, dispatch(lanes, message))),
+            Stream.runForEachArray((messages) =>
+              Effect.andThen(activity.delivered, Effect.forEach(messages, (message) => Effect.suspend(() => dispatch(lanes, message)), { discard: true }))
+            ),
             Effect.ensuring(activity.unsubscribed)
           )
           yield* lanes.idle

@@ -1,9 +1,8 @@
-import { Clock, Effect, Exit, LogLevel, Metric, Option, References, type Tracer } from "effect"
+import { Clock, Effect, Exit, LogLevel, Option, References, Tracer } from "effect"
 import { type InboundEventType, inboundEventTypes, sourceService } from "../domain/events.ts"
 import type { Peek } from "../pipeline/decode.ts"
 import { Outcome } from "../pipeline/pipeline.ts"
-import { eventErrors, eventProcessingSeconds, eventsConsumed } from "../observability/metrics.ts"
-import { noStackTrace } from "../observability/spans.ts"
+import { eventErrorsFor, eventProcessingSecondsFor, eventsConsumedFor } from "../observability/metrics.ts"
 import { parseTraceparent } from "../observability/tracing.ts"
 
 /** Where a message came from, as the messaging semantic conventions name it. */
@@ -34,32 +33,46 @@ export interface DeliveryTrace {
  * carries one) with the messaging semantic-convention attributes. Work for the message runs
  * inside it with `within`; `finish` records the outcome and closes it.
  */
-export const startDelivery = (meta: MessageMeta): Effect.Effect<DeliveryTrace> =>
-  Effect.gen(function*() {
-    const span = yield* Effect.makeSpan(`${meta.queue} process`, {
-      kind: "consumer",
-      ...Option.match(parseTraceparent(meta.headers["traceparent"]), { onNone: () => ({}), onSome: (parent) => ({ parent }) }),
-      attributes: {
-        "messaging.system": "rabbitmq",
-        "messaging.operation": "process",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": meta.exchange,
-        "messaging.rabbitmq.destination.routing_key": meta.routingKey,
-        "messaging.message.id": meta.messageId ?? "",
-        "messaging.consumer.group.name": meta.queue
-      }
-    })
-    return { span, startedNanos: yield* Clock.currentTimeNanos, meta }
-  })
-
-/** Runs work for the message as a child of its consumer span. */
-export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.withParentSpan(effect, trace.span, noStackTrace)
+export const startDelivery = (meta: MessageMeta): Effect.Effect<DeliveryTrace> => {
+  const parent = parseTraceparent(meta.headers["traceparent"])
+  const attributes = {
+    "messaging.system": "rabbitmq",
+    "messaging.operation": "process",
+    "messaging.operation.type": "process",
+    "messaging.destination.name": meta.exchange,
+    "messaging.rabbitmq.destination.routing_key": meta.routingKey,
+    "messaging.message.id": meta.messageId ?? "",
+    "messaging.consumer.group.name": meta.queue
+  }
+  const span = Effect.makeSpan(
+    `${meta.queue} process`,
+    Option.isSome(parent) ? { kind: "consumer", parent: parent.value, attributes } : { kind: "consumer", attributes }
+  )
+  return Effect.withFiber((fiber) =>
+    Effect.map(span, (span): DeliveryTrace => ({ span, startedNanos: fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), meta }))
+  )
+}
 
 /**
- * The metrics of one label set, made once: `Metric.withAttributes` builds a new metric and
- * hashes its attributes on every call, which for every message measured as a visible share of
- * the consumer's allocations (issue 8). The label sets are few (event type, source, error tag).
+ * Runs work for the message as a child of its consumer span. The span is provided as the parent
+ * directly: `Effect.withParentSpan` also pushes a stack frame naming the span, which only
+ * annotates a failure's stack trace (none of our log lines prints it) and made every message
+ * change its fiber's context twice (issue 18).
+ */
+export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.provideService(effect, Tracer.ParentSpan, trace.span)
+
+/** The message decoded: an event on its span marks when (the decode span of before, issue 18). */
+export const markDecoded = (trace: DeliveryTrace): Effect.Effect<void> =>
+  Effect.withFiber((fiber) => {
+    trace.span.event("inventory.decoded", fiber.getRef(Clock.Clock).currentTimeNanosUnsafe())
+    return Effect.void
+  })
+
+/**
+ * The metrics of one label set, made once: a metric made per message hashes its attributes on
+ * every update (issue 8), and one made with `Metric.withAttributes` adds them to the context on
+ * every update (issue 18). The label sets are few (event type, source, error tag).
  */
 const attributed = <Labels extends ReadonlyArray<string>, M>(make: (...labels: Labels) => M) => {
   const cache = new Map<string, M>()
@@ -75,23 +88,26 @@ const attributed = <Labels extends ReadonlyArray<string>, M>(make: (...labels: L
 }
 /** Keyed by event type; "unknown" (nothing could be decoded) has no source either. */
 const consumedFor = attributed((eventType: string) =>
-  Metric.withAttributes(eventsConsumed, {
+  eventsConsumedFor({
     event_type: eventType,
     source_service: eventType === "unknown" ? "unknown" : sourceService(eventType as InboundEventType)
   }))
-const processingFor = attributed((eventType: string) => Metric.withAttributes(eventProcessingSeconds, { event_type: eventType }))
-const errorsFor = attributed((eventType: string, errorType: string) =>
-  Metric.withAttributes(eventErrors, { event_type: eventType, error_type: errorType }))
+const processingFor = attributed((eventType: string) => eventProcessingSecondsFor({ event_type: eventType }))
+const errorsFor = attributed((eventType: string, errorType: string) => eventErrorsFor({ event_type: eventType, error_type: errorType }))
 
 const knownTypes = new Set<string>(inboundEventTypes)
 
+const failureOf = (outcome: Outcome) =>
+  outcome._tag === "Retry" || outcome._tag === "DeadLetter" ? outcome.failure : undefined
+
 /**
  * Records what became of the message: on its span (outcome, event attributes, the error's
- * tag), in the metrics of SPEC 7, and in one structured log line; then closes the span.
+ * tag), in the metrics of SPEC 7, and in one structured log line; then closes the span. Done in
+ * place on the calling fiber: only the log line, when its level is written, is an effect.
  */
 export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome, seen?: Peek): Effect.Effect<void> =>
-  Effect.gen(function*() {
-    const now = yield* Clock.currentTimeNanos
+  Effect.withFiber((fiber) => {
+    const now = fiber.getRef(Clock.Clock).currentTimeNanosUnsafe()
     const seconds = Number(now - trace.startedNanos) / 1e9
     const decoded = outcome.decoded
     // An undecodable message is named by what its dead letter read from it (`peek`); a metric
@@ -100,15 +116,9 @@ export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome, seen?: Pe
       ? seen.eventType as InboundEventType
       : undefined
     const eventType = decoded?.event.event ?? peekedType ?? "unknown"
-    const source = decoded === null ? (peekedType === undefined ? "unknown" : sourceService(peekedType)) : sourceService(decoded.event.event)
     const organizationId = decoded?.event.organization_id ?? seen?.organizationId ?? null
     const label = outcomeLabel(outcome)
-    const failure = Outcome.$match(outcome, {
-      Ack: () => undefined,
-      Duplicate: () => undefined,
-      Retry: ({ failure }) => failure,
-      DeadLetter: ({ failure }) => failure
-    })
+    const failure = failureOf(outcome)
     const span = trace.span
     span.attribute("inventory.event_type", eventType)
     span.attribute("inventory.event_id", decoded?.eventId ?? "")
@@ -118,34 +128,39 @@ export const finishDelivery = (trace: DeliveryTrace, outcome: Outcome, seen?: Pe
       span.attribute("error.type", failure.errorType)
       span.event("inventory.error", now, { "error.type": failure.errorType, "exception.message": failure.message })
     }
-    yield* Metric.update(consumedFor(eventType), 1)
-    yield* Metric.update(processingFor(eventType), seconds)
-    if (failure !== undefined) yield* Metric.update(errorsFor(eventType, failure.errorType), 1)
+    const context = fiber.context
+    consumedFor(eventType).updateUnsafe(1, context)
+    processingFor(eventType).updateUnsafe(seconds, context)
+    if (failure !== undefined) errorsFor(eventType, failure.errorType).updateUnsafe(1, context)
+    const exit = failure === undefined ? Exit.void : Exit.fail(failure)
     const level = failure === undefined ? "Info" : outcome._tag === "DeadLetter" ? "Error" : "Warn"
     // The line is not even built when the level filters it out (LOG_LEVEL=warn under load).
-    if (LogLevel.isGreaterThanOrEqualTo(level, yield* References.MinimumLogLevel)) {
-      const log = level === "Info" ? Effect.logInfo : level === "Error" ? Effect.logError : Effect.logWarning
-      yield* log(failure === undefined ? "event consumed" : `event ${label}: ${failure.message}`).pipe(
-        Effect.annotateLogs({
-          event_type: decoded === null && peekedType === undefined ? seen?.eventType ?? eventType : eventType,
-          event_id: decoded?.eventId ?? seen?.eventId ?? trace.meta.messageId ?? null,
-          source,
-          organization_id: organizationId,
-          processing_time_ms: Math.round(seconds * 1e5) / 100,
-          outcome: label,
-          ...(failure === undefined ? {} : { error_type: failure.errorType })
-        }),
-        within(trace)
-      )
+    if (!LogLevel.isGreaterThanOrEqualTo(level, fiber.getRef(References.MinimumLogLevel))) {
+      span.end(now, exit)
+      return Effect.void
     }
-    span.end(now, failure === undefined ? Exit.void : Exit.fail(failure))
+    const source = decoded === null ? (peekedType === undefined ? "unknown" : sourceService(peekedType)) : sourceService(decoded.event.event)
+    const log = level === "Info" ? Effect.logInfo : level === "Error" ? Effect.logError : Effect.logWarning
+    return log(failure === undefined ? "event consumed" : `event ${label}: ${failure.message}`).pipe(
+      Effect.annotateLogs({
+        event_type: decoded === null && peekedType === undefined ? seen?.eventType ?? eventType : eventType,
+        event_id: decoded?.eventId ?? seen?.eventId ?? trace.meta.messageId ?? null,
+        source,
+        organization_id: organizationId,
+        processing_time_ms: Math.round(seconds * 1e5) / 100,
+        outcome: label,
+        ...(failure === undefined ? {} : { error_type: failure.errorType })
+      }),
+      within(trace),
+      Effect.andThen(Effect.sync(() => span.end(now, exit)))
+    )
   })
 
 /** Closes the span of a message given back to the queue without being worked on (pause, order kept, shutdown). */
 export const abandonDelivery = (trace: DeliveryTrace, reason: string): Effect.Effect<void> =>
-  Effect.flatMap(Clock.currentTimeNanos, (now) =>
-    Effect.sync(() => {
-      trace.span.attribute("inventory.outcome", "retry")
-      trace.span.attribute("inventory.requeue_reason", reason)
-      trace.span.end(now, Exit.void)
-    }))
+  Effect.withFiber((fiber) => {
+    trace.span.attribute("inventory.outcome", "retry")
+    trace.span.attribute("inventory.requeue_reason", reason)
+    trace.span.end(fiber.getRef(Clock.Clock).currentTimeNanosUnsafe(), Exit.void)
+    return Effect.void
+  })

@@ -2,20 +2,38 @@ import { Metric } from "effect"
 
 /** Every metric this service exports: one place for names, labels and descriptions (SPEC 7). */
 
-export const eventsConsumed = Metric.counter("inventory_events_consumed_total", {
-  description: "Events consumed, by event type and the service that emitted them",
-  incremental: true
-})
+const consumed = {
+  name: "inventory_events_consumed_total",
+  options: { description: "Events consumed, by event type and the service that emitted them", incremental: true }
+} as const
+const processing = {
+  name: "inventory_event_processing_seconds",
+  options: {
+    description: "Time from delivery to outcome, by event type",
+    boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+  }
+} as const
+const errors = {
+  name: "inventory_event_errors_total",
+  options: { description: "Event processing errors, by event type and error type", incremental: true }
+} as const
 
-export const eventProcessingSeconds = Metric.histogram("inventory_event_processing_seconds", {
-  description: "Time from delivery to outcome, by event type",
-  boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-})
+export const eventsConsumed = Metric.counter(consumed.name, consumed.options)
+export const eventProcessingSeconds = Metric.histogram(processing.name, processing.options)
+export const eventErrors = Metric.counter(errors.name, errors.options)
 
-export const eventErrors = Metric.counter("inventory_event_errors_total", {
-  description: "Event processing errors, by event type and error type",
-  incremental: true
-})
+/**
+ * The series of one label set of the per-message metrics above, as metrics of their own: the
+ * same series as `Metric.withAttributes(eventsConsumed, labels)` (a series is named by the
+ * metric and its labels), but an update does not add the labels to the fiber's context first,
+ * which `withAttributes` does on every update (issue 18). Made once per label set.
+ */
+export const eventsConsumedFor = (labels: { readonly event_type: string; readonly source_service: string }) =>
+  Metric.counter(consumed.name, { ...consumed.options, attributes: labels })
+export const eventProcessingSecondsFor = (labels: { readonly event_type: string }) =>
+  Metric.histogram(processing.name, { ...processing.options, attributes: labels })
+export const eventErrorsFor = (labels: { readonly event_type: string; readonly error_type: string }) =>
+  Metric.counter(errors.name, { ...errors.options, attributes: labels })
 
 export const eventsDeadLettered = Metric.counter("inventory_events_dead_lettered_total", {
   description: "Messages moved to the dead-letter queue",

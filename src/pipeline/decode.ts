@@ -1,4 +1,4 @@
-import { Effect, Exit, Schema } from "effect"
+import { Effect, Exit, Result, Schema } from "effect"
 import { ValidationError } from "../domain/errors.ts"
 import { InboundEvent, type InboundEventType, inboundEventTypes } from "../domain/events.ts"
 import { bodyDigest } from "../domain/ids.ts"
@@ -183,56 +183,63 @@ export const peek = (body: Uint8Array, messageId?: string): Peek => {
  * carries text PostgreSQL cannot store.
  */
 export const decodeDelivery = (delivery: Delivery): Effect.Effect<Decoded, ValidationError> =>
-  Effect.flatMap(ProcessingPolicy, (policy) => {
-    const invalid = (message: string) => Effect.fail(new ValidationError({ message: cut(message, 1000) }))
-    const property = unstorableProperty(delivery)
-    if (property !== null) return invalid(`${property}: PostgreSQL cannot store it`)
-    if (delivery.body.length === 0) return invalid("Empty message body")
-    if (delivery.body.length > policy.maxBodyBytes) {
-      return invalid(`Message body of ${delivery.body.length} bytes exceeds the limit of ${policy.maxBodyBytes}`)
+  Effect.flatMap(ProcessingPolicy, (policy) => Effect.fromResult(decodeWith(delivery, policy)))
+
+/**
+ * `decodeDelivery` as a plain function of the message and the policy: the consumer decodes each
+ * message with it as it arrives, with no effect, span or context change of its own (issue 18).
+ */
+export const decodeWith = (delivery: Delivery, policy: ProcessingPolicy): Result.Result<Decoded, ValidationError> => {
+  const property = unstorableProperty(delivery)
+  if (property !== null) return invalid(`${property}: PostgreSQL cannot store it`)
+  if (delivery.body.length === 0) return invalid("Empty message body")
+  if (delivery.body.length > policy.maxBodyBytes) {
+    return invalid(`Message body of ${delivery.body.length} bytes exceeds the limit of ${policy.maxBodyBytes}`)
+  }
+  const text = decodeUtf8(delivery.body)
+  const json = text === parseFailure ? parseFailure : parseText(text)
+  if (text === parseFailure || json === parseFailure) return invalid("Message body is not valid UTF-8 JSON")
+  // `includes` first: a plain substring search is several times cheaper than the regex.
+  if (text.includes("\\u") && suspectEscape.test(text)) {
+    const problem = findUnstorable(json)
+    if (problem !== null) return invalid(`${problem}: PostgreSQL cannot store it`)
+  }
+  if (!isRecord(json)) return invalid("Message body is not a JSON object")
+  const type = json["event"]
+  if (typeof type !== "string") return invalid("Field 'event' is missing or not a string")
+  if (!known.has(type)) return invalid(`Unknown event type '${cut(type, 100)}'`)
+  if (!delivery.accepts.includes(type as InboundEventType)) {
+    return invalid(`Event type '${type}' does not belong on queue ${delivery.queue}`)
+  }
+  const version = json["version"]
+  if (typeof version === "string" && !/^1(\.\d+){0,2}$/.test(version)) {
+    return invalid(`Unsupported version '${cut(version, 20)}' of ${type}: this consumer reads 1.x`)
+  }
+  const exit = decodeEvent(json)
+  if (Exit.isFailure(exit)) return invalid(`Invalid ${type}: ${failureMessage(exit)}`)
+  const event = exit.value
+  const lines = event.event === "order.placed"
+    ? event.data.items.length
+    : event.event === "order.shipped"
+    ? event.data.shipped_items.length
+    : event.event === "return.received"
+    ? event.data.returned_items.length
+    : event.event === "catalog.product.deleted"
+    ? event.data.variant_ids.length
+    : 0
+  if (lines > policy.maxLinesPerEvent) {
+    return invalid(`${type} carries ${lines} lines; at most ${policy.maxLinesPerEvent} are accepted`)
+  }
+  if (event.event_id !== undefined) return Result.succeed({ event, eventId: event.event_id })
+  // The messageId stands for the event_id, so it follows the same rule (an empty one is unset).
+  if (delivery.messageId !== undefined && delivery.messageId !== "") {
+    const id = decodeId(delivery.messageId)
+    if (Exit.isFailure(id)) {
+      return invalid(`AMQP messageId '${cut(delivery.messageId, 100)}', used as the event_id, ${failureMessage(id)}`)
     }
-    const text = decodeUtf8(delivery.body)
-    const json = text === parseFailure ? parseFailure : parseText(text)
-    if (text === parseFailure || json === parseFailure) return invalid("Message body is not valid UTF-8 JSON")
-    // `includes` first: a plain substring search is several times cheaper than the regex.
-    if (text.includes("\\u") && suspectEscape.test(text)) {
-      const problem = findUnstorable(json)
-      if (problem !== null) return invalid(`${problem}: PostgreSQL cannot store it`)
-    }
-    if (!isRecord(json)) return invalid("Message body is not a JSON object")
-    const type = json["event"]
-    if (typeof type !== "string") return invalid("Field 'event' is missing or not a string")
-    if (!known.has(type)) return invalid(`Unknown event type '${cut(type, 100)}'`)
-    if (!delivery.accepts.includes(type as InboundEventType)) {
-      return invalid(`Event type '${type}' does not belong on queue ${delivery.queue}`)
-    }
-    const version = json["version"]
-    if (typeof version === "string" && !/^1(\.\d+){0,2}$/.test(version)) {
-      return invalid(`Unsupported version '${cut(version, 20)}' of ${type}: this consumer reads 1.x`)
-    }
-    const exit = decodeEvent(json)
-    if (Exit.isFailure(exit)) return invalid(`Invalid ${type}: ${failureMessage(exit)}`)
-    const event = exit.value
-    const lines = event.event === "order.placed"
-      ? event.data.items.length
-      : event.event === "order.shipped"
-      ? event.data.shipped_items.length
-      : event.event === "return.received"
-      ? event.data.returned_items.length
-      : event.event === "catalog.product.deleted"
-      ? event.data.variant_ids.length
-      : 0
-    if (lines > policy.maxLinesPerEvent) {
-      return invalid(`${type} carries ${lines} lines; at most ${policy.maxLinesPerEvent} are accepted`)
-    }
-    if (event.event_id !== undefined) return Effect.succeed({ event, eventId: event.event_id })
-    // The messageId stands for the event_id, so it follows the same rule (an empty one is unset).
-    if (delivery.messageId !== undefined && delivery.messageId !== "") {
-      const id = decodeId(delivery.messageId)
-      if (Exit.isFailure(id)) {
-        return invalid(`AMQP messageId '${cut(delivery.messageId, 100)}', used as the event_id, ${failureMessage(id)}`)
-      }
-      return Effect.succeed({ event, eventId: id.value })
-    }
-    return Effect.succeed({ event, eventId: bodyDigest(delivery.body) })
-  })
+    return Result.succeed({ event, eventId: id.value })
+  }
+  return Result.succeed({ event, eventId: bodyDigest(delivery.body) })
+}
+
+const invalid = (message: string): Result.Result<never, ValidationError> => Result.fail(new ValidationError({ message: cut(message, 1000) }))
