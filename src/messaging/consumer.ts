@@ -6,7 +6,7 @@ import { Readiness } from "../observability/health.ts"
 import { consumerPaused } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
 import { EventApplier } from "../pipeline/batch.ts"
-import { decodeWith, peek } from "../pipeline/decode.ts"
+import { type Decoded, decodeWith, peek } from "../pipeline/decode.ts"
 import { type Outcome, undecodable } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
@@ -22,11 +22,14 @@ import { abandonDelivery, type DeliveryTrace, finishDelivery, markDecoded, start
 
 type Work = {
   readonly message: InboundMessage
-  /** Applies the decoded event, or is the dead letter of one that could not be decoded. */
-  readonly outcome: Effect.Effect<Outcome, never, Stores | ReservationTimers>
+  /** The decoded event, or the dead letter of a message that could not be decoded. */
+  readonly input: Result.Result<Decoded, Outcome>
   /** The message's consumer span, open from arrival to settlement. */
   readonly trace: DeliveryTrace
 }
+
+/** Messages of one key applied as one chain at most: a group commit takes whole chains. */
+const CHAIN = 16
 
 /**
  * Whether this queue consumes. A message that needs the database asks for `Pausing`: the
@@ -121,20 +124,29 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
         return Effect.as(effect, step)
       }
 
-      const run = (work: Work, canDefer: Effect.Effect<boolean>): Effect.Effect<Step, never, Stores | ReservationTimers | Publisher> =>
-        work.outcome.pipe(
-          Effect.flatMap((outcome) =>
-            Effect.flatMap(canDefer, (deferrable) =>
-              Verdict.$match(verdict(outcome, deferrable), {
-                Settle: ({ told }) => tell(work, outcome, told),
-                Defer: () => Effect.succeed<Step>("deferred"),
-                DeadLetter: ({ failure }) =>
-                  deadLetter(config, work.message, failure, outcome.decoded).pipe(
-                    Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": failure.errorType } }, noStackTrace),
-                    Effect.flatMap((result) => tell(work, outcome, afterDeadLetter(result, failure)))
-                  )
-              }))
-          ),
+      /**
+       * One key's waiting messages, applied in order (each in its own trace): a message that
+       * could not be decoded has a lane of its own and is its own outcome.
+       */
+      const apply = (works: ReadonlyArray<Work>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> =>
+        Result.isFailure(works[0]!.input)
+          ? Effect.succeed([works[0]!.input.failure])
+          : applier.applyChain(works.flatMap((work) =>
+            Result.isSuccess(work.input)
+              ? [{ decoded: work.input.success, deliveryCount: work.message.delivery.deliveryCount, parent: Option.some(work.trace.span) }]
+              : []
+          ))
+
+      const settleOne = (work: Work, outcome: Outcome, canDefer: boolean): Effect.Effect<Step, never, Stores | ReservationTimers | Publisher> =>
+        Verdict.$match(verdict(outcome, canDefer), {
+          Settle: ({ told }) => tell(work, outcome, told),
+          Defer: () => Effect.succeed<Step>("deferred"),
+          DeadLetter: ({ failure }) =>
+            deadLetter(config, work.message, failure, outcome.decoded).pipe(
+              Effect.withSpan("inventory.dead_letter", { attributes: { "error.type": failure.errorType } }, noStackTrace),
+              Effect.flatMap((result) => tell(work, outcome, afterDeadLetter(result, failure)))
+            )
+        }).pipe(
           within(work.trace),
           Effect.catchCause((cause) =>
             // A bug in the runtime itself: the message goes back, the consumer goes on.
@@ -173,16 +185,12 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
             const decoded = decodeWith(message.delivery, config.processing)
             // Messages that cannot be decoded have no key: each gets its own lane.
             if (Result.isFailure(decoded)) {
-              return lanes.offer(`undecodable:${message.deliveryTag}`, {
-                message,
-                trace,
-                outcome: Effect.succeed(undecodable(decoded.failure))
-              })
+              return lanes.offer(`undecodable:${message.deliveryTag}`, { message, trace, input: Result.fail(undecodable(decoded.failure)) })
             }
             const event = decoded.success
             return Effect.andThen(
               markDecoded(trace),
-              lanes.offer(orderingKey(event.event), { message, trace, outcome: applier.apply(event, message.delivery.deliveryCount) })
+              lanes.offer(orderingKey(event.event), { message, trace, input: Result.succeed(event) })
             )
           }
         )
@@ -228,7 +236,7 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
       // (2) what they left unsettled goes back to the queue in delivery order; (3) the session's
       // scope closes the channel.
       yield* Effect.gen(function*() {
-        const lanes = yield* makeLanes<Work, Stores | ReservationTimers | Publisher>({ run, gate, drop })
+        const lanes = yield* makeLanes<Work, Outcome, Stores | ReservationTimers | Publisher>({ apply, settle: settleOne, gate, drop, chain: CHAIN })
         yield* round(lanes).pipe(Effect.repeat({ while: (end: RoundEnd) => end === "resumed" && via.isOpen() }))
       }).pipe(
         Effect.scoped,

@@ -21,15 +21,22 @@ export type Dropped =
 /** Whether a lane may go on before its next message. */
 export type Gate = "open" | "paused" | "closed"
 
-export interface LaneRules<W, R> {
+export interface LaneRules<W, O, R> {
   /**
-   * Runs one message. `canDefer`, asked once its outcome is known, says whether others of its key
-   * wait behind it by then and it was not deferred before.
+   * Applies a key's waiting messages, in order, as one chain: their outcomes, for the first of
+   * them up to one whose outcome does not let the key go on (those after it were not applied).
    */
-  readonly run: (work: W, canDefer: Effect.Effect<boolean>) => Effect.Effect<Step, never, R>
-  /** Asked before each message. */
+  readonly apply: (works: ReadonlyArray<W>) => Effect.Effect<ReadonlyArray<O>, never, R>
+  /**
+   * Settles one message with its outcome. `canDefer` says whether others of its key wait
+   * behind it and it was not deferred before.
+   */
+  readonly settle: (work: W, outcome: O, canDefer: boolean) => Effect.Effect<Step, never, R>
+  /** Asked before each chain and before each settlement. */
   readonly gate: Effect.Effect<Gate>
   readonly drop: (work: W, why: Dropped) => Effect.Effect<void, never, R>
+  /** Most messages of one key applied as one chain. */
+  readonly chain: number
 }
 
 export interface Lanes<W, R> {
@@ -46,37 +53,56 @@ interface Waiting<W> {
 }
 
 /**
- * Per-key serial runner: messages of one key run one at a time in the order offered, different
- * keys in parallel (one fiber per busy key, interrupted when the scope closes). Its rules:
+ * Per-key serial runner: messages of one key are applied in the order offered, different keys
+ * in parallel (one fiber per busy key, interrupted when the scope closes). The messages waiting
+ * in a key's lane are handed over together (`apply`, up to `chain` of them), so a group commit can
+ * apply a whole order's events in one unit of work, still in order; each is then settled in
+ * turn. Its rules:
  * - a message that asks to defer goes once behind its key's other waiting messages: after a
  *   requeue or with a second consumer, the broker may deliver a key's events out of order, and
  *   the earlier one it needs may be waiting right here;
  * - after a message was requeued, the key's later messages go back behind it, never overtaking it;
+ * - after a deferral, or a message whose outcome was not the last of its chain, the lane starts
+ *   a new chain from its head: what was not applied is applied then;
  * - when the gate says paused, each waiting message goes back; when closed, the rest is given up.
  */
-export const makeLanes = <W, R>(rules: LaneRules<W, R>): Effect.Effect<Lanes<W, R>, never, Scope.Scope> =>
+export const makeLanes = <W, O, R>(rules: LaneRules<W, O, R>): Effect.Effect<Lanes<W, R>, never, Scope.Scope> =>
   Effect.gen(function*() {
     const lanes = new Map<string, Array<Waiting<W>>>()
     const fibers = yield* FiberSet.make<void, never>()
 
+    /** Drops the rest of the lane if the gate is not open; false then. */
+    const through = Effect.fnUntraced(function*(lane: Array<Waiting<W>>) {
+      const gate = yield* rules.gate
+      if (gate === "open") return true
+      if (gate === "closed") {
+        for (const waiting of lane.splice(0)) yield* rules.drop(waiting.work, "channel closed")
+      } else {
+        for (const waiting of lane.splice(0)) yield* rules.drop(waiting.work, "consumption paused")
+      }
+      return false
+    })
+
     const runLane = Effect.fnUntraced(function*(key: string, lane: Array<Waiting<W>>) {
       while (lane.length > 0) {
-        const head = lane[0]!
-        const gate = yield* rules.gate
-        if (gate === "closed") {
-          for (const waiting of lane.splice(0)) yield* rules.drop(waiting.work, "channel closed")
-          break
-        }
-        if (gate === "paused") {
+        if (!(yield* through(lane))) break
+        const chain = lane.slice(0, Math.max(1, rules.chain))
+        const outcomes = yield* rules.apply(chain.map((waiting) => waiting.work))
+        // The first of a chain always gets its outcome: without it the lane could never move.
+        if (outcomes.length === 0) return yield* Effect.die(new Error(`lane ${key}: a chain's first message got no outcome`))
+        for (const [i, outcome] of outcomes.entries()) {
+          if (i > 0 && !(yield* through(lane))) break
+          const head = lane[0]!
+          const step = yield* rules.settle(head.work, outcome, !head.deferred && lane.length > 1)
           lane.shift()
-          yield* rules.drop(head.work, "consumption paused")
-          continue
-        }
-        const step = yield* rules.run(head.work, Effect.sync(() => !head.deferred && lane.length > 1))
-        lane.shift()
-        if (step === "deferred") lane.push({ work: head.work, deferred: true })
-        else if (step === "requeued") {
-          for (const waiting of lane.splice(0)) yield* rules.drop(waiting.work, "kept behind a requeued message of its key")
+          if (step === "deferred") {
+            lane.push({ work: head.work, deferred: true })
+            break
+          }
+          if (step === "requeued") {
+            for (const waiting of lane.splice(0)) yield* rules.drop(waiting.work, "kept behind a requeued message of its key")
+            break
+          }
         }
       }
       lanes.delete(key)

@@ -8,16 +8,49 @@ import { groupSize } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
 import { makeStaged, OutsideWorkingSet, type Staged } from "../stores/memory/staged.ts"
 import { type ReservationTimers, type Stores, UnitOfWork, WorkingSet } from "../stores/services.ts"
+import { orderingKey } from "../domain/events.ts"
 import type { Decoded } from "./decode.ts"
 import { applyDecoded, applyOnce, describe, Outcome } from "./pipeline.ts"
+import { ProcessingPolicy } from "./policy.ts"
+
+/** One event of a key's chain, with its delivery count and the span its work belongs under. */
+export interface ChainItem {
+  readonly decoded: Decoded
+  readonly deliveryCount: number
+  readonly parent: Option.Option<Tracer.AnySpan>
+}
+
+/** Whether the key's later events may be applied after this outcome: not after a `Retry`. */
+export const letsKeyGoOn = (outcome: Outcome): boolean => outcome._tag !== "Retry"
+
+/** One key's events one at a time, in order, up to the first that does not let the key go on. */
+const oneByOne = (items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> =>
+  Effect.gen(function*() {
+    const outcomes: Array<Outcome> = []
+    for (const item of items) {
+      const apply = applyDecoded(item.decoded, item.deliveryCount)
+      const outcome = yield* (Option.isSome(item.parent) ? Effect.withParentSpan(apply, item.parent.value, noStackTrace) : apply)
+      outcomes.push(outcome)
+      if (!letsKeyGoOn(outcome)) break
+    }
+    return outcomes
+  })
 
 /**
- * How the runtime applies a decoded event: one unit of work per event (`applyDecoded`) unless
- * `batched` is provided, which applies the events ready at the same moment together (issue 18).
+ * How the runtime applies decoded events: `applyChain` takes one key's waiting events in order
+ * and returns their outcomes, for the first of them up to one that does not let the key go on
+ * (the rest were not applied). One unit of work per event by default; `batched` applies the
+ * chains ready at the same moment together (issue 18).
  */
 export const EventApplier = Context.Reference<{
-  apply(decoded: Decoded, deliveryCount: number): Effect.Effect<Outcome, never, Stores | ReservationTimers>
-}>("inventory/pipeline/EventApplier", { defaultValue: () => ({ apply: applyDecoded }) })
+  applyChain(items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers>
+}>("inventory/pipeline/EventApplier", { defaultValue: () => ({ applyChain: oneByOne }) })
+
+/** One event through the current applier. */
+export const applyEvent = (decoded: Decoded, deliveryCount: number) =>
+  Effect.flatMap(EventApplier, (applier) =>
+    Effect.flatMap(Effect.option(Effect.currentSpan), (parent) =>
+      Effect.map(applier.applyChain([{ decoded, deliveryCount, parent }]), (outcomes) => outcomes[0]!)))
 
 /** Group commit: events ready together share one set-based transaction. */
 export interface BatchSettings {
@@ -45,13 +78,16 @@ export interface GroupEvent {
  * - `Refused`: a permanent failure (its fate is the dead-letter queue); its effects were undone
  *   and what the failure announces (`afterRollback`) was written in the group;
  * - `Alone`: a failure worth retrying, or a defect: undone, to be applied again on its own with
- *   the full retry policy once the group committed.
+ *   the full retry policy once the group committed;
+ * - `not run`: a later event of the key of an `Alone` one: a key's events apply in order, so it
+ *   waits for that one's fate.
  */
 export type GroupResult =
   | "applied"
   | "duplicate"
   | { readonly _tag: "Refused"; readonly error: InventoryError }
   | { readonly _tag: "Alone"; readonly error: InventoryError | null }
+  | "not run"
 
 let staged: Staged | undefined
 /** The staged stores are built once: they hold no rows of their own, only the current group's. */
@@ -80,7 +116,13 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
   // The staged stores are provided once for the whole loop; each event runs under its own span.
   const results = yield* store.run(group, Effect.gen(function*() {
     const results: Array<GroupResult> = []
+    const held = new Set<string>()
     for (const { decoded, parent } of events) {
+      const key = orderingKey(decoded.event)
+      if (held.has(key)) {
+        results.push("not run")
+        continue
+      }
       const exit = yield* Effect.exit(applyOnce(decoded, Option.getOrUndefined(parent)))
       if (Exit.isSuccess(exit)) {
         results.push(exit.value)
@@ -90,6 +132,7 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
       const failed = exit.cause.reasons.find(Cause.isFailReason)
       if (failed === undefined || fateOf(failed.error) !== "dead_letter") {
         results.push({ _tag: "Alone", error: failed?.error ?? null })
+        held.add(key)
         continue
       }
       const error = failed.error
@@ -98,6 +141,7 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
       if (Exit.isFailure(announced)) {
         if (isOutside(announced.cause)) return yield* Effect.failCause(announced.cause)
         results.push({ _tag: "Alone", error })
+        held.add(key)
         continue
       }
       results.push({ _tag: "Refused", error })
@@ -109,35 +153,48 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
   return results
 })
 
-interface Pending extends GroupEvent {
-  readonly deliveryCount: number
-  readonly done: Deferred.Deferred<Outcome>
+/** One key's chain waiting for a group, and where its outcomes go. */
+interface Pending {
+  readonly items: ReadonlyArray<ChainItem>
+  readonly done: Deferred.Deferred<ReadonlyArray<Outcome>>
+  /** The caller's retry policy: what is applied one by one later follows it, not the default. */
+  readonly policy: ProcessingPolicy
 }
 
+const outcomeOf = (item: ChainItem, result: "applied" | "duplicate" | { readonly _tag: "Refused"; readonly error: InventoryError }): Outcome =>
+  result === "applied"
+    ? Outcome.Ack({ decoded: item.decoded })
+    : result === "duplicate"
+    ? Outcome.Duplicate({ decoded: item.decoded })
+    : Outcome.DeadLetter({ decoded: item.decoded, failure: describe(result.error) })
+
 /**
- * Group commit for every event type: the events that are ready together (at most one per
- * ordering key, since a key's lane waits for its event's outcome) are applied in one set-based
- * unit of work (`applyGroup`), up to `maxSize` per group; one group at a time, and up to
- * `concurrency` at once under a backlog. Each event still gets its own outcome, and acks wait
- * for the commit, as before. If the transaction fails (a lost connection, a deadlock, a row
- * outside the working set), every event of the group takes the one-by-one path with the full
- * retry policy; so does an event whose failure is worth retrying.
+ * Group commit for every event type: the chains that are ready together (each one key's waiting
+ * events, in order) are applied in one set-based unit of work (`applyGroup`), up to `maxSize`
+ * events per group; one group at a time, and up to `concurrency` at once under a backlog. Each
+ * event still gets its own outcome, and acks wait for the commit, as before. If the transaction
+ * fails (a lost connection, a deadlock, a row outside the working set), every chain takes the
+ * one-by-one path with the full retry policy; so does an event whose failure is worth retrying,
+ * its key's later events waiting for its outcome.
  */
 export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stores | ReservationTimers> =>
   Layer.effectContext(Effect.gen(function*() {
     const context = yield* Effect.context<Stores | ReservationTimers>()
     const uow = yield* UnitOfWork
     const queue = yield* Queue.unbounded<Pending>()
+    /** Events (not chains) waiting in `queue`. */
+    let waiting = 0
 
-    const alone = (item: Pending) =>
-      applyDecoded(item.decoded, item.deliveryCount).pipe(
-        (effect) => Option.isSome(item.parent) ? Effect.withParentSpan(effect, item.parent.value, noStackTrace) : effect,
-        Effect.flatMap((outcome) => Deferred.succeed(item.done, outcome))
+    /** The events of a chain from `from` on, one by one, after the group (or instead of it). */
+    const rest = (chain: Pending, decided: ReadonlyArray<Outcome>, from: number) =>
+      Effect.flatMap(oneByOne(chain.items.slice(from)), (outcomes) => Deferred.succeed(chain.done, [...decided, ...outcomes])).pipe(
+        Effect.provideService(ProcessingPolicy, chain.policy)
       )
 
-    /** One group in one unit of work; its span belongs to the first event's trace and links the others. */
-    const run = (items: ReadonlyArray<Pending>) =>
+    /** One group in one unit of work; its span belongs to the first event's trace. */
+    const run = (chains: ReadonlyArray<Pending>) =>
       Effect.gen(function*() {
+        const items = chains.flatMap((chain) => chain.items)
         const first = items[0]!.parent
         const unit = uow.transaction(applyGroup(items))
         const exit = yield* Effect.exit(Option.isSome(first) ? Effect.withParentSpan(unit, first.value, noStackTrace) : unit)
@@ -145,25 +202,35 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
           yield* Effect.logDebug("event group failed; applying its events one by one").pipe(
             Effect.annotateLogs({ size: items.length, cause: Cause.pretty(exit.cause) })
           )
-          return yield* Effect.forEach(items, alone, { concurrency: "unbounded", discard: true })
+          return yield* Effect.forEach(chains, (chain) => rest(chain, [], 0), { concurrency: "unbounded", discard: true })
         }
-        const later: Array<Pending> = []
-        for (const [i, result] of exit.value.entries()) {
-          const item = items[i]!
-          if (result === "applied") yield* Deferred.succeed(item.done, Outcome.Ack({ decoded: item.decoded }))
-          else if (result === "duplicate") yield* Deferred.succeed(item.done, Outcome.Duplicate({ decoded: item.decoded }))
-          else if (result._tag === "Refused") {
-            yield* Deferred.succeed(item.done, Outcome.DeadLetter({ decoded: item.decoded, failure: describe(result.error) }))
-          } else later.push(item)
+        const later: Array<Effect.Effect<void, never, Stores | ReservationTimers>> = []
+        let at = 0
+        for (const chain of chains) {
+          const decided: Array<Outcome> = []
+          let alone = -1
+          for (const [i, item] of chain.items.entries()) {
+            const result = exit.value[at + i]!
+            if (result === "not run") break
+            if (typeof result !== "string" && result._tag === "Alone") {
+              alone = i
+              break
+            }
+            decided.push(outcomeOf(item, result))
+          }
+          at += chain.items.length
+          // An event worth retrying is applied again on its own; its key's later events wait for the lane.
+          if (alone >= 0) later.push(rest({ ...chain, items: chain.items.slice(0, alone + 1) }, decided, alone))
+          else yield* Deferred.succeed(chain.done, decided)
         }
-        yield* Effect.forEach(later, alone, { concurrency: "unbounded", discard: true })
+        yield* Effect.all(later, { concurrency: "unbounded", discard: true })
       }).pipe(
         Effect.catchCause((cause) =>
           // Nothing may be left waiting: whatever is not decided yet takes the one-by-one path.
           Effect.logError("event group failed unexpectedly").pipe(
             Effect.annotateLogs({ cause: Cause.pretty(cause) }),
-            Effect.andThen(Effect.forEach(items, (item) =>
-              Deferred.isDoneUnsafe(item.done) ? Effect.void : alone(item), { discard: true }))
+            Effect.andThen(Effect.forEach(chains, (chain) =>
+              Deferred.isDoneUnsafe(chain.done) ? Effect.void : rest(chain, [], 0), { discard: true }))
           )
         ),
         Effect.provideContext(context)
@@ -177,12 +244,26 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
     const groups = yield* FiberSet.make<void>()
     const changed = yield* Queue.sliding<void>(1)
     let running = 0
-    const mayStart = () => running === 0 || (running < settings.concurrency && Queue.sizeUnsafe(queue) >= backlog)
+    const mayStart = () => running === 0 || (running < settings.concurrency && waiting >= backlog)
+    /** Chains up to `maxSize` events (a longer chain alone). */
+    const takeGroup = Effect.gen(function*() {
+      const chains = [yield* Queue.take(queue)]
+      let size = chains[0]!.items.length
+      while (size < settings.maxSize) {
+        const next = yield* Queue.poll(queue)
+        if (Option.isNone(next)) break
+        chains.push(next.value)
+        size += next.value.items.length
+        if (size > settings.maxSize) break
+      }
+      waiting -= size
+      return chains
+    })
     yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
       while (!mayStart()) yield* Queue.take(changed)
-      const items = yield* Queue.takeBetween(queue, 1, settings.maxSize)
+      const chains = yield* takeGroup
       running++
-      yield* FiberSet.run(groups, run(items).pipe(Effect.ensuring(Effect.sync(() => {
+      yield* FiberSet.run(groups, run(chains).pipe(Effect.ensuring(Effect.sync(() => {
         running--
         Queue.offerUnsafe(changed, undefined)
       }))))
@@ -192,13 +273,13 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
       Effect.annotateLogs({ max_size: settings.maxSize, concurrency: settings.concurrency, backlog })
     )
 
-    const apply = (decoded: Decoded, deliveryCount: number): Effect.Effect<Outcome, never, Stores | ReservationTimers> =>
+    const applyChain = (items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> =>
       Effect.gen(function*() {
-        const done = yield* Deferred.make<Outcome>()
-        const parent = yield* Effect.option(Effect.currentSpan)
-        yield* Queue.offer(queue, { decoded, deliveryCount, done, parent })
-        if (running > 0 && Queue.sizeUnsafe(queue) >= backlog) Queue.offerUnsafe(changed, undefined)
+        const done = yield* Deferred.make<ReadonlyArray<Outcome>>()
+        waiting += items.length
+        yield* Queue.offer(queue, { items, done, policy: yield* ProcessingPolicy })
+        if (running > 0 && waiting >= backlog) Queue.offerUnsafe(changed, undefined)
         return yield* Deferred.await(done)
       })
-    return Context.make(EventApplier, { apply })
+    return Context.make(EventApplier, { applyChain })
   }))

@@ -5,26 +5,27 @@ import { type Dropped, type Gate, makeLanes, type Step } from "../../src/messagi
 type Event = readonly ["run", string, boolean] | readonly ["drop", string, Dropped]
 
 /**
- * Lanes whose `run` answers from a script by message name, recording every call in order. Runs
- * wait for `offered`, so that every message is in its lane before the first one runs.
+ * Lanes whose `settle` answers from a script by message name, recording every call in order (as
+ * "run": the step the consumer takes for a message). Chains wait for `start`, so that every
+ * message is in its lane before the first one is applied.
  */
 const scripted = (script: Record<string, ReadonlyArray<Step>>, gate: () => Gate = () => "open") =>
   Effect.gen(function*() {
     const events = yield* Ref.make<ReadonlyArray<Event>>([])
     const start = yield* Deferred.make<void>()
     const calls = new Map<string, number>()
-    const made = yield* makeLanes<string, never>({
-      run: (name, mayDefer) =>
+    const made = yield* makeLanes<string, string, never>({
+      apply: (names) => Effect.as(Deferred.await(start), names),
+      settle: (name, _outcome, canDefer) =>
         Effect.gen(function*() {
-          yield* Deferred.await(start)
-          const canDefer = yield* mayDefer
           yield* Ref.update(events, (e) => [...e, ["run", name, canDefer] as const])
           const n = calls.get(name) ?? 0
           calls.set(name, n + 1)
           return script[name]?.[n] ?? "done"
         }),
       gate: Effect.sync(gate),
-      drop: (name, why) => Ref.update(events, (e) => [...e, ["drop", name, why] as const])
+      drop: (name, why) => Ref.update(events, (e) => [...e, ["drop", name, why] as const]),
+      chain: 16
     })
     const lanes = { offer: made.offer, idle: Effect.andThen(Deferred.succeed(start, undefined), made.idle) }
     return { lanes, events }
@@ -43,8 +44,9 @@ describe("keyed lanes", () => {
     Effect.gen(function*() {
       const release = yield* Deferred.make<void>()
       const ran: Array<string> = []
-      const lanes = yield* makeLanes<string, never>({
-        run: (name) =>
+      const lanes = yield* makeLanes<string, string, never>({
+        apply: (names) => Effect.succeed(names),
+        settle: (name) =>
           Effect.gen(function*() {
             ran.push(name)
             if (name === "a1") yield* Deferred.await(release)
@@ -52,7 +54,8 @@ describe("keyed lanes", () => {
             return "done" as const
           }),
         gate: Effect.succeed("open"),
-        drop: () => Effect.void
+        drop: () => Effect.void,
+        chain: 16
       })
       yield* lanes.offer("a", "a1")
       yield* lanes.offer("a", "a2")
@@ -118,8 +121,9 @@ describe("keyed lanes", () => {
     Effect.gen(function*() {
       let gate: Gate = "open"
       const events: Array<string> = []
-      const lanes = yield* makeLanes<string, never>({
-        run: (name) =>
+      const lanes = yield* makeLanes<string, string, never>({
+        apply: (names) => Effect.succeed(names),
+        settle: (name) =>
           Effect.sync(() => {
             events.push(`run ${name}`)
             // The first message asks for a pause (say, the database went away).
@@ -127,7 +131,8 @@ describe("keyed lanes", () => {
             return "done" as const
           }),
         gate: Effect.sync(() => gate),
-        drop: (name, why) => Effect.sync(() => events.push(`${why}: ${name}`))
+        drop: (name, why) => Effect.sync(() => events.push(`${why}: ${name}`)),
+        chain: 16
       })
       yield* Effect.forEach(["a1", "a2", "a3"], (name) => lanes.offer("a", name), { discard: true })
       yield* lanes.offer("b", "b1")
@@ -137,5 +142,50 @@ describe("keyed lanes", () => {
         "consumption paused: a2",
         "consumption paused: a3"
       ])
+    }))
+})
+
+describe("keyed lanes: chains", () => {
+  it.effect("a key's waiting messages are applied together, in order; those after a short answer are applied again", () =>
+    Effect.gen(function*() {
+      const chains: Array<ReadonlyArray<string>> = []
+      const settled: Array<string> = []
+      const start = yield* Deferred.make<void>()
+      const lanes = yield* makeLanes<string, string, never>({
+        // The first chain waits for `start` while a2 and a3 arrive; the second is answered short
+        // (say, a2 must be retried), so a3 is applied again in a third.
+        apply: (names) =>
+          Effect.as(Deferred.await(start), chains.push(names) === 2 ? names.slice(0, 1) : names),
+        settle: (name) => Effect.sync(() => settled.push(name)).pipe(Effect.as("done" as const)),
+        gate: Effect.succeed("open"),
+        drop: () => Effect.void,
+        chain: 16
+      })
+      yield* lanes.offer("a", "a1")
+      yield* Effect.yieldNow
+      yield* Effect.forEach(["a2", "a3"], (name) => lanes.offer("a", name), { discard: true })
+      yield* Deferred.succeed(start, undefined)
+      yield* lanes.idle
+      assert.deepStrictEqual(chains, [["a1"], ["a2", "a3"], ["a3"]])
+      assert.deepStrictEqual(settled, ["a1", "a2", "a3"])
+    }))
+
+  it.effect("a chain is at most `chain` messages long", () =>
+    Effect.gen(function*() {
+      const chains: Array<ReadonlyArray<string>> = []
+      const start = yield* Deferred.make<void>()
+      const lanes = yield* makeLanes<string, string, never>({
+        apply: (names) => Effect.as(Deferred.await(start), (chains.push(names), names)),
+        settle: () => Effect.succeed("done" as const),
+        gate: Effect.succeed("open"),
+        drop: () => Effect.void,
+        chain: 2
+      })
+      yield* lanes.offer("a", "a1")
+      yield* Effect.yieldNow
+      yield* Effect.forEach(["a2", "a3", "a4"], (name) => lanes.offer("a", name), { discard: true })
+      yield* Deferred.succeed(start, undefined)
+      yield* lanes.idle
+      assert.deepStrictEqual(chains, [["a1"], ["a2", "a3"], ["a4"]])
     }))
 })

@@ -5,8 +5,9 @@ import { RuntimeConfig, runtimeSettings } from "../../src/config.ts"
 import * as Messaging from "../../src/messaging/index.ts"
 import { declareTopology } from "../../src/messaging/topology.ts"
 import { Readiness } from "../../src/observability/health.ts"
-import { EventApplier } from "../../src/pipeline/batch.ts"
-import { applyDecoded } from "../../src/pipeline/pipeline.ts"
+import { EventApplier, letsKeyGoOn } from "../../src/pipeline/batch.ts"
+import type { Decoded } from "../../src/pipeline/decode.ts"
+import { applyDecoded, type Outcome } from "../../src/pipeline/pipeline.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
@@ -51,7 +52,19 @@ const suite = (queueType: "quorum" | "classic") => {
 
   const recordingApplier = (replica: string) =>
     Layer.succeed(EventApplier, {
-      apply: (decoded, deliveryCount) =>
+      // One event at a time, as the default applier, each recorded.
+      applyChain: (items) => Effect.gen(function*() {
+        const outcomes: Array<Outcome> = []
+        for (const { decoded, deliveryCount } of items) {
+          const outcome = yield* applyRecorded(replica, decoded, deliveryCount)
+          outcomes.push(outcome)
+          if (!letsKeyGoOn(outcome)) break
+        }
+        return outcomes
+      })
+    })
+
+  const applyRecorded = (replica: string, decoded: Decoded, deliveryCount: number) =>
         Effect.gen(function*() {
           if (replica === hold.replica && applied.filter((a) => a.replica === replica).length >= hold.after) {
             yield* Deferred.succeed(hold.reached, undefined)
@@ -68,7 +81,6 @@ const suite = (queueType: "quorum" | "classic") => {
           })
           return outcome
         })
-    })
 
   const startReplica = (replica: string) => {
     const stores = Scheduler.layer({ sweepInterval: "1 hour", sweepBatch: 100 }).pipe(

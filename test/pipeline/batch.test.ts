@@ -1,10 +1,10 @@
 import { assert, describe, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Fiber, Layer, Metric } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Metric, Option } from "effect"
 import { DatabaseError } from "../../src/domain/errors.ts"
 import { inboundEventTypes } from "../../src/domain/events.ts"
-import { backlogThreshold, batched, EventApplier } from "../../src/pipeline/batch.ts"
+import { applyEvent, backlogThreshold, batched, EventApplier } from "../../src/pipeline/batch.ts"
 import { groupSize } from "../../src/observability/metrics.ts"
-import { decodeDelivery } from "../../src/pipeline/decode.ts"
+import { type Decoded, decodeDelivery } from "../../src/pipeline/decode.ts"
 import type { Outcome } from "../../src/pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../../src/pipeline/policy.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
@@ -72,7 +72,7 @@ const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
           queue: "test",
           accepts: inboundEventTypes
         }).pipe(Effect.orDie)
-        return yield* (yield* EventApplier).apply(decoded, 1)
+        return yield* applyEvent(decoded, 1)
       })
     const policy = Effect.provideService(ProcessingPolicy, {
       retryBaseDelay: Duration.millis(5), retries: 3, maxDeliveries: 5, maxBodyBytes: 1 << 20, maxLinesPerEvent: 500
@@ -131,6 +131,43 @@ const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 10, available: 7, reserved: 3, damaged: 0 })
         assert.deepStrictEqual(yield* Effect.flatMap(Reconciliation, (r) => r.check(org)).pipe(Effect.orDie), [])
       })))
+
+    it.effect("one key's events as a chain: applied in order in one group; those after one worth retrying wait", () =>
+      policy(Effect.gen(function*() {
+        const org = freshOrg()
+        yield* addWarehouse(org, "w1").pipe(Effect.orDie)
+        yield* putStock(org, "v1", "w1", 10)
+        const decode = (event: string, data: unknown, eventId: string) =>
+          decodeDelivery({ body: envelopeBytes(org, event, data, eventId), deliveryCount: 1, queue: "test", accepts: inboundEventTypes }).pipe(Effect.orDie)
+        const chainOf = (events: ReadonlyArray<Decoded>) => events.map((decoded) => ({ decoded, deliveryCount: 1, parent: Option.none() }))
+        const applier = yield* EventApplier
+        const faults = yield* Faults
+        const before = faults.outer
+        const lifecycle = yield* Effect.all([
+          decode("order.placed", { order_id: "o1", items: [{ variant_id: "v1", quantity: 2 }] }, "c-placed"),
+          decode("order.confirmed", { order_id: "o1" }, "c-confirmed"),
+          decode("order.shipped", { order_id: "o1", shipment_id: "s1", shipped_items: [{ variant_id: "v1", quantity: 2, warehouse_id: "w1" }] }, "c-shipped")
+        ])
+        const outcomes = yield* applier.applyChain(chainOf(lifecycle))
+        assert.deepStrictEqual(outcomes.map((o) => o._tag), ["Ack", "Ack", "Ack"])
+        assert.strictEqual(faults.outer - before, 1, "the whole chain in one unit of work")
+        assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 8, available: 8, reserved: 0, damaged: 0 })
+
+        // A confirm before its placement is worth retrying: the placement behind it waits.
+        const early = yield* Effect.all([
+          decode("order.confirmed", { order_id: "o2" }, "c2-confirmed"),
+          decode("order.placed", { order_id: "o2", items: [{ variant_id: "v1", quantity: 1 }] }, "c2-placed")
+        ])
+        // Retried on its own with the caller's policy (one retry here), not the default (three).
+        const units = faults.outer
+        const waited = yield* applier.applyChain(chainOf(early)).pipe(Effect.provideService(ProcessingPolicy, {
+          retryBaseDelay: Duration.millis(5), retries: 1, maxDeliveries: 5, maxBodyBytes: 1 << 20, maxLinesPerEvent: 500
+        }))
+        assert.deepStrictEqual(waited.map((o) => o._tag), ["Retry"])
+        assert.strictEqual(faults.outer - units, 3, "the group, then two attempts on its own")
+        assert.strictEqual((yield* reservationsOf(org, "o2")).length, 0, "the placement was not applied")
+        assert.deepStrictEqual(yield* Effect.flatMap(Reconciliation, (r) => r.check(org)).pipe(Effect.orDie), [])
+      })))
   })
 
 /** Holds every outermost unit of work at a gate, counting how many are open at once. */
@@ -184,7 +221,7 @@ describe("group commit: how many groups run at once", () => {
               queue: "test",
               accepts: inboundEventTypes
             }).pipe(Effect.orDie)
-            return yield* (yield* EventApplier).apply(decoded, 1)
+            return yield* applyEvent(decoded, 1)
           }).pipe(Effect.forkChild)
         // What must happen is waited for (up to 5 s, however loaded the machine); what must not
         // is given 30 ms to show up.
