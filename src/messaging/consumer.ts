@@ -1,4 +1,4 @@
-import { Cause, Deferred, Duration, Effect, Fiber, Metric, Option, Result, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Fiber, Metric, Option, Result, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import type { ConsumerQueue, Topology } from "../config.ts"
 import { RuntimeConfig } from "../config.ts"
 import { orderingKey } from "../domain/events.ts"
@@ -210,7 +210,12 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
             Stream.runForEachArray((messages) =>
               Effect.andThen(activity.delivered, Effect.forEach(messages, (message) => Effect.suspend(() => dispatch(lanes, message)), { discard: true }))
             ),
-            Effect.ensuring(activity.unsubscribed)
+            Effect.ensuring(activity.unsubscribed),
+            // Every message's lane fiber starts from this context and adds to it (its log
+            // annotation, its span, what its unit of work provides); past a few additions a
+            // context copies its whole map of services on each one. A flat copy made here, once
+            // per subscription, keeps those additions cheap (issue 18).
+            Effect.updateContext((context: Context.Context<Requirements | Stores | ReservationTimers | Publisher>) => Context.mergeAll(context))
           )
           yield* lanes.idle
           if (yield* Deferred.isDone(shutdown)) return "ended" as const

@@ -20,7 +20,9 @@ const utf8 = (text: string) => Buffer.byteLength(text, "utf8")
 
 /** `text` cut to at most `bytes` UTF-8 bytes, never inside a character. */
 export const cutUtf8 = (text: string, bytes: number): string => {
-  if (utf8(text) <= bytes) return text
+  // A UTF-16 unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4): short text
+  // fits without being measured, which is what nearly every property and header is.
+  if (text.length * 3 <= bytes || utf8(text) <= bytes) return text
   let end = Math.min(text.length, bytes)
   while (end > 0 && utf8(text.slice(0, end)) > bytes) end--
   // Do not leave the high half of a surrogate pair behind.
@@ -128,17 +130,24 @@ export const typedHeaders = (
   const out: Record<string, Typed> = {}
   const dropped: Array<string> = []
   let size = 4
-  const entries = Object.entries(headers).filter(([, value]) => value !== undefined)
-  const ordered = [...entries.filter(([name]) => keep(name)), ...entries.filter(([name]) => !keep(name))]
-  for (const [name, value] of ordered) {
+  const place = (name: string, value: unknown) => {
     const typed = utf8(name) <= shortStringLimit ? typedValue(value) : undefined
     const added = typed === undefined ? Infinity : entrySize(name, typed)
     if (typed === undefined || size + added > headerTableLimit) {
       dropped.push(name)
-      continue
+      return
     }
     out[name] = typed
     size += added
   }
+  // One pass over the names: the kept ones placed at once, the others after them, in order.
+  let others: Array<string> | undefined
+  for (const name of Object.keys(headers)) {
+    const value = headers[name]
+    if (value === undefined) continue
+    if (keep(name)) place(name, value)
+    else (others ??= []).push(name)
+  }
+  if (others !== undefined) for (const name of others) place(name, headers[name])
   return { headers: out, dropped }
 }

@@ -94,19 +94,21 @@ export class Publisher extends Context.Service<Publisher, {
           if (messages.length === 0) return []
           const fail = (message: OutgoingMessage, reason: string) =>
             new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason })
-          const spans = yield* Effect.forEach(messages, (message) =>
-            Effect.makeSpan(`${message.exchange} publish`, {
-              kind: "producer",
-              ...Option.match(parseTraceparent(message.causedBy), { onNone: () => ({}), onSome: (parent) => ({ parent }) }),
-              attributes: {
-                "messaging.system": "rabbitmq",
-                "messaging.operation": "publish",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": message.exchange,
-                "messaging.rabbitmq.destination.routing_key": message.routingKey,
-                "messaging.message.id": typeof message.options.messageId === "string" ? message.options.messageId : ""
-              }
-            }))
+          const spans = yield* Effect.forEach(messages, (message) => {
+            const parent = parseTraceparent(message.causedBy)
+            const attributes = {
+              "messaging.system": "rabbitmq",
+              "messaging.operation": "publish",
+              "messaging.operation.type": "send",
+              "messaging.destination.name": message.exchange,
+              "messaging.rabbitmq.destination.routing_key": message.routingKey,
+              "messaging.message.id": typeof message.options.messageId === "string" ? message.options.messageId : ""
+            }
+            return Effect.makeSpan(
+              `${message.exchange} publish`,
+              Option.isSome(parent) ? { kind: "producer", parent: parent.value, attributes } : { kind: "producer", attributes }
+            )
+          })
           const unavailable = `no publisher confirm within ${Duration.format(timeout)} (broker unavailable?)`
           // One deadline for the whole call, on the Effect clock: waiting for a channel and for the confirms.
           const startedAt = yield* Clock.currentTimeMillis
@@ -125,9 +127,11 @@ export class Publisher extends Context.Service<Publisher, {
               }
               for (const [i, message] of messages.entries()) {
                 try {
-                  const content = Buffer.from(message.body.buffer, message.body.byteOffset, message.body.byteLength)
+                  const body = message.body
+                  const content = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength)
                   // The message carries its producer span's traceparent, so its consumers join the trace.
-                  const headers = { ...message.options.headers, traceparent: formatTraceparent(spans[i]!) }
+                  const traceparent = formatTraceparent(spans[i]!)
+                  const headers = message.options.headers === undefined ? { traceparent } : { ...message.options.headers, traceparent }
                   const encoded = encodable({ ...message.options, headers }, message.ownHeaders ?? [])
                   if (encoded.dropped.length > 0) dropped.push({ exchange: message.exchange, headers: encoded.dropped })
                   channel.value.publish(message.exchange, message.routingKey, content, encoded.options, (error: unknown) => {

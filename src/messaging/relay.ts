@@ -48,7 +48,7 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
       const toMessage = (row: PendingOutboxMessage): OutgoingMessage => ({
         exchange: eventsExchange,
         routingKey: row.event_type,
-        body: new TextEncoder().encode(JSON.stringify(row.payload)),
+        body: Buffer.from(JSON.stringify(row.payload)),
         options: {
           persistent: true,
           messageId: row.event_id,
