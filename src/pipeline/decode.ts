@@ -1,4 +1,4 @@
-import { Effect, Exit, Result, Schema, type SchemaAST } from "effect"
+import { Effect, Exit, Result, Schema } from "effect"
 import { ValidationError } from "../domain/errors.ts"
 import { InboundEvent, type InboundEventType, inboundEventTypes } from "../domain/events.ts"
 import { bodyDigest } from "../domain/ids.ts"
@@ -37,128 +37,6 @@ export interface Peek {
 
 const decodeEvent = Schema.decodeUnknownExit(InboundEvent, { errors: "first", onExcessProperty: "ignore" })
 const decodeId = Schema.decodeUnknownExit(Id)
-
-/**
- * The schema's own decoding, compiled into plain functions for a valid event (issue 18): Effect's
- * Schema parser runs a generator and allocates ~4 KB for one small `order.placed`, a tenth of all
- * a message costs the consumer. `compile` turns a schema's AST into a function that returns the
- * value the schema would decode, or `noMatch`; it knows the shapes our event schemas use
- * (structs, arrays, unions of plain values, literals, strings, numbers, booleans, null), and for
- * every check of the schema it runs the check itself (`Filter.run`), so a refinement added to a
- * schema cannot be skipped. A node of another kind, or with a transformation, makes the whole
- * event type go to `decodeEvent`. Anything `noMatch` goes to `decodeEvent` too, so every error
- * message is still the schema's. Only for parsed JSON: it never holds `undefined` or a
- * non-plain object. test/pipeline/decode.test.ts checks it against the schema on generated
- * events, valid and broken.
- */
-const noMatch: unique symbol = Symbol("no fast match")
-type Compiled = (input: unknown) => unknown
-const parseOptions: SchemaAST.ParseOptions = { errors: "first", onExcessProperty: "ignore" }
-
-const passes = (checks: ReadonlyArray<SchemaAST.Check<any>> | undefined, value: unknown, ast: SchemaAST.AST): boolean => {
-  if (checks === undefined) return true
-  for (const check of checks) {
-    if (check._tag === "Filter" ? check.run(value, ast, parseOptions) !== undefined : !passes(check.checks, value, ast)) return false
-  }
-  return true
-}
-
-const isPlainValue = (ast: SchemaAST.AST) =>
-  ast._tag === "String" || ast._tag === "Number" || ast._tag === "Boolean" || ast._tag === "Null" || ast._tag === "Literal"
-
-const compile = (ast: SchemaAST.AST): Compiled | undefined => {
-  if (ast.encoding !== undefined) return undefined
-  const checks = ast.checks
-  const plain = (is: (u: unknown) => boolean): Compiled => (input) => (is(input) && passes(checks, input, ast) ? input : noMatch)
-  switch (ast._tag) {
-    case "String":
-      return plain((u) => typeof u === "string")
-    case "Number":
-      return plain((u) => typeof u === "number")
-    case "Boolean":
-      return plain((u) => typeof u === "boolean")
-    case "Null":
-      return plain((u) => u === null)
-    case "Literal": {
-      const literal = ast.literal
-      return plain((u) => u === literal)
-    }
-    case "Union": {
-      // Members that decode to the input itself: which one matches cannot change the value.
-      if (ast.options !== undefined || !ast.types.every(isPlainValue)) return undefined
-      const members = ast.types.map(compile)
-      if (members.some((member) => member === undefined)) return undefined
-      return plain((u) => members.some((member) => member!(u) !== noMatch))
-    }
-    case "Arrays": {
-      if (ast.elements.length > 0 || ast.rest.length !== 1) return undefined
-      const item = compile(ast.rest[0]!)
-      if (item === undefined) return undefined
-      return (input) => {
-        if (!Array.isArray(input)) return noMatch
-        const out = new Array<unknown>(input.length)
-        for (let i = 0; i < input.length; i++) {
-          const value = item(input[i])
-          if (value === noMatch) return noMatch
-          out[i] = value
-        }
-        return passes(checks, out, ast) ? out : noMatch
-      }
-    }
-    case "Objects": {
-      if (ast.indexSignatures.length > 0) return undefined
-      const properties: Array<{ readonly name: string; readonly optional: boolean; readonly decode: Compiled }> = []
-      for (const property of ast.propertySignatures) {
-        const decode = typeof property.name === "string" && property.name !== "__proto__" ? compile(property.type) : undefined
-        if (decode === undefined) return undefined
-        properties.push({ name: property.name as string, optional: property.type.context?.isOptional === true, decode })
-      }
-      return (input) => {
-        if (typeof input !== "object" || input === null || Array.isArray(input)) return noMatch
-        // As the schema builds it: the declared keys present, in declaration order; others ignored.
-        const out: Record<string, unknown> = {}
-        for (const { decode, name, optional } of properties) {
-          if (!(name in input)) {
-            if (optional) continue
-            return noMatch
-          }
-          const value = decode((input as Record<string, unknown>)[name])
-          if (value === noMatch) return noMatch
-          out[name] = value
-        }
-        return passes(checks, out, ast) ? out : noMatch
-      }
-    }
-    default:
-      return undefined
-  }
-}
-
-/** By event type: each member of `InboundEvent` the compiler knows, found by its `event` literal. */
-const compiledEvents = new Map<string, Compiled>()
-if (InboundEvent.ast.encoding === undefined && InboundEvent.ast.checks === undefined) {
-  for (const member of InboundEvent.ast.types) {
-    if (member._tag !== "Objects") continue
-    const tag = member.propertySignatures.find((property) => property.name === "event")?.type
-    if (tag?._tag !== "Literal" || typeof tag.literal !== "string") continue
-    const compiled = compile(member)
-    if (compiled !== undefined) compiledEvents.set(tag.literal, compiled)
-  }
-}
-
-/**
- * The event the schema decodes from this parsed JSON, by the compiled path only: `undefined` when
- * that path has no answer (an invalid event, or a type it does not know), for the schema to give.
- */
-export const decodeCompiled = (type: string, json: unknown): InboundEvent | undefined => {
-  const compiled = compiledEvents.get(type)
-  if (compiled === undefined) return undefined
-  const value = compiled(json)
-  return value === noMatch ? undefined : value as InboundEvent
-}
-
-/** The event types the compiled path decodes (all of them, unless a schema grows a shape it does not know). */
-export const compiledEventTypes = (): ReadonlyArray<string> => [...compiledEvents.keys()]
 const utf8 = new TextDecoder("utf-8", { fatal: true })
 const known = new Set<string>(inboundEventTypes)
 
@@ -337,12 +215,9 @@ export const decodeWith = (delivery: Delivery, policy: ProcessingPolicy): Result
   if (typeof version === "string" && !/^1(\.\d+){0,2}$/.test(version)) {
     return invalid(`Unsupported version '${cut(version, 20)}' of ${type}: this consumer reads 1.x`)
   }
-  let event = decodeCompiled(type, json)
-  if (event === undefined) {
-    const exit = decodeEvent(json)
-    if (Exit.isFailure(exit)) return invalid(`Invalid ${type}: ${failureMessage(exit)}`)
-    event = exit.value
-  }
+  const exit = decodeEvent(json)
+  if (Exit.isFailure(exit)) return invalid(`Invalid ${type}: ${failureMessage(exit)}`)
+  const event = exit.value
   const lines = event.event === "order.placed"
     ? event.data.items.length
     : event.event === "order.shipped"
