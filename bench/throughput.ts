@@ -437,7 +437,7 @@ const ourEnv = {
   AMQP_URL: vhostUrl(targets.ours),
   DATABASE_URL: databaseUrl,
   DATABASE_SCHEMA: schema,
-  LOG_LEVEL: "Warn",
+  // No LOG_LEVEL: the bench measures what `npm start` runs, its logging included.
   ...(PREFETCH === undefined ? {} : { ORDER_PREFETCH: String(PREFETCH) }),
   HTTP_PORT: String(19000 + (process.pid % 1000))
 }
