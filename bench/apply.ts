@@ -7,6 +7,7 @@
  *
  *   npm run bench:apply
  *   npm run bench:apply -- --group 64 --profile /tmp/apply-prof     also writes a V8 CPU profile there
+ *   npm run bench:apply -- --heap-profile /tmp/apply.heapprofile    and what is allocated per event (sampled)
  */
 import { Context, Effect, Layer, Option } from "effect"
 import { Session } from "node:inspector/promises"
@@ -25,6 +26,8 @@ const GROUP = arg("group", 256)
 const ORDERS = arg("orders", 5_000)
 const ROUNDS = arg("rounds", 5)
 const PROFILE = argv.includes("--profile") ? argv[argv.indexOf("--profile") + 1] : undefined
+/** A sampled allocation profile (every allocation, collected or not) of the first counted round. */
+const HEAP_PROFILE = argv.includes("--heap-profile") ? argv[argv.indexOf("--heap-profile") + 1] : undefined
 const VARIANTS = 1_000
 const ORG = "bench_org"
 
@@ -111,6 +114,11 @@ const program = Effect.gen(function*() {
       yield* Effect.promise(() => session.post("Profiler.enable"))
       yield* Effect.promise(() => session.post("Profiler.start"))
     }
+    if (r === 1 && HEAP_PROFILE !== undefined) {
+      yield* Effect.promise(() =>
+        session.post("HeapProfiler.startSampling", { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true })
+      )
+    }
     const start = process.cpuUsage()
     let events = 0
     for (const stage of stages) {
@@ -123,6 +131,12 @@ const program = Effect.gen(function*() {
     }
     const used = process.cpuUsage(start)
     if (r > 0) console.log(`round ${r}: ${events} events in groups of ${GROUP}: ${((used.user + used.system) / events).toFixed(1)} µs of CPU per event`)
+    if (r === 1 && HEAP_PROFILE !== undefined) {
+      const { profile } = yield* Effect.promise(() => session.post("HeapProfiler.stopSampling"))
+      writeFileSync(HEAP_PROFILE, JSON.stringify(profile))
+      const total = (node: { selfSize: number; children: ReadonlyArray<never> }): number => node.selfSize + node.children.reduce((sum, c) => sum + total(c), 0)
+      console.log(`allocated (sampled): ${(total(profile.head as never) / events / 1024).toFixed(1)} KB per event; profile: ${HEAP_PROFILE}`)
+    }
   }
   if (PROFILE !== undefined) {
     const { profile } = yield* Effect.promise(() => session.post("Profiler.stop"))
