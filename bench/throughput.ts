@@ -15,7 +15,7 @@
  *                                          default: what `npm start` uses (the consumer's own default, read
  *                                          back from the broker and printed)
  *   npm run bench -- --consumers 3         replicas: the lifecycle through 1 replica of ours, then through 3,
- *                                          one SIGKILLed after --kill-after seconds (default 4) and started
+ *                                          one SIGKILLed after --kill-after seconds (default 4; 0: none) and started
  *                                          again; prints events/s for both, outbound events published twice
  *                                          (a capture queue bound to inventory_events), legitimate events
  *                                          dead-lettered, live reservations left and the reconciliation
@@ -662,7 +662,7 @@ const compare = async () => {
 
 const main = async () => {
   const pgVersion = (await db.query("SHOW server_version")).rows[0].server_version
-  console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS} with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants` +
+  console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS}${KILL_AFTER_MS > 0 ? ` with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : ", none killed"}` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants` +
     `${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ` +
     `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}. Shared machine: figures are noisy.`)
   let clean = true
@@ -670,7 +670,7 @@ const main = async () => {
     await seedOurs()
     if (CONSUMERS > 1) {
       const one = await runOurs(lifecycle(ORDERS, "r1"), 1)
-      const many = await runOurs(lifecycle(ORDERS, `r${CONSUMERS}`), CONSUMERS, KILL_AFTER_MS)
+      const many = await runOurs(lifecycle(ORDERS, `r${CONSUMERS}`), CONSUMERS, KILL_AFTER_MS > 0 ? KILL_AFTER_MS : undefined)
       const check = checkOurs()
       clean = check === "clean"
       const line = (name: string, r: typeof one) =>
@@ -678,7 +678,7 @@ const main = async () => {
       console.log(`\nlifecycle, ${fmt(ORDERS)} orders; prefetch of the order queue ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}`)
       console.log(`${"(noisy)".padEnd(30)}${"events/s".padStart(10)}${"sent twice".padStart(16)}${"dead-lettered".padStart(15)}${"live (expected)".padStart(16)}`)
       console.log(line("1 replica", one))
-      console.log(line(`${CONSUMERS} replicas, one SIGKILLed`, many))
+      console.log(line(`${CONSUMERS} replicas${KILL_AFTER_MS > 0 ? ", one SIGKILLed" : ""}`, many))
       console.log(`${CONSUMERS} replicas / 1 replica: ${fmt(many.rate / one.rate, 2)}`)
       console.log(`ours reconciliation (I1 I2 I3 I8 I9): ${check}`)
     } else {
