@@ -19,4 +19,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
 # The flags are `npm start`'s (test/deploy/deployment.test.ts keeps them equal): a bounded heap, and V8's
 # background pool sized from the cores (one thread on two), not Node's fixed four, so GC helpers
 # do not crowd a small machine (README, Throughput).
-CMD ["node", "--max-old-space-size=256", "--max-semi-space-size=8", "--v8-pool-size=0", "src/main.ts"]
+CMD ["node", "--max-old-space-size=256", "--max-semi-space-size=4", "--v8-pool-size=0", "src/main.ts"]
