@@ -7,7 +7,7 @@ import { consumerPaused } from "../observability/metrics.ts"
 import { noStackTrace } from "../observability/spans.ts"
 import { EventApplier } from "../pipeline/batch.ts"
 import { type Decoded, decodeWith, peek } from "../pipeline/decode.ts"
-import { type Outcome, undecodable } from "../pipeline/pipeline.ts"
+import { type Failure, Outcome, undecodable } from "../pipeline/pipeline.ts"
 import { ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
 import { describeRole, trackActivity } from "./activity.ts"
@@ -27,6 +27,9 @@ type Work = {
   /** The message's consumer span, open from arrival to settlement. */
   readonly trace: DeliveryTrace
 }
+
+/** How a defect of the runtime is named where a message's failure is (DLQ headers, logs). */
+const runtimeDefect = (cause: Cause.Cause<unknown>): Failure => ({ errorType: "Defect", message: Cause.pretty(cause).split("\n")[0]!.slice(0, 500) })
 
 /** Messages of one key applied as one chain at most: a group commit takes whole chains. */
 const CHAIN = 16
@@ -128,14 +131,28 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
        * One key's waiting messages, applied in order (each in its own trace): a message that
        * could not be decoded has a lane of its own and is its own outcome.
        */
-      const apply = (works: ReadonlyArray<Work>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> =>
-        Result.isFailure(works[0]!.input)
-          ? Effect.succeed([works[0]!.input.failure])
-          : applier.applyChain(works.flatMap((work) =>
-            Result.isSuccess(work.input)
-              ? [{ decoded: work.input.success, deliveryCount: work.message.delivery.deliveryCount, parent: Option.some(work.trace.span) }]
-              : []
-          ))
+      const apply = (works: ReadonlyArray<Work>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> => {
+        const first = works[0]!.input
+        if (Result.isFailure(first)) return Effect.succeed([first.failure])
+        return applier.applyChain(works.flatMap((work) =>
+          Result.isSuccess(work.input)
+            ? [{ decoded: work.input.success, deliveryCount: work.message.delivery.deliveryCount, parent: Option.some(work.trace.span) }]
+            : []
+        )).pipe(
+          Effect.catchCause((cause) =>
+            // A bug in the runtime itself: the first message goes back (and is parked after
+            // MAX_DELIVERIES, as a handler's defect is); the key's others wait, the consumer goes on.
+            Effect.logError("applying messages failed unexpectedly").pipe(
+              Effect.annotateLogs({ cause: Cause.pretty(cause) }),
+              Effect.as([
+                works[0]!.message.delivery.deliveryCount >= config.processing.maxDeliveries
+                  ? Outcome.DeadLetter({ decoded: first.success, failure: runtimeDefect(cause) })
+                  : Outcome.Retry({ decoded: first.success, failure: runtimeDefect(cause), pause: false })
+              ])
+            )
+          )
+        )
+      }
 
       const settleOne = (work: Work, outcome: Outcome, canDefer: boolean): Effect.Effect<Step, never, Stores | ReservationTimers | Publisher> =>
         Verdict.$match(verdict(outcome, canDefer), {
