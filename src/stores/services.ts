@@ -46,12 +46,6 @@ export class Variants extends Context.Service<Variants, {
   upsert(variant: Variant): Db<void>
 }>()("inventory/stores/Variants") {}
 
-/** A quantity against one stock row. */
-export interface StockLine {
-  readonly key: StockKey
-  readonly quantity: number
-}
-
 /** One order of one organization. */
 export interface OrderRef {
   readonly organization_id: string
@@ -98,11 +92,6 @@ export class Stock extends Context.Service<Stock, {
   initialize(organizationId: string, variantId: string, warehouseIds: ReadonlyArray<string>, levels: { readonly min: number; readonly max: number }): Db<number>
   /** available -> reserved, only while `available >= quantity` and the row is live. None when refused. */
   reserve(key: StockKey, quantity: number): Db<Option.Option<StockRow>>
-  /**
-   * `reserve` for many rows in one step, all or nothing: false (and nothing changed) when any
-   * row is missing, archived or short. For rows the caller has locked and checked.
-   */
-  reserveAll(lines: ReadonlyArray<StockLine>): Db<boolean>
   /** reserved -> available. */
   release(key: StockKey, quantity: number): Db<StockRow>
   /** reserved and total both fall by `quantity` (goods left the warehouse). */
@@ -129,12 +118,8 @@ export class Reservations extends Context.Service<Reservations, {
   findById(organizationId: string, reservationId: string): Db<Option.Option<Reservation>>
   /** Every reservation of the order, newest first. */
   findByOrder(organizationId: string, orderId: string): Db<ReadonlyArray<Reservation>>
-  /** Every reservation of these orders, newest first within an order. */
-  findByOrders(orders: ReadonlyArray<OrderRef>): Db<ReadonlyArray<Reservation>>
   /** False when the order already has a live reservation (nothing written). */
   insert(reservation: Reservation): Db<boolean>
-  /** `insert` for many; returns how many were written. */
-  insertAll(reservations: ReadonlyArray<Reservation>): Db<number>
   /** Moves the reservation to `to` only from one of `from`; false when it was elsewhere. */
   transition(organizationId: string, reservationId: string, from: ReadonlyArray<ReservationStatus>, to: ReservationStatus, reason: string | null): Db<boolean>
   /** Active reservations past due, locked, skipping any another process holds. */
@@ -174,11 +159,6 @@ export class EventLog extends Context.Service<EventLog, {
   record(entry: EventLogEntry): Db<boolean>
   /** `record` for many, in one step: one flag per entry (an id repeated in the list is a duplicate after its first). */
   recordAll(entries: ReadonlyArray<EventLogEntry>): Db<ReadonlyArray<boolean>>
-  /**
-   * Takes back entries recorded earlier in the same unit of work, for events whose effects were
-   * refused there (so a replay can apply them), as if the unit had rolled back for them alone.
-   */
-  forget(entries: ReadonlyArray<EventRef>): Db<void>
   has(organizationId: string, eventId: string): Db<boolean>
 }>()("inventory/stores/EventLog") {}
 

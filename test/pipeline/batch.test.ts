@@ -37,11 +37,7 @@ const instrumented = <E>(stores: Layer.Layer<Stores, E>) => {
       record: (entry) =>
         f.failOnce.delete(entry.event_id)
           ? Effect.fail(new DatabaseError({ reason: "serialization", message: "injected" }))
-          : log.record(entry),
-      recordAll: (entries) =>
-        entries.some((entry) => f.failOnce.delete(entry.event_id))
-          ? Effect.fail(new DatabaseError({ reason: "serialization", message: "injected" }))
-          : log.recordAll(entries)
+          : log.record(entry)
     })), Context.add(WorkingSet, WorkingSet.of({
       ...workingSet,
       // A group records its events as it loads them.

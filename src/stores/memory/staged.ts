@@ -190,7 +190,6 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
   const warehouses = Context.get(memory, Warehouses)
   const eventLog = Context.get(memory, EventLog)
   const movements = Context.get(memory, Movements)
-  const outbox = Context.get(memory, Outbox)
 
   const variantOf = (org: string, variantId: string) => (g: StagedGroup) => g.covers.stockVariants.has(pair(org, variantId))
   const variantsOf = (org: string, ids: ReadonlyArray<string>) => (g: StagedGroup) => ids.every((id) => g.covers.stockVariants.has(pair(org, id)))
@@ -223,8 +222,6 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
             .sort(compareStockKeys)),
       initialize: (org, id, warehouseIds, levels) => guard("stock rows", variantOf(org, id), () => stock.initialize(org, id, warehouseIds, levels)),
       reserve: (key, q) => guard("a stock row", variantOf(key.organization_id, key.variant_id), () => stock.reserve(key, q)),
-      reserveAll: (lines) =>
-        guard("stock rows", (g) => lines.every((l) => variantOf(l.key.organization_id, l.key.variant_id)(g)), () => stock.reserveAll(lines)),
       release: (key, q) => guard("a stock row", variantOf(key.organization_id, key.variant_id), () => stock.release(key, q)),
       ship: (key, q) => guard("a stock row", variantOf(key.organization_id, key.variant_id), () => stock.ship(key, q)),
       receive: (key, q, category) => guard("a stock row", variantOf(key.organization_id, key.variant_id), () => stock.receive(key, q, category)),
@@ -238,10 +235,7 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
       lockById: (org, id) => guard("a reservation", reservation(org, id), () => reservations.lockById(org, id)),
       findById: (org, id) => guard("a reservation", reservation(org, id), () => reservations.findById(org, id)),
       findByOrder: (org, id) => onGroup("an order", order(org, id), (g) => g.reservations.inGroup(pair(org, id)).sort(newestFirst)),
-      findByOrders: (orders) =>
-        guard("orders", (g) => orders.every((o) => order(o.organization_id, o.order_id)(g)), () => reservations.findByOrders(orders)),
       insert,
-      insertAll: (rs) => Effect.map(Effect.forEach(rs, insert), (written) => written.filter(Boolean).length),
       transition: (org, id, from, to, reason) => guard("a reservation", reservation(org, id), () => reservations.transition(org, id, from, to, reason)),
       lockDue: () => outside("due reservations"),
       activeSchedules: () => outside("reservation schedules"),
@@ -260,7 +254,6 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     Context.add(EventLog, EventLog.of({
       record: (entry) => guard("an event", event(entry.organization_id, entry.event_id), () => eventLog.record(entry)),
       recordAll: (entries) => guard("events", (g) => entries.every((e) => event(e.organization_id, e.event_id)(g)), () => eventLog.recordAll(entries)),
-      forget: (entries) => guard("events", (g) => entries.every((e) => event(e.organization_id, e.event_id)(g)), () => eventLog.forget(entries)),
       has: (org, id) => guard("an event", event(org, id), () => eventLog.has(org, id))
     })),
     Context.add(Movements, Movements.of({ append: movements.append, list: () => outside("listing movements") })),

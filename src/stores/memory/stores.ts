@@ -149,21 +149,6 @@ const StockMemory = Layer.effect(
           if (row === undefined || row.archived_at !== null || row.available < quantity) return Option.none()
           return Option.some(update(t, { ...row, available: row.available - quantity, reserved: row.reserved + quantity }))
         }),
-      reserveAll: (lines) =>
-        atomically((t) => {
-          const wanted = new Map<string, number>()
-          for (const line of lines) wanted.set(stockKeyString(line.key), (wanted.get(stockKeyString(line.key)) ?? 0) + line.quantity)
-          const refused = [...wanted].some(([k, quantity]) => {
-            const row = t.stock.get(k)
-            return row === undefined || row.archived_at !== null || row.available < quantity
-          })
-          if (refused) return false
-          for (const [k, quantity] of wanted) {
-            const row = t.stock.get(k)!
-            update(t, { ...row, available: row.available - quantity, reserved: row.reserved + quantity })
-          }
-          return true
-        }),
       release: (key, quantity) =>
         atomically((t) => {
           const row = t.stock.get(stockKeyString(key))
@@ -238,14 +223,7 @@ const ReservationsMemory = Layer.effect(
         atomically((t) =>
           [...t.reservations.values()].filter((r) => r.organization_id === org && r.order_id === orderId).sort(newestFirst)
         ),
-      findByOrders: (orders) =>
-        atomically((t) => {
-          const wanted = new Set(orders.map((o) => pair(o.organization_id, o.order_id)))
-          return [...t.reservations.values()].filter((r) => wanted.has(pair(r.organization_id, r.order_id))).sort(newestFirst)
-        }),
       insert,
-      insertAll: (reservations) =>
-        Effect.map(Effect.forEach(reservations, insert), (written) => written.filter(Boolean).length),
       transition: (org, id, from, to, reason) =>
         atomically((t) => {
           const r = t.reservations.get(pair(org, id))
@@ -307,7 +285,6 @@ const EventLogMemory = Layer.effect(
     EventLog.of({
       record: (entry) => atomically((t) => recordIn(t, entry)),
       recordAll: (entries) => atomically((t) => entries.map((entry) => recordIn(t, entry))),
-      forget: (entries) => atomically((t) => { for (const e of entries) t.eventLog.delete(pair(e.organization_id, e.event_id)) }),
       has: (org, eventId) => atomically((t) => t.eventLog.has(pair(org, eventId)))
     }))
 )

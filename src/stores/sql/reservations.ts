@@ -4,9 +4,7 @@ import type { SqlError } from "effect/sql/SqlError"
 import type { DatabaseError } from "../../domain/errors.ts"
 import type { Reservation, ReservationItem, ReservationStatus } from "../model.ts"
 import { type OrderRef, Reservations } from "../services.ts"
-import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
-import { insertReservationItems, insertReservations } from "./rows.ts"
 
 export interface ReservationRecord {
   readonly organization_id: string
@@ -109,22 +107,6 @@ export const ReservationsSql = Layer.effect(
         load(sql<ReservationRecord>`
           SELECT ${sql.literal(columns)} FROM reservations WHERE organization_id = ${org} AND order_id = ${orderId}
           ORDER BY ${sql.literal(newestFirst)}`),
-
-      findByOrders: (orders) =>
-        orders.length === 0 ? Effect.succeed([]) : load(sql<ReservationRecord>`
-          SELECT ${sql.literal(columns)} FROM reservations
-          WHERE (organization_id, order_id) IN (
-            SELECT * FROM unnest(${orders.map((o) => o.organization_id)}::text[], ${orders.map((o) => o.order_id)}::text[]))
-          ORDER BY ${sql.literal(newestFirst)}`),
-
-      // As \`insert\`, for many reservations in one statement.
-      insertAll: (rs) =>
-        rs.length === 0 ? Effect.succeed(0) : Effect.map(
-          orDatabaseError(sql<{ readonly inserted: number }>`
-            WITH r AS (${insertReservations(sql, rs)}), items AS (${insertReservationItems(sql, rs, "r")})
-            SELECT count(*)::integer AS inserted FROM r`),
-          (rows) => rows[0]?.inserted ?? 0
-        ),
 
       // One statement: the reservation and its items, or nothing when the order already has
       // a live one (the partial unique index) or the id exists.

@@ -5,8 +5,9 @@ import { textArray } from "./arrays.ts"
 const iso = (d: Date | null) => (d === null ? null : d.toISOString())
 
 /**
- * The multi-row writes that more than one statement makes, as fragments: one statement text
- * whatever the count (one prepared plan), rows in list order.
+ * Multi-row writes as statement fragments: one statement text whatever the count (one prepared
+ * plan), rows in list order. The outbox insert is the store's and the working set's; the
+ * reservation inserts are the working set's.
  */
 
 /** Appends outbox messages; positions follow the list; an event id already there is skipped. */

@@ -142,39 +142,6 @@ export const StockSql = Layer.effect(
           WHERE ${where(key)} AND available >= ${quantity} AND archived_at IS NULL
           RETURNING *`),
 
-      // One statement for every row: nothing is updated unless every row can give its
-      // quantity; the caller holds the rows' locks, so a check that passes is the update that follows.
-      reserveAll: (lines) => {
-        if (lines.length === 0) return Effect.succeed(true)
-        return Effect.flatMap(
-          orDatabaseError(sql<{ readonly ok: boolean; readonly updated: number }>`
-            WITH wanted AS (
-              SELECT organization_id, variant_id, warehouse_id, sum(quantity)::bigint AS quantity
-              FROM unnest(${lines.map((l) => l.key.organization_id)}::text[], ${lines.map((l) => l.key.variant_id)}::text[],
-                ${lines.map((l) => l.key.warehouse_id)}::text[], ${lines.map((l) => l.quantity)}::integer[])
-                AS w(organization_id, variant_id, warehouse_id, quantity)
-              GROUP BY organization_id, variant_id, warehouse_id
-            ), ok AS (
-              SELECT count(s.*) = (SELECT count(*) FROM wanted) AS ok
-              FROM wanted w JOIN stock s USING (organization_id, variant_id, warehouse_id)
-              WHERE s.available >= w.quantity AND s.archived_at IS NULL
-            ), updated AS (
-              UPDATE stock s SET available = s.available - w.quantity, reserved = s.reserved + w.quantity
-              FROM wanted w, ok
-              WHERE ok.ok AND s.organization_id = w.organization_id AND s.variant_id = w.variant_id
-                AND s.warehouse_id = w.warehouse_id AND s.available >= w.quantity AND s.archived_at IS NULL
-              RETURNING 1
-            )
-            SELECT (SELECT ok FROM ok) AS ok, (SELECT count(*) FROM updated)::integer AS updated`),
-          (result) => {
-            const { ok, updated } = result[0]!
-            if (!ok) return Effect.succeed(false)
-            const wanted = new Set(lines.map((l) => stockKeyString(l.key))).size
-            return updated === wanted ? Effect.succeed(true) : broken(`reserveAll changed ${updated} of ${wanted} checked rows`)
-          }
-        )
-      },
-
       release: (key, quantity) =>
         Effect.flatMap(
           single(sql<StockRecord>`

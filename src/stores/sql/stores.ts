@@ -1,9 +1,8 @@
 import { PgClient } from "@effect/sql-pg"
 import { Array as Arr, Clock, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
-import type { FailedEvent, Movement, OutboxMessage, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
+import type { FailedEvent, Movement, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
 import { EventLog, FailedEvents, type ListedFailedEvent, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
-import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
 import { insertOutbox } from "./rows.ts"
 import { filterClause, whole } from "./stock.ts"
@@ -140,10 +139,6 @@ export const EventLogSql = Layer.effect(
           }
         )
       },
-      forget: (entries) =>
-        entries.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(sql`
-          DELETE FROM event_log WHERE (organization_id, event_id) IN (
-            SELECT * FROM unnest(${entries.map((e) => e.organization_id)}::text[], ${entries.map((e) => e.event_id)}::text[]))`)),
       has: (org, eventId) =>
         Effect.map(
           orDatabaseError(sql`SELECT 1 FROM event_log WHERE organization_id = ${org} AND event_id = ${eventId}`),
