@@ -13,12 +13,6 @@ import type { Decoded } from "./decode.ts"
 import { applyDecoded, applyOnce, describe, Outcome } from "./pipeline.ts"
 import { ProcessingPolicy } from "./policy.ts"
 
-/** One event of a key's chain, with its delivery count and the span its work belongs under. */
-export interface ChainItem {
-  readonly decoded: Decoded
-  readonly deliveryCount: number
-  readonly parent: Option.Option<Tracer.AnySpan>
-}
 
 /** Whether the key's later events may be applied after this outcome: not after a `Retry`. */
 export const letsKeyGoOn = (outcome: Outcome): boolean => outcome._tag !== "Retry"
@@ -70,6 +64,11 @@ export const backlogThreshold = (settings: BatchSettings): number => Math.max(1,
 export interface GroupEvent {
   readonly decoded: Decoded
   readonly parent: Option.Option<Tracer.AnySpan>
+}
+
+/** One event of a key's chain: a group's event with its delivery count (the retry policy's). */
+export interface ChainItem extends GroupEvent {
+  readonly deliveryCount: number
 }
 
 /**

@@ -1,16 +1,15 @@
-import { ConfigProvider, Effect, Layer, ManagedRuntime } from "effect"
+import { Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { RuntimeConfig, runtimeSettings } from "../../src/config.ts"
+import { RuntimeConfig } from "../../src/config.ts"
 import * as Messaging from "../../src/messaging/index.ts"
-import { declareTopology } from "../../src/messaging/topology.ts"
 import { EventApplier, letsKeyGoOn } from "../../src/pipeline/batch.ts"
 import { applyDecoded, type Outcome } from "../../src/pipeline/pipeline.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { EventLog } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, putStock } from "../support/events.ts"
-import { createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { createVhost, declareTestTopology, deleteVhost, eventually, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
@@ -57,10 +56,7 @@ describe("an applier that dies", () => {
 
   beforeAll(async () => {
     await createVhost(vhost)
-    const settings = await Effect.runPromise(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
-    const client = await TestClient.connect(vhost)
-    await declareTopology(client.channel, settings.topology)
-    await client.close()
+    await declareTestTopology(vhost, env)
     await inspect.runPromise(Effect.gen(function*() {
       yield* addWarehouse(org, "wh_1").pipe(Effect.orDie)
       yield* putStock(org, "v1", "wh_1", 10)

@@ -1,12 +1,10 @@
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { declareTopology } from "../../src/messaging/topology.ts"
-import { runtimeSettings } from "../../src/config.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities, reservationsOf } from "../support/events.ts"
-import { createVhost, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { createVhost, declareTestTopology, deleteVhost, eventually, startRuntime, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
-import { ConfigProvider, Layer, ManagedRuntime } from "effect"
+import { Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
@@ -28,10 +26,7 @@ let runtime: ReturnType<typeof startRuntime<any, any>>
 beforeAll(async () => {
   await createVhost(vhost)
   // Queues first, so the events wait there together before any consumer runs.
-  const settings = await Effect.runPromise(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
-  const client = await TestClient.connect(vhost)
-  await declareTopology(client.channel, settings.topology)
-  await client.close()
+  await declareTestTopology(vhost, env)
 })
 
 afterAll(async () => {

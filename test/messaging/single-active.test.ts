@@ -1,9 +1,8 @@
-import { ConfigProvider, Deferred, Effect, Layer, ManagedRuntime } from "effect"
+import { Deferred, Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { RuntimeConfig, runtimeSettings } from "../../src/config.ts"
+import { RuntimeConfig } from "../../src/config.ts"
 import * as Messaging from "../../src/messaging/index.ts"
-import { declareTopology } from "../../src/messaging/topology.ts"
 import { Readiness } from "../../src/observability/health.ts"
 import { EventApplier, letsKeyGoOn } from "../../src/pipeline/batch.ts"
 import type { Decoded } from "../../src/pipeline/decode.ts"
@@ -12,7 +11,7 @@ import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
 import { addWarehouse, freshId, freshOrg, putStock, quantities } from "../support/events.ts"
-import { createVhost, deleteVhost, eventually, rabbitmqctl, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { createVhost, declareTestTopology, deleteVhost, eventually, rabbitmqctl, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
@@ -110,10 +109,7 @@ const suite = (queueType: "quorum" | "classic") => {
 
   beforeAll(async () => {
     await createVhost(vhost)
-    const settings = await Effect.runPromise(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
-    const client = await TestClient.connect(vhost)
-    await declareTopology(client.channel, settings.topology)
-    await client.close()
+    await declareTestTopology(vhost, env)
     await look(Effect.gen(function*() {
       yield* addWarehouse(org, "wh_1").pipe(Effect.orDie)
       for (const v of variants) yield* putStock(org, v, "wh_1", 1_000)

@@ -1,9 +1,10 @@
 import amqp from "amqplib"
 import { execFile } from "node:child_process"
 import { promisify } from "node:util"
-import { Effect, Layer, ManagedRuntime } from "effect"
+import { ConfigProvider, Effect, Layer, ManagedRuntime } from "effect"
 import { afterAll, beforeAll } from "vitest"
-import { RuntimeConfig } from "../../src/config.ts"
+import { RuntimeConfig, runtimeSettings } from "../../src/config.ts"
+import { declareTopology } from "../../src/messaging/topology.ts"
 import * as Messaging from "../../src/messaging/index.ts"
 
 /**
@@ -263,3 +264,14 @@ export const eventually = async <A>(
 /** Runs an Effect against a started runtime (stores and all). */
 export const runWith = <R, ER>(runtime: ManagedRuntime.ManagedRuntime<R, ER>) => <A, E>(effect: Effect.Effect<A, E, R>) =>
   runtime.runPromise(effect)
+
+/** Declares the topology `env` configures in the vhost, before any consumer runs (so messages can wait in its queues). */
+export const declareTestTopology = async (vhost: string, env: Record<string, string>) => {
+  const settings = await Effect.runPromise(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
+  const client = await TestClient.connect(vhost)
+  try {
+    await declareTopology(client.channel, settings.topology)
+  } finally {
+    await client.close()
+  }
+}
