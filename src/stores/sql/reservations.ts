@@ -27,6 +27,10 @@ const columns = "organization_id, reservation_id, order_id, status, expires_at, 
 /** Newest first; reservations created in the same millisecond keep their write order. */
 const newestFirst = "created_at DESC, seq ASC"
 
+/** The order keys, each once, in the one order every unit of work takes them (`WorkingSetSql` too). */
+export const orderKeys = (orders: ReadonlyArray<OrderRef>): Array<string> =>
+  [...new Set(orders.map((o) => `inventory.order ${o.organization_id} ${o.order_id}`))].sort()
+
 export const ReservationsSql = Layer.effect(
   Reservations,
   Effect.gen(function*() {
@@ -72,10 +76,6 @@ export const ReservationsSql = Layer.effect(
     const orderKey = (org: string, orderId: string) => sql`hashtextextended(${`inventory.order ${org} ${orderId}`}, 0)`
     const lockOrder = (org: string, orderId: string) =>
       Effect.asVoid(orDatabaseError(sql`SELECT pg_advisory_xact_lock(${orderKey(org, orderId)})`))
-
-    /** The order keys, each once, in the one order every unit of work takes them. */
-    const orderKeys = (orders: ReadonlyArray<OrderRef>) =>
-      [...new Set(orders.map((o) => `inventory.order ${o.organization_id} ${o.order_id}`))].sort()
 
     return Reservations.of({
       lockOrder,

@@ -1,31 +1,66 @@
 import { Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
-import type { Reservation, ReservationItem, Variant, Warehouse } from "../model.ts"
-import { EventLog, Reservations, type VariantRef, WorkingSet, type WorkingSetChanges } from "../services.ts"
+import type { Reservation, ReservationStatus, Variant, Warehouse } from "../model.ts"
+import { WorkingSet, type WorkingSetChanges, type WorkingSetDemand, type WorkingSetRows } from "../services.ts"
 import { textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
-import type { ReservationRecord } from "./reservations.ts"
+import { orderKeys } from "./reservations.ts"
 import { insertOutbox, insertReservationItems, insertReservations } from "./rows.ts"
-import { type StockRecord, toStockRow } from "./stock.ts"
-
-interface ReservationWithItems extends ReservationRecord {
-  /** `[variant_id, warehouse_id, quantity]` per item, in position order (json). */
-  readonly items: unknown
-}
+import { toStockRow } from "./stock.ts"
 
 const pair = (org: string, id: string) => `${org}\u0000${id}`
 const iso = (d: Date | null) => (d === null ? null : d.toISOString())
+const date = (text: string | null) => (text === null ? null : new Date(text))
+/** A json column: the driver may hand it over parsed or as text. */
+const json = <A>(raw: unknown): A => (typeof raw === "string" ? JSON.parse(raw) : raw) as A
 
-const itemsOf = (raw: unknown): ReadonlyArray<ReservationItem> => {
-  const list = (typeof raw === "string" ? JSON.parse(raw) : raw) as ReadonlyArray<readonly [string, string, number]>
-  return list.map(([variant_id, warehouse_id, quantity]) => ({ variant_id, warehouse_id, quantity: Number(quantity) }))
-}
+type ReservationTuple = readonly [
+  organization_id: string,
+  reservation_id: string,
+  order_id: string,
+  status: ReservationStatus,
+  expires_at: string | null,
+  created_at: string,
+  caused_by: string,
+  closed_reason: string | null,
+  items: ReadonlyArray<readonly [variant_id: string, warehouse_id: string, quantity: number]>
+]
+const toReservation = ([organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason, items]: ReservationTuple): Reservation => ({
+  organization_id,
+  reservation_id,
+  order_id,
+  status,
+  items: items.map(([variant_id, warehouse_id, quantity]) => ({ variant_id, warehouse_id, quantity })),
+  expires_at: date(expires_at),
+  created_at: new Date(created_at),
+  caused_by,
+  closed_reason
+})
+
+type StockTuple = readonly [
+  organization_id: string,
+  variant_id: string,
+  warehouse_id: string,
+  total: number,
+  available: number,
+  reserved: number,
+  damaged: number,
+  in_transit: number,
+  min_stock: number,
+  max_stock: number,
+  archived_at: string | null
+]
+const toStock = ([organization_id, variant_id, warehouse_id, total, available, reserved, damaged, in_transit, min_stock, max_stock, archived_at]: StockTuple) =>
+  toStockRow({ organization_id, variant_id, warehouse_id, total, available, reserved, damaged, in_transit, min_stock, max_stock, stock_strategy: "FIFO", archived_at: date(archived_at) })
 
 /**
  * The working set on PostgreSQL (issue 18). Loading takes the locks a one-at-a-time unit would
  * take, in the same order: the event-log rows, the orders' advisory locks (sorted), then the
- * stock rows in primary-key order. Saving is one statement of data-modifying CTEs, whatever
+ * stock rows in primary-key order; in two statements, because what the second reads must be
+ * read after the first's locks are held (a statement sees the database as it stood when it
+ * began). Each round trip counts: on a busy consumer the continuation waits behind other work,
+ * so a group's wall time grows with its statements (issue 18). Saving is one statement of data-modifying CTEs, whatever
  * the group's size, that reports how many rows each write touched: fewer than expected means a
  * row appeared or vanished since loading, and the group fails as a `DatabaseError` (conflict).
  */
@@ -33,35 +68,109 @@ export const WorkingSetSql = Layer.effect(
   WorkingSet,
   Effect.gen(function*() {
     const sql = yield* SqlClient
-    const log = yield* EventLog
-    const reservations = yield* Reservations
 
-    const loadReservations = (orders: ReadonlyArray<{ organization_id: string; order_id: string }>, ids: ReadonlyArray<{ organization_id: string; reservation_id: string }>) =>
-      orders.length === 0 && ids.length === 0 ? Effect.succeed<ReadonlyArray<Reservation>>([]) : Effect.map(
-        orDatabaseError(sql<ReservationWithItems>`
-          SELECT r.organization_id, r.reservation_id, r.order_id, r.status, r.expires_at, r.created_at, r.caused_by, r.closed_reason,
-            COALESCE((
-              SELECT json_agg(json_build_array(i.variant_id, i.warehouse_id, i.quantity) ORDER BY i.position)
-              FROM reservation_items i WHERE i.organization_id = r.organization_id AND i.reservation_id = r.reservation_id
-            ), '[]'::json) AS items
-          FROM reservations r
-          WHERE (r.organization_id, r.order_id) IN (
-              SELECT * FROM unnest(${orders.map((o) => o.organization_id)}::text[], ${orders.map((o) => o.order_id)}::text[]))
-            OR (r.organization_id, r.reservation_id) IN (
-              SELECT * FROM unnest(${ids.map((r) => r.organization_id)}::text[], ${ids.map((r) => r.reservation_id)}::text[]))
-          ORDER BY r.seq`),
-        (records) => records.map((r): Reservation => ({
-          organization_id: r.organization_id,
-          reservation_id: r.reservation_id,
-          order_id: r.order_id,
-          status: r.status,
-          items: itemsOf(r.items),
-          expires_at: r.expires_at,
-          created_at: r.created_at,
-          caused_by: r.caused_by,
-          closed_reason: r.closed_reason
-        }))
+    /**
+     * The first of the load's two statements: the event-log rows, then the orders' advisory
+     * locks in their one order, as a unit of work for one event takes them (the locks' scan waits
+     * for the inserts: its filter reads them). One flag per event, as `EventLog.recordAll` has it.
+     */
+    const recordAndLock = (demand: WorkingSetDemand) => {
+      const events = demand.events
+      if (events.length === 0 && demand.orders.length === 0) return Effect.succeed<ReadonlyArray<boolean>>([])
+      return Effect.map(
+        orDatabaseError(sql<{ readonly recorded: unknown }>`
+          WITH recorded AS (
+            INSERT INTO event_log (organization_id, event_id, event_type, processed_at)
+            SELECT organization_id, event_id, event_type, processed_at::timestamptz
+            FROM unnest(${textArray(events.map((e) => e.organization_id))}::text[], ${textArray(events.map((e) => e.event_id))}::text[],
+              ${textArray(events.map((e) => e.event_type))}::text[], ${textArray(events.map((e) => e.processed_at.toISOString()))}::text[])
+              AS e(organization_id, event_id, event_type, processed_at)
+            ON CONFLICT DO NOTHING RETURNING organization_id, event_id
+          ), locked AS (
+            SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(${textArray(orderKeys(demand.orders))}::text[]) AS k
+            WHERE (SELECT count(*) FROM recorded) >= 0
+          )
+          SELECT (SELECT count(*) FROM locked) AS locks,
+            COALESCE((SELECT json_agg(json_build_array(organization_id, event_id)) FROM recorded), '[]'::json) AS recorded`),
+        (rows) => {
+          // An id listed twice was written once: the first of them is the one recorded.
+          const written = new Set(json<ReadonlyArray<readonly [string, string]>>(rows[0]!.recorded).map(([org, id]) => pair(org, id)))
+          return events.map((e) => written.delete(pair(e.organization_id, e.event_id)))
+        }
       )
+    }
+
+    /**
+     * The second statement, under the orders' locks: their reservations with items, the stock
+     * rows of the demanded variants and of those the reservations hold (locked in primary-key
+     * order), the organizations' warehouses and the catalog rows asked for, as one row of json.
+     */
+    const readLocked = (demand: WorkingSetDemand): Effect.Effect<Omit<WorkingSetRows, "recorded">, DatabaseError> => {
+      const { orders, reservations: ids, variants, catalog } = demand
+      const organizations = [...new Set(demand.organizations)]
+      if (orders.length === 0 && ids.length === 0 && variants.length === 0 && organizations.length === 0 && catalog.length === 0) {
+        return Effect.succeed({ warehouses: [], variants: [], stock: [], reservations: [], stockVariants: [] })
+      }
+      return Effect.map(
+        orDatabaseError(sql<{ readonly reservations: unknown; readonly stock: unknown; readonly wanted: unknown; readonly warehouses: unknown; readonly variants: unknown }>`
+          WITH found AS (
+            SELECT r.organization_id, r.reservation_id, r.order_id, r.status, r.expires_at, r.created_at, r.caused_by, r.closed_reason, r.seq
+            FROM unnest(${textArray(orders.map((o) => o.organization_id))}::text[], ${textArray(orders.map((o) => o.order_id))}::text[]) AS k(organization_id, order_id)
+            JOIN reservations r ON r.organization_id = k.organization_id AND r.order_id = k.order_id
+            UNION
+            SELECT r.organization_id, r.reservation_id, r.order_id, r.status, r.expires_at, r.created_at, r.caused_by, r.closed_reason, r.seq
+            FROM unnest(${textArray(ids.map((r) => r.organization_id))}::text[], ${textArray(ids.map((r) => r.reservation_id))}::text[]) AS k(organization_id, reservation_id)
+            JOIN reservations r ON r.organization_id = k.organization_id AND r.reservation_id = k.reservation_id
+          ), held AS (
+            SELECT f.*, i.items, i.variant_ids FROM found f CROSS JOIN LATERAL (
+              SELECT COALESCE(json_agg(json_build_array(variant_id, warehouse_id, quantity) ORDER BY position), '[]'::json) AS items,
+                array_agg(variant_id) AS variant_ids
+              FROM reservation_items WHERE organization_id = f.organization_id AND reservation_id = f.reservation_id
+            ) i
+          ), wanted AS (
+            SELECT * FROM unnest(${textArray(variants.map((v) => v.organization_id))}::text[], ${textArray(variants.map((v) => v.variant_id))}::text[])
+              AS w(organization_id, variant_id)
+            UNION SELECT h.organization_id, v.variant_id FROM held h CROSS JOIN LATERAL unnest(h.variant_ids) AS v(variant_id)
+          ), locked AS (
+            SELECT s.* FROM wanted w JOIN stock s ON s.organization_id = w.organization_id AND s.variant_id = w.variant_id
+            ORDER BY s.organization_id, s.variant_id, s.warehouse_id
+            FOR UPDATE
+          )
+          SELECT
+            COALESCE((SELECT json_agg(json_build_array(h.organization_id, h.reservation_id, h.order_id, h.status, h.expires_at, h.created_at,
+              h.caused_by, h.closed_reason, h.items) ORDER BY h.seq) FROM held h), '[]'::json) AS reservations,
+            COALESCE((SELECT json_agg(json_build_array(l.organization_id, l.variant_id, l.warehouse_id, l.total, l.available, l.reserved,
+              l.damaged, l.in_transit, l.min_stock, l.max_stock, l.archived_at)) FROM locked l), '[]'::json) AS stock,
+            COALESCE((SELECT json_agg(json_build_array(organization_id, variant_id)) FROM wanted), '[]'::json) AS wanted,
+            COALESCE((SELECT json_agg(json_build_array(organization_id, warehouse_id, name, active) ORDER BY organization_id, warehouse_id)
+              FROM warehouses WHERE organization_id = ANY(${textArray(organizations)}::text[])), '[]'::json) AS warehouses,
+            COALESCE((SELECT json_agg(json_build_array(organization_id, variant_id, product_id, sku, tracked, deleted_at)) FROM variants
+              WHERE (organization_id, variant_id) IN (
+                SELECT * FROM unnest(${textArray(catalog.map((x) => x.organization_id))}::text[], ${textArray(catalog.map((x) => x.variant_id))}::text[]))
+            ), '[]'::json) AS variants`),
+        (rows) => {
+          const row = rows[0]!
+          return {
+            reservations: json<ReadonlyArray<ReservationTuple>>(row.reservations).map(toReservation),
+            stock: json<ReadonlyArray<StockTuple>>(row.stock).map(toStock),
+            stockVariants: json<ReadonlyArray<readonly [string, string]>>(row.wanted).map(([organization_id, variant_id]) => ({ organization_id, variant_id })),
+            warehouses: json<ReadonlyArray<readonly [string, string, string, boolean]>>(row.warehouses).map(
+              ([organization_id, warehouse_id, name, active]): Warehouse => ({ organization_id, warehouse_id, name, active })
+            ),
+            variants: json<ReadonlyArray<readonly [string, string, string | null, string | null, boolean, string | null]>>(row.variants).map(
+              ([organization_id, variant_id, product_id, sku, tracked, deleted_at]): Variant => ({
+                organization_id,
+                variant_id,
+                product_id,
+                sku,
+                tracked,
+                deleted_at: date(deleted_at)
+              })
+            )
+          }
+        }
+      )
+    }
 
     const save = (c: WorkingSetChanges) =>
       Effect.gen(function*() {
@@ -146,38 +255,9 @@ export const WorkingSetSql = Layer.effect(
     return WorkingSet.of({
       load: (demand) =>
         Effect.gen(function*() {
-          const recorded = yield* log.recordAll(demand.events)
-          yield* reservations.lockOrders(demand.orders)
-          const loaded = yield* loadReservations(demand.orders, demand.reservations)
-          const variants = new Map<string, VariantRef>()
-          for (const ref of demand.variants) variants.set(pair(ref.organization_id, ref.variant_id), ref)
-          for (const r of loaded) {
-            for (const item of r.items) variants.set(pair(r.organization_id, item.variant_id), { organization_id: r.organization_id, variant_id: item.variant_id })
-          }
-          const wanted = [...variants.values()]
-          const stock = wanted.length === 0 ? [] : yield* orDatabaseError(sql<StockRecord>`
-            SELECT s.* FROM stock s
-            WHERE (s.organization_id, s.variant_id) IN (
-              SELECT * FROM unnest(${wanted.map((x) => x.organization_id)}::text[], ${wanted.map((x) => x.variant_id)}::text[]))
-            ORDER BY s.organization_id, s.variant_id, s.warehouse_id
-            FOR UPDATE`)
-          const organizations = [...new Set(demand.organizations)]
-          const warehouses = organizations.length === 0 ? [] : yield* orDatabaseError(sql<Warehouse>`
-            SELECT organization_id, warehouse_id, name, active FROM warehouses
-            WHERE organization_id = ANY(${organizations}::text[]) ORDER BY organization_id, warehouse_id`)
-          const catalog = demand.catalog
-          const variantRows = catalog.length === 0 ? [] : yield* orDatabaseError(sql<Variant>`
-            SELECT organization_id, variant_id, product_id, sku, tracked, deleted_at FROM variants
-            WHERE (organization_id, variant_id) IN (
-              SELECT * FROM unnest(${catalog.map((x) => x.organization_id)}::text[], ${catalog.map((x) => x.variant_id)}::text[]))`)
-          return {
-            recorded,
-            warehouses,
-            variants: variantRows,
-            stock: stock.map(toStockRow),
-            reservations: loaded,
-            stockVariants: wanted
-          }
+          const recorded = yield* recordAndLock(demand)
+          const loaded = yield* readLocked(demand)
+          return { recorded, ...loaded }
         }),
       save
     })
