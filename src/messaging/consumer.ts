@@ -131,21 +131,25 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
        * One key's waiting messages, applied in order (each in its own trace): a message that
        * could not be decoded has a lane of its own and is its own outcome.
        */
-      const apply = (works: ReadonlyArray<Work>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> => {
-        const first = works[0]!.input
+      const apply = (waiting: () => ReadonlyArray<Work>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> => {
+        // The head stays the lane's until it is settled; the rest is read when the applier takes the chain up.
+        const head = waiting()[0]!
+        const first = head.input
         if (Result.isFailure(first)) return Effect.succeed([first.failure])
-        return applier.applyChain(works.flatMap((work) =>
-          Result.isSuccess(work.input)
-            ? [{ decoded: work.input.success, deliveryCount: work.message.delivery.deliveryCount, parent: Option.some(work.trace.span) }]
-            : []
-        )).pipe(
+        return applier.applyChain(() =>
+          waiting().flatMap((work) =>
+            Result.isSuccess(work.input)
+              ? [{ decoded: work.input.success, deliveryCount: work.message.delivery.deliveryCount, parent: Option.some(work.trace.span) }]
+              : []
+          )
+        ).pipe(
           Effect.catchCause((cause) =>
             // A bug in the runtime itself: the first message goes back (and is parked after
             // MAX_DELIVERIES, as a handler's defect is); the key's others wait, the consumer goes on.
             Effect.logError("applying messages failed unexpectedly").pipe(
               Effect.annotateLogs({ cause: Cause.pretty(cause) }),
               Effect.as([
-                works[0]!.message.delivery.deliveryCount >= config.processing.maxDeliveries
+                head.message.delivery.deliveryCount >= config.processing.maxDeliveries
                   ? Outcome.DeadLetter({ decoded: first.success, failure: runtimeDefect(cause) })
                   : Outcome.Retry({ decoded: first.success, failure: runtimeDefect(cause), pause: false })
               ])

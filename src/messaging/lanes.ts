@@ -25,8 +25,11 @@ export interface LaneRules<W, O, R> {
   /**
    * Applies a key's waiting messages, in order, as one chain: their outcomes, for the first of
    * them up to one whose outcome does not let the key go on (those after it were not applied).
+   * It reads them (`waiting()`) when it takes them up, not when it is called: messages of the key
+   * that arrive while the chain waits for its turn join it (up to `chain`), so an order's events
+   * published back to back share a group rather than waiting for one another's (issue 18).
    */
-  readonly apply: (works: ReadonlyArray<W>) => Effect.Effect<ReadonlyArray<O>, never, R>
+  readonly apply: (waiting: () => ReadonlyArray<W>) => Effect.Effect<ReadonlyArray<O>, never, R>
   /**
    * Settles one message with its outcome. `canDefer` says whether others of its key wait
    * behind it and it was not deferred before.
@@ -55,9 +58,9 @@ interface Waiting<W> {
 /**
  * Per-key serial runner: messages of one key are applied in the order offered, different keys
  * in parallel (one fiber per busy key, interrupted when the scope closes). The messages waiting
- * in a key's lane are handed over together (`apply`, up to `chain` of them), so a group commit can
- * apply a whole order's events in one unit of work, still in order; each is then settled in
- * turn. Its rules:
+ * in a key's lane are handed over together (`apply`, up to `chain` of them, as they stand when the
+ * applier takes them up), so a group commit can apply a whole order's events in one unit of work,
+ * still in order; each is then settled in turn. Its rules:
  * - a message that asks to defer goes once behind its key's other waiting messages: after a
  *   requeue or with a second consumer, the broker may deliver a key's events out of order, and
  *   the earlier one it needs may be waiting right here;
@@ -86,8 +89,7 @@ export const makeLanes = <W, O, R>(rules: LaneRules<W, O, R>): Effect.Effect<Lan
     const runLane = Effect.fnUntraced(function*(key: string, lane: Array<Waiting<W>>) {
       while (lane.length > 0) {
         if (!(yield* through(lane))) break
-        const chain = lane.slice(0, Math.max(1, rules.chain))
-        const outcomes = yield* rules.apply(chain.map((waiting) => waiting.work))
+        const outcomes = yield* rules.apply(() => lane.slice(0, Math.max(1, rules.chain)).map((waiting) => waiting.work))
         // The first of a chain always gets its outcome: without it the lane could never move.
         if (outcomes.length === 0) return yield* Effect.die(new Error(`lane ${key}: a chain's first message got no outcome`))
         for (const [i, outcome] of outcomes.entries()) {

@@ -33,18 +33,19 @@ const oneByOne = (items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<
 /**
  * How the runtime applies decoded events: `applyChain` takes one key's waiting events in order
  * and returns their outcomes, for the first of them up to one that does not let the key go on
- * (the rest were not applied). One unit of work per event by default; `batched` applies the
- * chains ready at the same moment together (issue 18).
+ * (the rest were not applied). It reads the events (`waiting()`) when it takes them up, so those
+ * that arrived meanwhile are part of the chain. One unit of work per event by default; `batched`
+ * applies the chains ready at the same moment together (issue 18).
  */
 export const EventApplier = Context.Reference<{
-  applyChain(items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers>
-}>("inventory/pipeline/EventApplier", { defaultValue: () => ({ applyChain: oneByOne }) })
+  applyChain(waiting: () => ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers>
+}>("inventory/pipeline/EventApplier", { defaultValue: () => ({ applyChain: (waiting) => Effect.suspend(() => oneByOne(waiting())) }) })
 
 /** One event through the current applier. */
 export const applyEvent = (decoded: Decoded, deliveryCount: number) =>
   Effect.flatMap(EventApplier, (applier) =>
     Effect.flatMap(Effect.option(Effect.currentSpan), (parent) =>
-      Effect.map(applier.applyChain([{ decoded, deliveryCount, parent }]), (outcomes) => outcomes[0]!)))
+      Effect.map(applier.applyChain(() => [{ decoded, deliveryCount, parent }]), (outcomes) => outcomes[0]!)))
 
 /** Group commit: events ready together share one set-based transaction. */
 export interface BatchSettings {
@@ -154,10 +155,18 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
 
 /** One key's chain waiting for a group, and where its outcomes go. */
 interface Pending {
-  readonly items: ReadonlyArray<ChainItem>
+  /** Read when a group takes the chain up: the key's events that arrived meanwhile are in it. */
+  readonly waiting: () => ReadonlyArray<ChainItem>
+  /** Its events when it was queued, as `waiting` counts them. */
+  readonly counted: number
   readonly done: Deferred.Deferred<ReadonlyArray<Outcome>>
   /** The caller's retry policy: what is applied one by one later follows it, not the default. */
   readonly policy: ProcessingPolicy
+}
+
+/** A chain a group took up, its events read. */
+interface Taken extends Pending {
+  readonly items: ReadonlyArray<ChainItem>
 }
 
 const outcomeOf = (item: ChainItem, result: "applied" | "duplicate" | { readonly _tag: "Refused"; readonly error: InventoryError }): Outcome =>
@@ -185,13 +194,13 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
     let waiting = 0
 
     /** The events of a chain from `from` on, one by one, after the group (or instead of it). */
-    const rest = (chain: Pending, decided: ReadonlyArray<Outcome>, from: number) =>
+    const rest = (chain: Taken, decided: ReadonlyArray<Outcome>, from: number) =>
       Effect.flatMap(oneByOne(chain.items.slice(from)), (outcomes) => Deferred.succeed(chain.done, [...decided, ...outcomes])).pipe(
         Effect.provideService(ProcessingPolicy, chain.policy)
       )
 
     /** One group in one unit of work; its span belongs to the first event's trace. */
-    const run = (chains: ReadonlyArray<Pending>) =>
+    const run = (chains: ReadonlyArray<Taken>) =>
       Effect.gen(function*() {
         const items = chains.flatMap((chain) => chain.items)
         const first = items[0]!.parent
@@ -244,18 +253,22 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
     const changed = yield* Queue.sliding<void>(1)
     let running = 0
     const mayStart = () => running === 0 || (running < settings.concurrency && waiting >= backlog)
+    const take = (pending: Pending): Taken => {
+      waiting -= pending.counted
+      return { ...pending, items: pending.waiting() }
+    }
     /** Chains up to `maxSize` events (a longer chain alone). */
     const takeGroup = Effect.gen(function*() {
-      const chains = [yield* Queue.take(queue)]
+      const chains = [take(yield* Queue.take(queue))]
       let size = chains[0]!.items.length
       while (size < settings.maxSize) {
         const next = yield* Queue.poll(queue)
         if (Option.isNone(next)) break
-        chains.push(next.value)
-        size += next.value.items.length
+        const chain = take(next.value)
+        chains.push(chain)
+        size += chain.items.length
         if (size > settings.maxSize) break
       }
-      waiting -= size
       return chains
     })
     yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
@@ -272,11 +285,12 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
       Effect.annotateLogs({ max_size: settings.maxSize, concurrency: settings.concurrency, backlog })
     )
 
-    const applyChain = (items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> =>
+    const applyChain = (chain: () => ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<Outcome>, never, Stores | ReservationTimers> =>
       Effect.gen(function*() {
         const done = yield* Deferred.make<ReadonlyArray<Outcome>>()
-        waiting += items.length
-        yield* Queue.offer(queue, { items, done, policy: yield* ProcessingPolicy })
+        const counted = chain().length
+        waiting += counted
+        yield* Queue.offer(queue, { waiting: chain, counted, done, policy: yield* ProcessingPolicy })
         if (running > 0 && waiting >= backlog) Queue.offerUnsafe(changed, undefined)
         return yield* Deferred.await(done)
       })

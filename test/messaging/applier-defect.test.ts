@@ -31,7 +31,7 @@ describe("an applier that dies", () => {
         ? Effect.die(new Error("injected: the applier itself failed"))
         : Effect.gen(function*() {
           const outcomes: Array<Outcome> = []
-          for (const { decoded, deliveryCount } of items) {
+          for (const { decoded, deliveryCount } of items()) {
             const outcome = yield* applyDecoded(decoded, deliveryCount)
             outcomes.push(outcome)
             if (!letsKeyGoOn(outcome)) break

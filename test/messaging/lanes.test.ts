@@ -15,7 +15,7 @@ const scripted = (script: Record<string, ReadonlyArray<Step>>, gate: () => Gate 
     const start = yield* Deferred.make<void>()
     const calls = new Map<string, number>()
     const made = yield* makeLanes<string, string, never>({
-      apply: (names) => Effect.as(Deferred.await(start), names),
+      apply: (waiting) => Effect.as(Deferred.await(start), waiting()),
       settle: (name, _outcome, canDefer) =>
         Effect.gen(function*() {
           yield* Ref.update(events, (e) => [...e, ["run", name, canDefer] as const])
@@ -45,7 +45,7 @@ describe("keyed lanes", () => {
       const release = yield* Deferred.make<void>()
       const ran: Array<string> = []
       const lanes = yield* makeLanes<string, string, never>({
-        apply: (names) => Effect.succeed(names),
+        apply: (waiting) => Effect.sync(waiting),
         settle: (name) =>
           Effect.gen(function*() {
             ran.push(name)
@@ -122,7 +122,7 @@ describe("keyed lanes", () => {
       let gate: Gate = "open"
       const events: Array<string> = []
       const lanes = yield* makeLanes<string, string, never>({
-        apply: (names) => Effect.succeed(names),
+        apply: (waiting) => Effect.sync(waiting),
         settle: (name) =>
           Effect.sync(() => {
             events.push(`run ${name}`)
@@ -152,10 +152,13 @@ describe("keyed lanes: chains", () => {
       const settled: Array<string> = []
       const start = yield* Deferred.make<void>()
       const lanes = yield* makeLanes<string, string, never>({
-        // The first chain waits for `start` while a2 and a3 arrive; the second is answered short
-        // (say, a2 must be retried), so a3 is applied again in a third.
-        apply: (names) =>
-          Effect.as(Deferred.await(start), chains.push(names) === 2 ? names.slice(0, 1) : names),
+        // Each chain is read when it is handed over. The first waits for `start` while a2 and a3
+        // arrive; the second is answered short (say, a2 must be retried), so a3 is applied again
+        // in a third.
+        apply: (waiting) => {
+          const names = waiting()
+          return Effect.as(Deferred.await(start), chains.push(names) === 2 ? names.slice(0, 1) : names)
+        },
         settle: (name) => Effect.sync(() => settled.push(name)).pipe(Effect.as("done" as const)),
         gate: Effect.succeed("open"),
         drop: () => Effect.void,
@@ -175,7 +178,10 @@ describe("keyed lanes: chains", () => {
       const chains: Array<ReadonlyArray<string>> = []
       const start = yield* Deferred.make<void>()
       const lanes = yield* makeLanes<string, string, never>({
-        apply: (names) => Effect.as(Deferred.await(start), (chains.push(names), names)),
+        apply: (waiting) => {
+          const names = waiting()
+          return Effect.as(Deferred.await(start), (chains.push(names), names))
+        },
         settle: () => Effect.succeed("done" as const),
         gate: Effect.succeed("open"),
         drop: () => Effect.void,
@@ -187,5 +193,30 @@ describe("keyed lanes: chains", () => {
       yield* Deferred.succeed(start, undefined)
       yield* lanes.idle
       assert.deepStrictEqual(chains, [["a1"], ["a2", "a3"], ["a4"]])
+    }))
+
+  it.effect("messages of the key that arrive while its chain waits to be taken up join it", () =>
+    Effect.gen(function*() {
+      const chains: Array<ReadonlyArray<string>> = []
+      const start = yield* Deferred.make<void>()
+      const lanes = yield* makeLanes<string, string, never>({
+        // Read once the applier takes the chain up (a group commit, when its group starts).
+        apply: (waiting) =>
+          Effect.map(Deferred.await(start), () => {
+            const names = waiting()
+            chains.push(names)
+            return names
+          }),
+        settle: () => Effect.succeed("done" as const),
+        gate: Effect.succeed("open"),
+        drop: () => Effect.void,
+        chain: 3
+      })
+      yield* lanes.offer("a", "a1")
+      yield* Effect.yieldNow
+      yield* Effect.forEach(["a2", "a3", "a4"], (name) => lanes.offer("a", name), { discard: true })
+      yield* Deferred.succeed(start, undefined)
+      yield* lanes.idle
+      assert.deepStrictEqual(chains, [["a1", "a2", "a3"], ["a4"]])
     }))
 })

@@ -54,7 +54,7 @@ const suite = (queueType: "quorum" | "classic") => {
       // One event at a time, as the default applier, each recorded.
       applyChain: (items) => Effect.gen(function*() {
         const outcomes: Array<Outcome> = []
-        for (const { decoded, deliveryCount } of items) {
+        for (const { decoded, deliveryCount } of items()) {
           const outcome = yield* applyRecorded(replica, decoded, deliveryCount)
           outcomes.push(outcome)
           if (!letsKeyGoOn(outcome)) break

@@ -135,7 +135,7 @@ const suite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         yield* putStock(org, "v1", "w1", 10)
         const decode = (event: string, data: unknown, eventId: string) =>
           decodeDelivery({ body: envelopeBytes(org, event, data, eventId), deliveryCount: 1, queue: "test", accepts: inboundEventTypes }).pipe(Effect.orDie)
-        const chainOf = (events: ReadonlyArray<Decoded>) => events.map((decoded) => ({ decoded, deliveryCount: 1, parent: Option.none() }))
+        const chainOf = (events: ReadonlyArray<Decoded>) => () => events.map((decoded) => ({ decoded, deliveryCount: 1, parent: Option.none() }))
         const applier = yield* EventApplier
         const faults = yield* Faults
         const before = faults.outer
