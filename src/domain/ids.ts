@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto"
+import { createHash, hash } from "node:crypto"
 
 /**
  * The one way the service derives an id (SPEC 3): event-log keys, dead letters, outbound
@@ -11,9 +11,10 @@ import { createHash } from "node:crypto"
  * "custom", RFC 9562). Parts are length-prefixed, so no choice of parts can collide with another.
  */
 export const deriveId = (organizationId: string, kind: string, ...parts: ReadonlyArray<string>): string => {
-  const hash = createHash("sha256")
-  for (const part of [organizationId, kind, ...parts]) hash.update(`${part.length}:${part};`)
-  const hex = hash.digest("hex")
+  let text = `${organizationId.length}:${organizationId};${kind.length}:${kind};`
+  for (const part of parts) text += `${part.length}:${part};`
+  // One-shot: no Hash object per id (a group derives thousands).
+  const hex = hash("sha256", text, "hex")
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-${((parseInt(hex[16]!, 16) & 0x3) | 0x8).toString(16)}${hex.slice(17, 20)}-${hex.slice(20, 32)}`
 }
 
