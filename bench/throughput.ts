@@ -349,7 +349,7 @@ const captureOutbound = async (vhost: string) => {
 
 // ---------------------------------------------------------------- one measured run
 
-type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; machineBusy: number; published: Map<string, number> }
+type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; cpuEach: ReadonlyArray<number>; machineBusy: number; published: Map<string, number> }
 
 /**
  * Starts `replicas` consumers, waits until they are subscribed, sends the warm-up and waits for
@@ -369,6 +369,9 @@ const measure = async (options: {
   readonly onReady?: () => Promise<void>
   readonly settle?: () => Promise<void>
 }): Promise<Measured> => {
+  // Every run starts from vacuumed tables: a run after another would otherwise pay for its dead
+  // rows (and meet autovacuum mid-run), and the second of two runs would be measured slower.
+  await db.query("VACUUM (ANALYZE)")
   const consumers = Array.from({ length: options.replicas }, (_, i) => options.spawnOne(i))
   const everyone = [...consumers]
   let kill: NodeJS.Timeout | undefined
@@ -408,14 +411,17 @@ const measure = async (options: {
     await options.settle?.()
     const rss = Math.max(killedRss, ...consumers.map(peakRss))
     // A killed replica's CPU is lost with it: the sum is of the processes alive at the end.
-    const cpu = consumers.reduce((sum, c, i) => {
+    const each = consumers.map((c, i) => {
       const now = cpuMs(c)
       const was = c === everyone[i] ? cpu0[i]! : { user: 0, system: 0 }
-      return { user: sum.user + now.user - was.user, system: sum.system + now.system - was.system }
-    }, { user: 0, system: 0 })
+      return { user: now.user - was.user, system: now.system - was.system }
+    })
+    const cpu = each.reduce((sum, c) => ({ user: sum.user + c.user, system: sum.system + c.system }), { user: 0, system: 0 })
+    /** CPU ms of each replica alive at the end (a restarted one from its start). */
+    const cpuEach = each.map((c) => c.user + c.system)
     const machine1 = machineTicks()
     const machineBusy = (machine1.busy - machine0.busy) / Math.max(1, machine1.all - machine0.all)
-    return { elapsed, publishMs, rss, cpu, machineBusy, published }
+    return { elapsed, publishMs, rss, cpu, cpuEach, machineBusy, published }
   } finally {
     clearTimeout(kill)
     await Promise.all(everyone.map(stop))
@@ -529,7 +535,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
   const who = replicas > 1 ? `ours ×${replicas}` : "ours"
   console.log(`${who.padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s, first publish to last commit); ` +
     `latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
-    `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
+    `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
     `machine ${fmt(100 * run.machineBusy)}% busy (all cores, all processes); publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
