@@ -177,7 +177,8 @@ describe("observability", () => {
     const children = inTrace.filter((s) => s.parentSpanId === consumerSpan.spanId).map((s) => s.name)
     expect(children).toEqual(expect.arrayContaining(["inventory.apply"]))
     expect(inTrace.some((s) => s.name === "order.placed")).toBe(true)
-    expect(inTrace.filter((s) => s.attributes["db.query.text"] !== undefined).length).toBeGreaterThan(3)
+    // Its group's statements: the two that load the working set and the one that saves it.
+    expect(inTrace.filter((s) => s.attributes["db.query.text"] !== undefined).length).toBeGreaterThanOrEqual(3)
     const producer = inTrace.find((s) => s.kind === 4 && s.name === "inventory_events publish")
     expect(producer?.spanId).toBe(outboundTrace?.[2])
   })
