@@ -1,4 +1,4 @@
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Effect, Exit, Layer } from "effect"
 import { defaultTeardown } from "effect/Runtime"
 import { databaseSettings, httpSettings, loggingSettings, RuntimeConfig, tracingSettings } from "./config.ts"

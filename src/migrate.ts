@@ -1,4 +1,4 @@
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Effect } from "effect"
 import { databaseSettings } from "./config.ts"
 import { clientLayer, prepareSchema } from "./stores/sql/client.ts"

@@ -1,4 +1,5 @@
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as NodeServices from "@effect/platform-node/NodeServices"
 import { readFileSync } from "node:fs"
 import { Cause, Effect, Logger, References, Runtime, Schema } from "effect"
 import { CliError, CliOutput, Command } from "effect/cli"

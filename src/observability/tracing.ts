@@ -1,6 +1,3 @@
-import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
-import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Effect, Layer, Option, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
 
@@ -18,14 +15,23 @@ export interface TracingSettings {
 export const layer = (settings: TracingSettings): Layer.Layer<never> => {
   if (Option.isNone(settings.tracesUrl)) return Layer.empty
   const url = settings.tracesUrl.value
-  return Layer.unwrap(Effect.logInfo("exporting traces").pipe(
-    Effect.annotateLogs({ otlp_traces_url: url }),
-    Effect.as(NodeSdk.layer(() => ({
+  // Loaded only when traces are exported: the OpenTelemetry SDK is a few MB of resident memory
+  // that a consumer without an endpoint never uses (issue 18's memory bound).
+  return Layer.unwrap(Effect.gen(function*() {
+    const [NodeSdk, { OTLPTraceExporter }, { BatchSpanProcessor }] = yield* Effect.promise(() =>
+      Promise.all([
+        import("@effect/opentelemetry/NodeSdk"),
+        import("@opentelemetry/exporter-trace-otlp-http"),
+        import("@opentelemetry/sdk-trace-base")
+      ])
+    )
+    yield* Effect.logInfo("exporting traces").pipe(Effect.annotateLogs({ otlp_traces_url: url }))
+    return NodeSdk.layer(() => ({
       resource: { serviceName: settings.serviceName },
       spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter({ url }), { scheduledDelayMillis: 1000 }),
       shutdownTimeout: "5 seconds"
-    })))
-  ))
+    }))
+  }))
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true })
