@@ -247,6 +247,41 @@ describe("group commit: how many groups run at once", () => {
         assert.deepStrictEqual([g.most, g.units], [2, 2], "b and c went together")
         assert.deepStrictEqual(yield* quantities(org, "v1", "w1"), { total: 10, available: 7, reserved: 3, damaged: 0 })
       }))
+
+    it.effect("a chain is read when its group takes it up: a key's event that arrives while it waits joins it", () =>
+      Effect.gen(function*() {
+        const org = freshOrg()
+        yield* addWarehouse(org, "w1").pipe(Effect.orDie)
+        yield* putStock(org, "v1", "w1", 10)
+        const g = yield* Gate
+        const decode = (event: string, data: unknown, eventId: string) =>
+          decodeDelivery({ body: envelopeBytes(org, event, data, eventId), deliveryCount: 1, queue: "test", accepts: inboundEventTypes }).pipe(Effect.orDie)
+        const item = (decoded: Decoded) => ({ decoded, deliveryCount: 1, parent: Option.none() })
+        const applier = yield* EventApplier
+        g.open = yield* Deferred.make<void>()
+        g.armed = true
+        g.units = 0
+        g.most = 0
+
+        // A group holds the gate; order b's chain queues behind it with its placement only.
+        const first = yield* applyEvent(yield* decode("order.placed", { order_id: "a", items: [{ variant_id: "v1", quantity: 1 }] }, "j-a"), 1).pipe(Effect.forkChild)
+        const deadline = Date.now() + 5_000
+        while (g.active !== 1 && Date.now() < deadline) yield* Effect.sleep("5 millis")
+        const waiting = [item(yield* decode("order.placed", { order_id: "b", items: [{ variant_id: "v1", quantity: 2 }] }, "j-b-placed"))]
+        // A copy, as a lane hands over a slice of its messages.
+        const chain = yield* applier.applyChain(() => [...waiting]).pipe(Effect.forkChild)
+        yield* Effect.sleep("30 millis")
+        // Its confirmation arrives while the chain waits for its group.
+        waiting.push(item(yield* decode("order.confirmed", { order_id: "b" }, "j-b-confirmed")))
+
+        yield* Deferred.succeed(g.open, undefined)
+        assert.strictEqual((yield* Fiber.join(first))._tag, "Ack")
+        const outcomes = yield* Fiber.join(chain)
+        g.armed = false
+        assert.deepStrictEqual(outcomes.map((o) => o._tag), ["Ack", "Ack"], "the confirmation was part of the chain")
+        assert.strictEqual(g.units, 2, "a's group, then b's placement and confirmation in one group")
+        assert.deepStrictEqual((yield* reservationsOf(org, "b")).map((r) => r.status), ["confirmed"])
+      }))
   })
 })
 
