@@ -134,7 +134,7 @@ export const WorkingSetSql = Layer.effect(
           ), locked AS (
             SELECT s.* FROM wanted w JOIN stock s ON s.organization_id = w.organization_id AND s.variant_id = w.variant_id
             ORDER BY s.organization_id, s.variant_id, s.warehouse_id
-            FOR UPDATE
+            FOR UPDATE OF s
           )
           SELECT
             COALESCE((SELECT json_agg(json_build_array(h.organization_id, h.reservation_id, h.order_id, h.status, h.expires_at, h.created_at,
