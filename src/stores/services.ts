@@ -111,8 +111,6 @@ export class Stock extends Context.Service<Stock, {
 export class Reservations extends Context.Service<Reservations, {
   /** Serialises every order event of one order for the rest of the unit of work. */
   lockOrder(organizationId: string, orderId: string): Db<void>
-  /** `lockOrder` for many orders, taken in one fixed order (organization, order id). */
-  lockOrders(orders: ReadonlyArray<OrderRef>): Db<void>
   /** The reservation, locked for the rest of the unit of work. */
   lockById(organizationId: string, reservationId: string): Db<Option.Option<Reservation>>
   findById(organizationId: string, reservationId: string): Db<Option.Option<Reservation>>
@@ -157,8 +155,6 @@ export class Movements extends Context.Service<Movements, {
 export class EventLog extends Context.Service<EventLog, {
   /** Records a processed event; false when it was recorded before (a duplicate). */
   record(entry: EventLogEntry): Db<boolean>
-  /** `record` for many, in one step: one flag per entry (an id repeated in the list is a duplicate after its first). */
-  recordAll(entries: ReadonlyArray<EventLogEntry>): Db<ReadonlyArray<boolean>>
   has(organizationId: string, eventId: string): Db<boolean>
 }>()("inventory/stores/EventLog") {}
 
@@ -239,7 +235,7 @@ export interface VariantRef {
 
 /**
  * What a group of events may read (issue 18): the rows of these orders, reservations, variants
- * and organizations. The event-log entries are recorded on loading, as `EventLog.recordAll` does.
+ * and organizations. The event-log entries are recorded on loading, each as `EventLog.record` would.
  */
 export interface WorkingSetDemand {
   readonly events: ReadonlyArray<EventLogEntry>
@@ -254,7 +250,7 @@ export interface WorkingSetDemand {
 
 /** The rows a demand covers, as they stood once locked. */
 export interface WorkingSetRows {
-  /** One flag per demanded event, as `EventLog.recordAll` returns them. */
+  /** One flag per demanded event, as `EventLog.record` answers: false for a duplicate, and for an id repeated in the list after its first. */
   readonly recorded: ReadonlyArray<boolean>
   /** Every warehouse of the demanded organizations. */
   readonly warehouses: ReadonlyArray<Warehouse>

@@ -231,7 +231,6 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     })),
     Context.add(Reservations, Reservations.of({
       lockOrder: (org, id) => guard("an order", order(org, id), () => reservations.lockOrder(org, id)),
-      lockOrders: (orders) => guard("orders", (g) => orders.every((o) => order(o.organization_id, o.order_id)(g)), () => reservations.lockOrders(orders)),
       lockById: (org, id) => guard("a reservation", reservation(org, id), () => reservations.lockById(org, id)),
       findById: (org, id) => guard("a reservation", reservation(org, id), () => reservations.findById(org, id)),
       findByOrder: (org, id) => onGroup("an order", order(org, id), (g) => g.reservations.inGroup(pair(org, id)).sort(newestFirst)),
@@ -253,7 +252,6 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
     })),
     Context.add(EventLog, EventLog.of({
       record: (entry) => guard("an event", event(entry.organization_id, entry.event_id), () => eventLog.record(entry)),
-      recordAll: (entries) => guard("events", (g) => entries.every((e) => event(e.organization_id, e.event_id)(g)), () => eventLog.recordAll(entries)),
       has: (org, id) => guard("an event", event(org, id), () => eventLog.has(org, id))
     })),
     Context.add(Movements, Movements.of({ append: movements.append, list: () => outside("listing movements") })),

@@ -216,7 +216,6 @@ const ReservationsMemory = Layer.effect(
     return Reservations.of({
       // Units of work are serialised already: holding the order is implied.
       lockOrder: () => Effect.void,
-      lockOrders: () => Effect.void,
       lockById: (org, id) => atomically((t) => Option.fromNullishOr(t.reservations.get(pair(org, id)))),
       findById: (org, id) => atomically((t) => Option.fromNullishOr(t.reservations.get(pair(org, id)))),
       findByOrder: (org, orderId) =>
@@ -284,7 +283,6 @@ const EventLogMemory = Layer.effect(
   Effect.map(MemoryDatabase, ({ atomically }) =>
     EventLog.of({
       record: (entry) => atomically((t) => recordIn(t, entry)),
-      recordAll: (entries) => atomically((t) => entries.map((entry) => recordIn(t, entry))),
       has: (org, eventId) => atomically((t) => t.eventLog.has(pair(org, eventId)))
     }))
 )

@@ -27,9 +27,12 @@ const columns = "organization_id, reservation_id, order_id, status, expires_at, 
 /** Newest first; reservations created in the same millisecond keep their write order. */
 const newestFirst = "created_at DESC, seq ASC"
 
+/** The advisory lock key of one order: one event alone and a group lock the same key. */
+const orderLockKey = (org: string, orderId: string) => `inventory.order ${org} ${orderId}`
+
 /** The order keys, each once, in the one order every unit of work takes them (`WorkingSetSql` too). */
 export const orderKeys = (orders: ReadonlyArray<OrderRef>): Array<string> =>
-  [...new Set(orders.map((o) => `inventory.order ${o.organization_id} ${o.order_id}`))].sort()
+  [...new Set(orders.map((o) => orderLockKey(o.organization_id, o.order_id)))].sort()
 
 export const ReservationsSql = Layer.effect(
   Reservations,
@@ -73,17 +76,12 @@ export const ReservationsSql = Layer.effect(
       Effect.map(load(statement), (found) => Option.fromNullishOr(found[0]))
 
     /** One advisory key per (organization, order); a hash collision only serialises two orders. */
-    const orderKey = (org: string, orderId: string) => sql`hashtextextended(${`inventory.order ${org} ${orderId}`}, 0)`
+    const orderKey = (org: string, orderId: string) => sql`hashtextextended(${orderLockKey(org, orderId)}, 0)`
     const lockOrder = (org: string, orderId: string) =>
       Effect.asVoid(orDatabaseError(sql`SELECT pg_advisory_xact_lock(${orderKey(org, orderId)})`))
 
     return Reservations.of({
       lockOrder,
-
-      // The rows of a function scan come in array order, and each row's lock is taken as it comes.
-      lockOrders: (orders) =>
-        orders.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(sql`
-          SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(${orderKeys(orders)}::text[]) AS k`)),
 
       // The order's lock first, then the row: an expiry is serialised with that order's
       // events exactly as they are with one another, so it never interleaves with a ship or

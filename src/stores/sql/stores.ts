@@ -122,23 +122,6 @@ export const EventLogSql = Layer.effect(
             ON CONFLICT DO NOTHING RETURNING 1`),
           (rows) => rows.length > 0
         ),
-      recordAll: (entries) => {
-        if (entries.length === 0) return Effect.succeed([])
-        return Effect.map(
-          orDatabaseError(sql<{ readonly organization_id: string; readonly event_id: string }>`
-            INSERT INTO event_log (organization_id, event_id, event_type, processed_at)
-            SELECT organization_id, event_id, event_type, processed_at::timestamptz
-            FROM unnest(${entries.map((e) => e.organization_id)}::text[], ${entries.map((e) => e.event_id)}::text[],
-              ${entries.map((e) => e.event_type)}::text[], ${entries.map((e) => e.processed_at.toISOString())}::text[])
-              AS e(organization_id, event_id, event_type, processed_at)
-            ON CONFLICT DO NOTHING RETURNING organization_id, event_id`),
-          (rows) => {
-            // An id listed twice was written once: the first of them is the one recorded.
-            const written = new Set(rows.map((r) => `${r.organization_id}\u0000${r.event_id}`))
-            return entries.map((e) => written.delete(`${e.organization_id}\u0000${e.event_id}`))
-          }
-        )
-      },
       has: (org, eventId) =>
         Effect.map(
           orDatabaseError(sql`SELECT 1 FROM event_log WHERE organization_id = ${org} AND event_id = ${eventId}`),

@@ -72,7 +72,7 @@ export const WorkingSetSql = Layer.effect(
     /**
      * The first of the load's two statements: the event-log rows, then the orders' advisory
      * locks in their one order, as a unit of work for one event takes them (the locks' scan waits
-     * for the inserts: its filter reads them). One flag per event, as `EventLog.recordAll` has it.
+     * for the inserts: its filter reads them). One flag per event, as `EventLog.record` answers.
      */
     const recordAndLock = (demand: WorkingSetDemand) => {
       const events = demand.events
