@@ -1,5 +1,5 @@
 import type amqp from "amqplib"
-import { Cause, DateTime, Effect, Exit, Metric } from "effect"
+import { Cause, DateTime, Duration, Effect, Exit, Metric, Schedule } from "effect"
 import type { DeadLetterSettings, Topology } from "../config.ts"
 import type { InventoryError } from "../domain/errors.ts"
 import { fateOf, fates } from "../domain/fates.ts"
@@ -134,7 +134,7 @@ interface Attempt {
  * SPEC 5's protocol: record first (a redelivery finds the record of its first delivery), copy
  * to the DLQ once and wait for the confirm, then mark the record copied. A record already
  * copied means the ack was lost: nothing is copied again. A crash between the confirm and the
- * mark is the one window in which a second copy can happen.
+ * mark is the one window in which a second copy can happen: an outage there is waited out.
  */
 const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: Attempt) =>
   Effect.gen(function*() {
@@ -166,9 +166,26 @@ const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: At
         }
       }
     })
-    yield* failedEvents.markCopied(attempt.id, yield* DateTime.nowAsDate)
+    yield* failedEvents.markCopied(attempt.id, yield* DateTime.nowAsDate).pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning("dead letter copied but not yet marked; waiting for the database").pipe(
+          Effect.annotateLogs({ dead_letter_id: attempt.id, error_type: stored.error_type, cause: error.message })
+        )
+      ),
+      Effect.retry(markBackoff)
+    )
     return true
   })
+
+/**
+ * Once the DLQ has confirmed the copy, its mark has to land: an outage of the store here is
+ * waited out (the message stays unsettled, like any other during an outage), never answered by
+ * returning the message, whose redelivery would find the record unmarked and copy it again.
+ */
+const markBackoff = Schedule.exponential("100 millis", 2).pipe(
+  Schedule.modifyDelay(({ output }) => Effect.succeed(Duration.min(output, Duration.seconds(5)))),
+  Schedule.jittered
+)
 
 /** Whether a failure is an outage of the store, decided by the fate table (an outage never dead-letters). */
 const storeDown = (cause: Cause.Cause<unknown>): boolean =>

@@ -7,6 +7,7 @@ import type { InboundMessage } from "../../src/messaging/inbound.ts"
 import { type OutgoingMessage, Publisher } from "../../src/messaging/publisher.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import { FailedEvents } from "../../src/stores/services.ts"
+import { DatabaseError } from "../../src/domain/errors.ts"
 
 /**
  * A message whose ack was lost after it was dead-lettered (its channel died, or shutdown came
@@ -54,3 +55,39 @@ it.effect("dead-letters a message once, however often it comes back; a replay th
   }).pipe(
     Effect.provide(Layer.mergeAll(MemoryStores.layer, recordingPublisher, RuntimeConfig.layerFrom({})))
   ))
+
+/**
+ * The database goes away after the DLQ confirmed the copy and before the record is marked
+ * copied (the chaos harness's PostgreSQL stop hit exactly there: 32 dead letters in the DLQ
+ * for 31 records). Returning the message then would copy it again on its redelivery; the mark
+ * is waited for instead, and the message is dead-lettered once.
+ */
+it.live("an outage between the DLQ's confirm and the record's mark is waited out, not answered by a second copy", () => {
+  const copies: Array<OutgoingMessage> = []
+  let refusals = 2
+  const publisher = Layer.succeed(Publisher, Publisher.of({
+    publish: (m) => Effect.sync(() => { copies.push(m) }),
+    publishAll: (ms) => Effect.sync(() => ms.map((m) => { copies.push(m); return undefined }))
+  }))
+  const markFailsTwice = Layer.effect(FailedEvents, Effect.map(FailedEvents, (stores) => FailedEvents.of({
+    ...stores,
+    markCopied: (id, at) =>
+      Effect.suspend(() =>
+        refusals-- > 0
+          ? Effect.fail(new DatabaseError({ reason: "connection", message: "connection refused" }))
+          : stores.markCopied(id, at)
+      )
+  }))).pipe(Layer.provideMerge(MemoryStores.layer))
+  return Effect.gen(function*() {
+    const config = yield* RuntimeConfig
+    const failure = { errorType: "ValidationError" as const, message: "Message body is not valid UTF-8 JSON" }
+    const first = yield* deadLetter(config, message(), failure, null)
+    assert.deepStrictEqual(first, { _tag: "DeadLettered", parked: false })
+    assert.strictEqual(refusals, -1, "the mark was tried until the database answered")
+    const again = yield* deadLetter(config, { ...message(), delivery: { ...message().delivery, deliveryCount: 2 } }, failure, null)
+    assert.deepStrictEqual(again, { _tag: "DeadLettered", parked: false })
+    assert.strictEqual(copies.length, 1, "copied to the DLQ once")
+    const [record] = yield* Effect.flatMap(FailedEvents, (f) => f.list({})).pipe(Effect.orDie)
+    assert.notStrictEqual(record?.dlq_copied_at, null)
+  }).pipe(Effect.provide(Layer.mergeAll(markFailsTwice, publisher, RuntimeConfig.layerFrom({}))))
+})
