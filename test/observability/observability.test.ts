@@ -123,17 +123,26 @@ beforeAll(async () => {
 }, 90_000)
 
 afterAll(async () => {
+  // A consumer that does not stop on SIGTERM fails the file with its last log lines (a CI run
+  // once timed this hook out with nothing to show), after everything is cleaned up.
+  let stuck: string | undefined
   if (consumer && consumer.exitCode === null) {
     const exited = new Promise((done) => consumer.once("exit", done))
     consumer.kill("SIGTERM")
-    await exited
+    const inTime = await Promise.race([exited.then(() => true), new Promise<boolean>((done) => setTimeout(() => done(false), 60_000))])
+    if (!inTime) {
+      stuck = output.split("\n").slice(-80).join("\n")
+      consumer.kill("SIGKILL")
+      await exited
+    }
   }
   otlp?.close()
   webhook?.close()
   await look(Effect.flatMap(SqlClient, (sql) => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`))).catch(() => undefined)
   await inspect.dispose()
   await deleteVhost(vhost)
-})
+  if (stuck !== undefined) throw new Error(`the consumer did not exit within 60 s of SIGTERM; its last log lines:\n${stuck}`)
+}, 90_000)
 
 describe("observability", () => {
   it("traces a message from its traceparent through SQL to the inventory.* message it publishes", async () => {
