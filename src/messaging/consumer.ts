@@ -1,4 +1,4 @@
-import { Cause, Context, Deferred, Duration, Effect, Fiber, Metric, Option, Result, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Cause, Context, Deferred, Effect, Fiber, Metric, Option, Result, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import type { ConsumerQueue, Topology } from "../config.ts"
 import { RuntimeConfig } from "../config.ts"
 import { orderingKey } from "../domain/events.ts"
@@ -8,7 +8,7 @@ import { noStackTrace } from "../observability/spans.ts"
 import { EventApplier } from "../pipeline/batch.ts"
 import { type Decoded, decodeWith, peek } from "../pipeline/decode.ts"
 import { type Failure, Outcome, undecodable } from "../pipeline/pipeline.ts"
-import { ProcessingPolicy } from "../pipeline/policy.ts"
+import { outageBackoff, ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
 import { describeRole, trackActivity } from "./activity.ts"
 import { Broker, BrokerError, brokerError } from "./connection.ts"
@@ -45,11 +45,6 @@ type Pause = "Consuming" | "Pausing" | "Paused"
 type RoundEnd = "resumed" | "ended"
 
 type Requirements = Scope.Scope | Broker | Publisher | OutboxRelay | RuntimeConfig | Stores | ReservationTimers
-
-const storeBackoff = Schedule.exponential("200 millis", 2).pipe(
-  Schedule.modifyDelay(({ output }) => Effect.succeed(Duration.min(output, Duration.seconds(10)))),
-  Schedule.jittered
-)
 
 /**
  * Consumes one queue until the scope closes (issue 4). Messages of one ordering key run one at
@@ -248,7 +243,7 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
           yield* SubscriptionRef.set(pause, "Paused")
           yield* Metric.update(pausedGauge, 1)
           yield* logged(Effect.logWarning("database unavailable: consumption paused"))
-          yield* Effect.raceFirst(health.ping.pipe(Effect.retry(storeBackoff), Effect.orDie), Deferred.await(shutdown))
+          yield* Effect.raceFirst(health.ping.pipe(Effect.retry(outageBackoff), Effect.orDie), Deferred.await(shutdown))
           yield* SubscriptionRef.set(pause, "Consuming")
           yield* Metric.update(pausedGauge, 0)
           if (yield* Deferred.isDone(shutdown)) return "ended" as const

@@ -1,11 +1,12 @@
 import type amqp from "amqplib"
-import { Cause, DateTime, Duration, Effect, Exit, Metric, Schedule } from "effect"
+import { Cause, DateTime, Effect, Exit, Metric } from "effect"
 import type { DeadLetterSettings, Topology } from "../config.ts"
 import type { InventoryError } from "../domain/errors.ts"
 import { fateOf, fates } from "../domain/fates.ts"
 import { bodyDigest, deriveId } from "../domain/ids.ts"
 import { type Decoded, peek } from "../pipeline/decode.ts"
 import type { Failure } from "../pipeline/pipeline.ts"
+import { outageBackoff } from "../pipeline/policy.ts"
 import { eventsDeadLettered } from "../observability/metrics.ts"
 import type { FailedEvent } from "../stores/model.ts"
 import { FailedEvents } from "../stores/services.ts"
@@ -133,8 +134,10 @@ interface Attempt {
 /**
  * SPEC 5's protocol: record first (a redelivery finds the record of its first delivery), copy
  * to the DLQ once and wait for the confirm, then mark the record copied. A record already
- * copied means the ack was lost: nothing is copied again. A crash between the confirm and the
- * mark is the one window in which a second copy can happen: an outage there is waited out.
+ * copied means the ack was lost: nothing is copied again. Two windows remain in which a second
+ * copy can happen, both AMQP's: a crash between the confirm and the mark, and a copy the broker
+ * took whose confirm never came (the connection died first, or it came after the publish
+ * timeout), which is published again because nothing can tell it from a lost one.
  */
 const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: Attempt) =>
   Effect.gen(function*() {
@@ -166,26 +169,19 @@ const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: At
         }
       }
     })
+    // Once the DLQ has confirmed the copy its mark has to land: an outage here is waited out (the
+    // message stays unsettled, as any other does during an outage), never answered by returning
+    // the message, whose redelivery would find the record unmarked and copy it again.
     yield* failedEvents.markCopied(attempt.id, yield* DateTime.nowAsDate).pipe(
       Effect.tapError((error) =>
         Effect.logWarning("dead letter copied but not yet marked; waiting for the database").pipe(
           Effect.annotateLogs({ dead_letter_id: attempt.id, error_type: stored.error_type, cause: error.message })
         )
       ),
-      Effect.retry(markBackoff)
+      Effect.retry(outageBackoff)
     )
     return true
   })
-
-/**
- * Once the DLQ has confirmed the copy, its mark has to land: an outage of the store here is
- * waited out (the message stays unsettled, like any other during an outage), never answered by
- * returning the message, whose redelivery would find the record unmarked and copy it again.
- */
-const markBackoff = Schedule.exponential("100 millis", 2).pipe(
-  Schedule.modifyDelay(({ output }) => Effect.succeed(Duration.min(output, Duration.seconds(5)))),
-  Schedule.jittered
-)
 
 /** Whether a failure is an outage of the store, decided by the fate table (an outage never dead-letters). */
 const storeDown = (cause: Cause.Cause<unknown>): boolean =>

@@ -1,4 +1,4 @@
-import { Context, Duration } from "effect"
+import { Context, Duration, Effect, Schedule } from "effect"
 import { MAX_LINES_PER_EVENT } from "../domain/events.ts"
 
 /**
@@ -29,3 +29,13 @@ export const defaultProcessingPolicy: ProcessingPolicy = {
 export const ProcessingPolicy = Context.Reference<ProcessingPolicy>("inventory/pipeline/ProcessingPolicy", {
   defaultValue: () => defaultProcessingPolicy
 })
+
+/**
+ * How a wait for the database backs off while it is down: from 200 ms, doubling, at most 10 s
+ * apart, jittered so that replicas do not knock in step. Paused consumption pings by it; a dead
+ * letter already copied to the DLQ retries its mark by it.
+ */
+export const outageBackoff = Schedule.exponential("200 millis", 2).pipe(
+  Schedule.modifyDelay(({ output }) => Effect.succeed(Duration.min(output, Duration.seconds(10)))),
+  Schedule.jittered
+)
