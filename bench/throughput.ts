@@ -19,6 +19,8 @@
  *                                          again; prints events/s for both, outbound events published twice
  *                                          (a capture queue bound to inventory_events), legitimate events
  *                                          dead-lettered, live reservations left and the reconciliation
+ *   npm run bench -- --tenants 20          events spread over 20 organizations (an order's events, or a variant's,
+ *                                          in one), each with the same warehouses and stock; default 1
  *   npm run bench -- --rate 500            hold a publish rate (latency under load)
  *   npm run bench -- --half-peak           after the runs, the lifecycle through ours again, published at half
  *                                          the rate it just reached: p99 latency at a held half of the peak
@@ -75,7 +77,9 @@ let publishRate = RATE
 const WARMUP = arg("warmup", 1_000)
 const PER_SECOND = flag("per-second")
 const STOCK_PER_ROW = arg("stock", 1_000)
-const ORG = "bench_org"
+const TENANTS = arg("tenants", 1)
+/** The organizations events are spread over (`--tenants`), each with the same warehouses and stock. */
+const ORGS = TENANTS <= 1 ? ["bench_org"] : Array.from({ length: TENANTS }, (_, i) => `bench_org_${i}`)
 const WAREHOUSES = ["wh_1", "wh_2"]
 const tag = `${process.pid.toString(36)}${Date.now().toString(36)}`
 const targets = { ours: `bench_${tag}`, conventional: `bench_conv_${tag}`, naive: `bench_naive_${tag}` }
@@ -103,11 +107,17 @@ const count = async (sql: string, params: Array<unknown> = []) => Number((await 
 let seq = 0
 const pick = <A>(xs: ReadonlyArray<A>) => xs[Math.floor(Math.random() * xs.length)]!
 const variant = () => `var_${Math.floor(Math.random() * VARIANTS)}`
-const envelope = (event: string, data: unknown) => ({
+/** An order's events (or a variant's) all belong to one organization, chosen by its id. */
+const orgOf = (key: string) => {
+  let h = 0
+  for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) | 0
+  return ORGS[Math.abs(h) % ORGS.length]!
+}
+const envelope = <D extends { readonly order_id?: string; readonly variant_id?: string }>(event: string, data: D) => ({
   event,
   version: "1.0",
   timestamp: new Date().toISOString(),
-  organization_id: ORG,
+  organization_id: orgOf(data.order_id ?? data.variant_id ?? ""),
   event_id: `${tag}-${++seq}`,
   data
 })
@@ -462,19 +472,20 @@ const seedOurs = async () => {
   const client = await db.connect()
   try {
     await client.query(`SET search_path TO ${schema}`)
-    for (const w of WAREHOUSES) {
-      await client.query(`INSERT INTO warehouses (organization_id, warehouse_id, name, active) VALUES ($1, $2, $2, true)`, [ORG, w])
-    }
+    await client.query(`
+      INSERT INTO warehouses (organization_id, warehouse_id, name, active) SELECT o, w, w, true FROM unnest($1::text[]) o, unnest($2::text[]) w`,
+      [ORGS, WAREHOUSES])
     await client.query(`
       INSERT INTO stock (organization_id, variant_id, warehouse_id, total, available)
-      SELECT $1, 'var_' || v, w, $2, $2 FROM generate_series(0, $3 - 1) v, unnest($4::text[]) w`, [ORG, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
+      SELECT o, 'var_' || v, w, $2, $2 FROM unnest($1::text[]) o, generate_series(0, $3 - 1) v, unnest($4::text[]) w`,
+      [ORGS, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
     // Opening balances are movements too, so the books balance (I8) from the first event.
     await client.query(`
       INSERT INTO stock_movements (movement_id, organization_id, variant_id, warehouse_id, movement_type, quantity_change,
         quantity_before, quantity_after, category, reason, caused_by, created_at)
       SELECT 'open-' || variant_id || '-' || warehouse_id, organization_id, variant_id, warehouse_id, 'in', total, 0, total,
         'available', 'opening_balance', 'bench', now()
-      FROM stock WHERE organization_id = $1`, [ORG])
+      FROM stock`)
   } finally {
     client.release()
   }
@@ -514,9 +525,9 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     }
   })
   const ids = [...run.published.keys()]
-  const deadLettered = await count(`SELECT count(*) AS n FROM ${schema}.failed_events WHERE organization_id = $1 AND event_id = ANY($2)`, [ORG, ids])
-  const live = await count(`SELECT count(*) AS n FROM ${schema}.reservations WHERE organization_id = $1 AND order_id LIKE $2 AND status IN ('active', 'confirmed')`, [ORG, `${workload.orderPrefix}%`])
-  const rows = (await db.query(`SELECT event_id, processed_at${commitTimes ? ", pg_xact_commit_timestamp(xmin) AS committed_at" : ""} FROM ${schema}.event_log WHERE organization_id = $1 AND event_id = ANY($2)`, [ORG, ids])).rows
+  const deadLettered = await count(`SELECT count(*) AS n FROM ${schema}.failed_events WHERE organization_id = ANY($1) AND event_id = ANY($2)`, [ORGS, ids])
+  const live = await count(`SELECT count(*) AS n FROM ${schema}.reservations WHERE organization_id = ANY($1) AND order_id LIKE $2 AND status IN ('active', 'confirmed')`, [ORGS, `${workload.orderPrefix}%`])
+  const rows = (await db.query(`SELECT event_id, processed_at${commitTimes ? ", pg_xact_commit_timestamp(xmin) AS committed_at" : ""} FROM ${schema}.event_log WHERE organization_id = ANY($1) AND event_id = ANY($2)`, [ORGS, ids])).rows
   const lat = latencies(run.published, rows)
   // Publish to commit, the issue's measure: the commit time of the transaction that wrote the event's log row.
   const committed = commitTimes ? latencies(run.published, rows.map((r) => ({ event_id: r.event_id, processed_at: r.committed_at }))) : undefined
@@ -557,7 +568,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
 
 const checkOurs = () => {
   try {
-    execFileSync(node, ["src/cli/main.ts", "check", "--org", ORG], { env: { ...process.env, ...ourEnv }, stdio: "pipe" })
+    execFileSync(node, ["src/cli/main.ts", "check"], { env: { ...process.env, ...ourEnv }, stdio: "pipe" })
     return "clean"
   } catch (error) {
     return `VIOLATIONS\n${String((error as { stdout?: Buffer }).stdout ?? error)}`
@@ -571,7 +582,8 @@ const convSchema = targets.conventional
 const seedConventional = async () => {
   for (const sql of conventionalSchemaSql(convSchema)) await db.query(sql)
   await db.query(`INSERT INTO ${convSchema}.stock (org, variant_id, warehouse_id, total, available)
-    SELECT $1, 'var_' || v, w, $2, $2 FROM generate_series(0, $3 - 1) v, unnest($4::text[]) w`, [ORG, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
+    SELECT o, 'var_' || v, w, $2, $2 FROM unnest($1::text[]) o, generate_series(0, $3 - 1) v, unnest($4::text[]) w`,
+    [ORGS, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
   await db.query(`INSERT INTO ${convSchema}.movements (org, variant_id, warehouse_id, change, before, after, reason, caused_by)
     SELECT org, variant_id, warehouse_id, total, 0, total, 'opening_balance', 'bench' FROM ${convSchema}.stock`)
   rabbitmqctl("add_vhost", targets.conventional)
@@ -587,7 +599,7 @@ const runConventional = async (workload: Workload) => {
       CONVENTIONAL_PREFETCH: String(ourPrefetch ?? PREFETCH ?? 20), CONVENTIONAL_WAREHOUSES: WAREHOUSES.join(",")
     })
   })
-  const live = await count(`SELECT count(*) AS n FROM ${convSchema}.reservations WHERE org = $1 AND order_id LIKE $2 AND status IN ('active', 'confirmed')`, [ORG, `${workload.orderPrefix}%`])
+  const live = await count(`SELECT count(*) AS n FROM ${convSchema}.reservations WHERE org = ANY($1) AND order_id LIKE $2 AND status IN ('active', 'confirmed')`, [ORGS, `${workload.orderPrefix}%`])
   const rate = rateOf(workload.messages, run.elapsed)
   const cpuTotal = run.cpu.user + run.cpu.system
   console.log(`${"conventional".padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s); peak RSS ${fmt(run.rss / 1048576, 1)} MB; ` +
@@ -616,8 +628,8 @@ const runNaive = async (workload: Workload) => {
   for (const sql of naiveSchemaSql(naiveSchema)) await db.query(sql)
   await db.query(`
     INSERT INTO ${naiveSchema}.stock (stock_id, organization_id, variant_id, warehouse_id, total_quantity, available_quantity, reserved_quantity)
-    SELECT 'var_' || v || '@' || w, $1, 'var_' || v, w, $2, $2, 0 FROM generate_series(0, $3 - 1) v, unnest($4::text[]) w`,
-    [ORG, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
+    SELECT o || '/var_' || v || '@' || w, o, 'var_' || v, w, $2, $2, 0 FROM unnest($1::text[]) o, generate_series(0, $3 - 1) v, unnest($4::text[]) w`,
+    [ORGS, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
   rabbitmqctl("add_vhost", targets.naive)
   rabbitmqctl("set_permissions", "-p", targets.naive, "guest", ".*", ".*", ".*")
   const run = await measure({
@@ -682,7 +694,7 @@ const compare = async () => {
 const main = async () => {
   const pgVersion = (await db.query("SHOW server_version")).rows[0].server_version
   commitTimes = (await db.query("SHOW track_commit_timestamp")).rows[0].track_commit_timestamp === "on"
-  console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS}${KILL_AFTER_MS > 0 ? ` with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : ", none killed"}` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants` +
+  console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS}${KILL_AFTER_MS > 0 ? ` with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : ", none killed"}` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants${ORGS.length > 1 ? ` in each of ${fmt(ORGS.length)} organizations` : ""}` +
     `${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ` +
     `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}` +
     `${commitTimes ? " (commit timestamps tracked: latency to the commit is printed)" : " (track_commit_timestamp off: latency to the commit is not printed)"}. Shared machine: figures are noisy.`)
