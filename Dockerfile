@@ -1,13 +1,18 @@
 # The consumer runs its TypeScript directly on Node 24 (type stripping): no build stage.
 FROM node:24-slim
 
-ENV NODE_ENV=production
+# Node's compile cache, as `npm start` sets it: modules compiled with their types stripped.
+ENV NODE_ENV=production NODE_COMPILE_CACHE=node_modules/.cache/node
 WORKDIR /app
 
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 COPY src ./src
+# Filled at build, so that a container starts on a warm cache: it never loads the type stripper
+# (about 20 MB of RSS for the life of the process) nor compiles its modules again. Importing
+# main.ts loads every module of the consumer without starting it.
+RUN node --input-type=module -e "await import('./src/main.ts')" && chown -R node node_modules/.cache
 
 USER node
 EXPOSE 9464

@@ -35,8 +35,12 @@ const App = Layer.mergeAll(DlqMonitor.layer, Http).pipe(
   Layer.provide(Layer.unwrap(Effect.map(loggingSettings, Logging.layer)))
 )
 
-// SIGTERM/SIGINT interrupt the app; a clean shutdown after a signal exits 0, not 130.
-NodeRuntime.runMain(Layer.launch(App), {
-  teardown: (exit, onExit) =>
-    Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause) ? onExit(0) : defaultTeardown(exit, onExit)
-})
+// SIGTERM/SIGINT interrupt the app; a clean shutdown after a signal exits 0, not 130. Only as the
+// entry point: imported, this module only loads the consumer's modules, which is how the image
+// fills Node's compile cache at build (Dockerfile).
+if (import.meta.main) {
+  NodeRuntime.runMain(Layer.launch(App), {
+    teardown: (exit, onExit) =>
+      Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause) ? onExit(0) : defaultTeardown(exit, onExit)
+  })
+}
