@@ -91,14 +91,12 @@ const node = process.execPath
  * The Node/V8 flags `npm start` runs the consumer with (package.json): the heap and GC settings
  * bound its RSS and shape its latency, so the bench measures exactly those.
  */
-const startScript = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { scripts: { start: string } }).scripts.start
-const startFlags = startScript.split(/\s+/).filter((word) => word.startsWith("--"))
+const startWords = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { scripts: { start: string } })
+  .scripts.start.split(/\s+/)
+const startFlags = startWords.filter((word) => word.startsWith("--"))
 /** The environment `npm start` sets before `exec node` (the compile cache), so the bench runs with it too. */
 const startEnv: Record<string, string> = Object.fromEntries(
-  startScript.split(/\s+/).slice(0, Math.max(0, startScript.split(/\s+/).indexOf("exec"))).map((word) => {
-    const at = word.indexOf("=")
-    return [word.slice(0, at), word.slice(at + 1)]
-  })
+  startWords.slice(0, Math.max(0, startWords.indexOf("exec"))).map((word) => [word.slice(0, word.indexOf("=")), word.slice(word.indexOf("=") + 1)])
 )
 /** Extra Node/V8 flags for the consumer, to try a setting without editing anything (e.g. "--trace-gc"). */
 const extraFlags = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter((flag) => flag !== "")

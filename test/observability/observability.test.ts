@@ -113,7 +113,10 @@ beforeAll(async () => {
       // A slow reconnect keeps the broker "down" long enough for /readyz to say so.
       AMQP_RECONNECT_INITIAL_DELAY_MS: "3000",
       AMQP_RECONNECT_MAX_DELAY_MS: "4000",
-      LOG_LEVEL: "info"
+      LOG_LEVEL: "info",
+      // Shutdown takes at most about twice this plus the trace export's 5 s (README, Signals), well
+      // inside the 60 s the last hook waits: a consumer still running then is stuck, not slow.
+      SHUTDOWN_TIMEOUT_MS: "10000"
     },
     stdio: ["ignore", "pipe", "pipe"]
   })
