@@ -1,4 +1,5 @@
 import { Effect, Option } from "effect"
+import { spanned } from "../observability/spans.ts"
 import { DuplicateRecord, StockNotZero, type WarehouseWithStock } from "../domain/errors.ts"
 import type { ProductDeleted, VariantCreated, VariantDeleted, VariantUpdated } from "../domain/events.ts"
 import type { StockRow, Variant } from "../stores/model.ts"
@@ -71,7 +72,7 @@ const variantRecord = (
   return { ...base, ...patch }
 }
 
-export const variantCreated = Effect.fn("catalog.variant.created")(function*(event: VariantCreated, eventId: string) {
+export const variantCreated = Effect.fnUntraced(function*(event: VariantCreated, eventId: string) {
   const cause = { organization_id: event.organization_id, event_id: eventId }
   const { data } = event
   const variants = yield* Variants
@@ -93,9 +94,9 @@ export const variantCreated = Effect.fn("catalog.variant.created")(function*(eve
     return
   }
   yield* initializeStock(cause, data.variant_id, { min: data.default_min_stock, max: data.default_max_stock })
-})
+}, spanned("catalog.variant.created"))
 
-export const variantUpdated = Effect.fn("catalog.variant.updated")(function*(event: VariantUpdated, eventId: string) {
+export const variantUpdated = Effect.fnUntraced(function*(event: VariantUpdated, eventId: string) {
   const cause = { organization_id: event.organization_id, event_id: eventId }
   const { data } = event
   const variants = yield* Variants
@@ -122,7 +123,7 @@ export const variantUpdated = Effect.fn("catalog.variant.updated")(function*(eve
     ...(sku !== undefined ? { sku: sku.new } : {}),
     tracked
   }))
-})
+}, spanned("catalog.variant.updated"))
 
 /** Archives every listed variant's stock, all or nothing. */
 const archiveVariants = Effect.fnUntraced(function*(
@@ -148,18 +149,18 @@ const archiveVariants = Effect.fnUntraced(function*(
   yield* emit(cause, aggregateKey, archived.map((data) => ({ event: "inventory.stock.archived" as const, data })))
 })
 
-export const variantDeleted = Effect.fn("catalog.variant.deleted")(function*(event: VariantDeleted, eventId: string) {
+export const variantDeleted = Effect.fnUntraced(function*(event: VariantDeleted, eventId: string) {
   yield* archiveVariants(
     { organization_id: event.organization_id, event_id: eventId },
     [event.data.variant_id],
     `variant/${event.data.variant_id}`
   )
-})
+}, spanned("catalog.variant.deleted"))
 
-export const productDeleted = Effect.fn("catalog.product.deleted")(function*(event: ProductDeleted, eventId: string) {
+export const productDeleted = Effect.fnUntraced(function*(event: ProductDeleted, eventId: string) {
   yield* archiveVariants(
     { organization_id: event.organization_id, event_id: eventId },
     event.data.variant_ids,
     `product/${event.data.product_id}`
   )
-})
+}, spanned("catalog.product.deleted"))

@@ -1,4 +1,5 @@
 import { Effect, Option } from "effect"
+import { spanned } from "../observability/spans.ts"
 import { deriveId } from "../domain/ids.ts"
 import type { Reservation } from "../stores/model.ts"
 import { Reservations, Stock } from "../stores/services.ts"
@@ -17,20 +18,20 @@ const expire = (reservation: Reservation) =>
  * `expires_at`. The row lock and the conditional transition make it happen once, however many
  * timers or processes fire for it. Returns whether this call expired it.
  */
-export const expireReservation = Effect.fn("reservation.expire")(function*(organizationId: string, reservationId: string) {
+export const expireReservation = Effect.fnUntraced(function*(organizationId: string, reservationId: string) {
   const found = yield* (yield* Reservations).lockById(organizationId, reservationId)
   if (Option.isNone(found)) return false
   const reservation = found.value
   const now = yield* nowDate
   if (reservation.status !== "active" || reservation.expires_at === null || reservation.expires_at > now) return false
   return yield* expire(reservation)
-})
+}, spanned("reservation.expire"))
 
 /**
  * Expires up to `limit` overdue reservations that no other process holds: what a dead
  * replica's timers would have done. Returns how many it expired.
  */
-export const expireOverdue = Effect.fn("reservation.expire_overdue")(function*(limit: number) {
+export const expireOverdue = Effect.fnUntraced(function*(limit: number) {
   const due = yield* (yield* Reservations).lockDue(yield* nowDate, limit)
   // Lock every stock row the batch will touch up front, in key order, as every other unit of
   // work does: releasing reservation by reservation would take them out of order.
@@ -49,4 +50,4 @@ export const expireOverdue = Effect.fn("reservation.expire_overdue")(function*(l
     if (yield* expire(reservation)) expired++
   }
   return expired
-})
+}, spanned("reservation.expire_overdue"))

@@ -1,4 +1,5 @@
 import { Effect, Option } from "effect"
+import { spanned } from "../observability/spans.ts"
 import { ValidationError } from "../domain/errors.ts"
 import type { ReturnReceived } from "../domain/events.ts"
 import { deriveId } from "../domain/ids.ts"
@@ -61,7 +62,7 @@ export const receiveStock = Effect.fnUntraced(function*(
   return movements
 })
 
-export const returnReceived = Effect.fn("return.received")(function*(event: ReturnReceived, eventId: string) {
+export const returnReceived = Effect.fnUntraced(function*(event: ReturnReceived, eventId: string) {
   const org = event.organization_id
   const { data } = event
   const byKey = new Map<string, Inflow>()
@@ -89,13 +90,13 @@ export const returnReceived = Effect.fn("return.received")(function*(event: Retu
     reference_id: data.return_id,
     notes: `Return from order ${data.order_id}${data.rma_number ? ` (${data.rma_number})` : ""}`
   })
-})
+}, spanned("return.received"))
 
 /**
  * An operator's signed correction of one row (`inventory stock adjust`), written as a movement.
  * Refused when it would take a quantity below zero.
  */
-export const adjustStock = Effect.fn("stock.adjust")(function*(
+export const adjustStock = Effect.fnUntraced(function*(
   key: StockKey,
   delta: number,
   category: StockCategory,
@@ -147,4 +148,4 @@ export const adjustStock = Effect.fn("stock.adjust")(function*(
       : { event: "inventory.movement.out", data: { ...common, order_id: null } }
   ])
   return { before, after, movement }
-})
+}, spanned("stock.adjust"))

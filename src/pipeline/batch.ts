@@ -1,4 +1,4 @@
-import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Metric, Option, Queue, type Tracer } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Metric, Option, Queue, Tracer } from "effect"
 import type { InventoryError } from "../domain/errors.ts"
 import { orderingKey } from "../domain/events.ts"
 import { fateOf } from "../domain/fates.ts"
@@ -6,11 +6,10 @@ import { afterRollback } from "../handlers/dispatch.ts"
 import { nowDate } from "../handlers/outbound.ts"
 import { demandOf } from "../handlers/reads.ts"
 import { groupSize } from "../observability/metrics.ts"
-import { noStackTrace } from "../observability/spans.ts"
 import { makeStaged, OutsideWorkingSet, type Staged } from "../stores/memory/staged.ts"
 import { type ReservationTimers, type Stores, UnitOfWork, WorkingSet } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
-import { applyDecoded, applyOnce, describe, Outcome } from "./pipeline.ts"
+import { applyDecoded, describe, Outcome, unitOfWork } from "./pipeline.ts"
 import { ProcessingPolicy } from "./policy.ts"
 
 
@@ -22,8 +21,7 @@ const oneByOne = (items: ReadonlyArray<ChainItem>): Effect.Effect<ReadonlyArray<
   Effect.gen(function*() {
     const outcomes: Array<Outcome> = []
     for (const item of items) {
-      const apply = applyDecoded(item.decoded, item.deliveryCount)
-      const outcome = yield* (Option.isSome(item.parent) ? Effect.withParentSpan(apply, item.parent.value, noStackTrace) : apply)
+      const outcome = yield* underParent(applyDecoded(item.decoded, item.deliveryCount), item.parent)
       outcomes.push(outcome)
       if (!letsKeyGoOn(outcome)) break
     }
@@ -89,6 +87,10 @@ export type GroupResult =
   | { readonly _tag: "Alone"; readonly error: InventoryError | null }
   | "not run"
 
+/** Work for one event of a group, under that event's span. */
+const underParent = <A, E, R>(effect: Effect.Effect<A, E, R>, parent: Option.Option<Tracer.AnySpan>) =>
+  Option.isSome(parent) ? Effect.provideService(effect, Tracer.ParentSpan, parent.value) : effect
+
 let staged: Staged | undefined
 /** The staged stores are built once: they hold no rows of their own, only the current group's. */
 const stagedStores = () => (staged ??= Effect.runSync(makeStaged))
@@ -123,7 +125,9 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
         results.push("not run")
         continue
       }
-      const exit = yield* Effect.exit(applyOnce(decoded, Option.getOrUndefined(parent)))
+      // Under the message's span directly: a span of its own per event (as one at a time has,
+      // one per attempt) would only wrap its handler's (issue 18).
+      const exit = yield* Effect.exit(underParent(unitOfWork(decoded), parent))
       if (Exit.isSuccess(exit)) {
         results.push(exit.value)
         continue
@@ -137,7 +141,7 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
       }
       const error = failed.error
       const announce = Effect.flatMap(UnitOfWork, (u) => u.transaction(afterRollback(decoded.event, decoded.eventId, error)))
-      const announced = yield* Effect.exit(Option.isSome(parent) ? Effect.withParentSpan(announce, parent.value, noStackTrace) : announce)
+      const announced = yield* Effect.exit(underParent(announce, parent))
       if (Exit.isFailure(announced)) {
         if (isOutside(announced.cause)) return yield* Effect.failCause(announced.cause)
         results.push({ _tag: "Alone", error })
@@ -205,7 +209,7 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
         const items = chains.flatMap((chain) => chain.items)
         const first = items[0]!.parent
         const unit = uow.transaction(applyGroup(items))
-        const exit = yield* Effect.exit(Option.isSome(first) ? Effect.withParentSpan(unit, first.value, noStackTrace) : unit)
+        const exit = yield* Effect.exit(underParent(unit, first))
         if (Exit.isFailure(exit)) {
           yield* Effect.logDebug("event group failed; applying its events one by one").pipe(
             Effect.annotateLogs({ size: items.length, cause: Cause.pretty(exit.cause) })

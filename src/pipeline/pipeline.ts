@@ -1,4 +1,4 @@
-import { Cause, Data, Effect, Exit, Schedule, type Tracer } from "effect"
+import { Cause, Data, Effect, Exit, Schedule } from "effect"
 import type { InventoryError, InventoryErrorTag } from "../domain/errors.ts"
 import { fateOf } from "../domain/fates.ts"
 import { afterRollback, handleEvent } from "../handlers/dispatch.ts"
@@ -39,11 +39,8 @@ const oneLine = (text: string) => text.trim().replace(/\s*\n\s*(?=at \[)/g, " ")
 /** The failure as the DLQ headers, logs and metrics name it. */
 export const describe = (error: InventoryError): Failure => ({ errorType: error._tag, message: oneLine(error.message) })
 
-/**
- * One event's unit of work: the event-log row, every effect, the outbox rows, or nothing (SPEC 6).
- * Its span's parent is the current span, or `parent` (a group applies each event under its own).
- */
-export const applyOnce = (decoded: Decoded, parent?: Tracer.AnySpan) =>
+/** One event's unit of work: the event-log row, every effect, the outbox rows, or nothing (SPEC 6). */
+export const unitOfWork = (decoded: Decoded) =>
   Effect.gen(function*() {
     const uow = yield* UnitOfWork
     const log = yield* EventLog
@@ -58,7 +55,11 @@ export const applyOnce = (decoded: Decoded, parent?: Tracer.AnySpan) =>
       yield* handleEvent(decoded.event, decoded.eventId)
       return "applied" as const
     }))
-  }).pipe(Effect.withSpan("inventory.apply", { attributes: { "inventory.event_type": decoded.event.event }, parent }, noStackTrace))
+  })
+
+/** One attempt at an event's own unit of work, under a span of its own: retries are visible. */
+export const applyOnce = (decoded: Decoded) =>
+  unitOfWork(decoded).pipe(Effect.withSpan("inventory.apply", { attributes: { "inventory.event_type": decoded.event.event } }, noStackTrace))
 
 /**
  * Applies a decoded event: transient failures are retried in process (1 s, 2 s, 4 s by

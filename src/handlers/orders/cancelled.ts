@@ -1,11 +1,12 @@
 import { Effect, Option } from "effect"
+import { spanned } from "../../observability/spans.ts"
 import type { OrderCancelled } from "../../domain/events.ts"
 import { deriveId } from "../../domain/ids.ts"
 import { Reservations } from "../../stores/services.ts"
 import { nowDate } from "../outbound.ts"
 import { cancelTimerAfterCommit, findReservation, releaseReservation } from "./lifecycle.ts"
 
-export const orderCancelled = Effect.fn("order.cancelled")(function*(event: OrderCancelled, eventId: string) {
+export const orderCancelled = Effect.fnUntraced(function*(event: OrderCancelled, eventId: string) {
   const org = event.organization_id
   const { data } = event
   const reservations = yield* Reservations
@@ -37,4 +38,4 @@ export const orderCancelled = Effect.fn("order.cancelled")(function*(event: Orde
       Effect.annotateLogs({ order_id: data.order_id, reservation_id: found.value.reservation_id, status: found.value.status })
     )
   }
-})
+}, spanned("order.cancelled"))

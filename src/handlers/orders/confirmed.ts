@@ -1,11 +1,12 @@
 import { Effect, Option } from "effect"
+import { spanned } from "../../observability/spans.ts"
 import { sumByVariant } from "../../domain/allocation.ts"
 import { ReservationNotFound } from "../../domain/errors.ts"
 import type { OrderConfirmed } from "../../domain/events.ts"
 import { Reservations } from "../../stores/services.ts"
 import { cancelTimerAfterCommit, createReservation, findReservation } from "./lifecycle.ts"
 
-export const orderConfirmed = Effect.fn("order.confirmed")(function*(event: OrderConfirmed, eventId: string) {
+export const orderConfirmed = Effect.fnUntraced(function*(event: OrderConfirmed, eventId: string) {
   const org = event.organization_id
   const { data } = event
   const reservations = yield* Reservations
@@ -41,4 +42,4 @@ export const orderConfirmed = Effect.fn("order.confirmed")(function*(event: Orde
       return
     }
   }
-})
+}, spanned("order.confirmed"))

@@ -1,4 +1,5 @@
 import { Effect, Option } from "effect"
+import { spanned } from "../../observability/spans.ts"
 import { sumByVariant } from "../../domain/allocation.ts"
 import { ReservationNotFound, ValidationError } from "../../domain/errors.ts"
 import type { OrderShipped } from "../../domain/events.ts"
@@ -8,7 +9,7 @@ import { Movements, Reservations, Stock } from "../../stores/services.ts"
 import { emit, nowDate } from "../outbound.ts"
 import { cancelTimerAfterCommit, createReservation, findReservation, keyOf, sortedItems } from "./lifecycle.ts"
 
-export const orderShipped = Effect.fn("order.shipped")(function*(event: OrderShipped, eventId: string) {
+export const orderShipped = Effect.fnUntraced(function*(event: OrderShipped, eventId: string) {
   const org = event.organization_id
   const { data } = event
   const cause = { organization_id: org, event_id: eventId }
@@ -106,4 +107,4 @@ export const orderShipped = Effect.fn("order.shipped")(function*(event: OrderShi
       reference_id: data.shipment_id
     }
   })))
-})
+}, spanned("order.shipped"))
