@@ -108,7 +108,7 @@ export const makeLanes = <W, O, R>(rules: LaneRules<W, O, R>): Effect.Effect<Lan
         }
       }
       lanes.delete(key)
-    }, (effect, key) => Effect.annotateLogs(effect, { ordering_key: key }))
+    })
 
     return {
       offer: (key, work) =>

@@ -1,6 +1,6 @@
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { OutboxMessage, Reservation } from "../model.ts"
-import { textArray } from "./arrays.ts"
+import { intArray, textArray } from "./arrays.ts"
 
 const iso = (d: Date | null) => (d === null ? null : d.toISOString())
 
@@ -14,10 +14,10 @@ const iso = (d: Date | null) => (d === null ? null : d.toISOString())
 export const insertOutbox = (sql: SqlClient, messages: ReadonlyArray<OutboxMessage>) => sql`
   INSERT INTO outbox (event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at)
   SELECT event_id, organization_id, event_type, aggregate_key, payload::jsonb, traceparent, created_at::timestamptz
-  FROM unnest(${messages.map((m) => m.event_id)}::text[], ${messages.map((m) => m.organization_id)}::text[],
-    ${messages.map((m) => m.event_type)}::text[], ${messages.map((m) => m.aggregate_key)}::text[],
-    ${messages.map((m) => JSON.stringify(m.payload))}::text[], ${textArray(messages.map((m) => m.traceparent))}::text[],
-    ${messages.map((m) => m.created_at.toISOString())}::text[])
+  FROM unnest(${textArray(messages.map((m) => m.event_id))}::text[], ${textArray(messages.map((m) => m.organization_id))}::text[],
+    ${textArray(messages.map((m) => m.event_type))}::text[], ${textArray(messages.map((m) => m.aggregate_key))}::text[],
+    ${textArray(messages.map((m) => JSON.stringify(m.payload)))}::text[], ${textArray(messages.map((m) => m.traceparent))}::text[],
+    ${textArray(messages.map((m) => m.created_at.toISOString()))}::text[])
     WITH ORDINALITY AS m(event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at, ord)
   ORDER BY ord
   ON CONFLICT (event_id) DO NOTHING`
@@ -30,9 +30,9 @@ export const insertOutbox = (sql: SqlClient, messages: ReadonlyArray<OutboxMessa
 export const insertReservations = (sql: SqlClient, rs: ReadonlyArray<Reservation>) => sql`
   INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason)
   SELECT organization_id, reservation_id, order_id, status, expires_at::timestamptz, created_at::timestamptz, caused_by, closed_reason
-  FROM unnest(${rs.map((r) => r.organization_id)}::text[], ${rs.map((r) => r.reservation_id)}::text[],
-    ${rs.map((r) => r.order_id)}::text[], ${rs.map((r) => r.status)}::text[], ${textArray(rs.map((r) => iso(r.expires_at)))}::text[],
-    ${rs.map((r) => r.created_at.toISOString())}::text[], ${rs.map((r) => r.caused_by)}::text[], ${textArray(rs.map((r) => r.closed_reason))}::text[])
+  FROM unnest(${textArray(rs.map((r) => r.organization_id))}::text[], ${textArray(rs.map((r) => r.reservation_id))}::text[],
+    ${textArray(rs.map((r) => r.order_id))}::text[], ${textArray(rs.map((r) => r.status))}::text[], ${textArray(rs.map((r) => iso(r.expires_at)))}::text[],
+    ${textArray(rs.map((r) => r.created_at.toISOString()))}::text[], ${textArray(rs.map((r) => r.caused_by))}::text[], ${textArray(rs.map((r) => r.closed_reason))}::text[])
     WITH ORDINALITY AS n(organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by, closed_reason, ord)
   ORDER BY ord
   ON CONFLICT DO NOTHING
@@ -44,9 +44,9 @@ export const insertReservationItems = (sql: SqlClient, rs: ReadonlyArray<Reserva
   return sql`
     INSERT INTO reservation_items (organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
     SELECT i.organization_id, i.reservation_id, i.position, i.variant_id, i.warehouse_id, i.quantity
-    FROM unnest(${items.map((x) => x.r.organization_id)}::text[], ${items.map((x) => x.r.reservation_id)}::text[],
-      ${items.map((x) => x.position)}::integer[], ${items.map((x) => x.item.variant_id)}::text[],
-      ${items.map((x) => x.item.warehouse_id)}::text[], ${items.map((x) => x.item.quantity)}::integer[])
+    FROM unnest(${textArray(items.map((x) => x.r.organization_id))}::text[], ${textArray(items.map((x) => x.r.reservation_id))}::text[],
+      ${intArray(items.map((x) => x.position))}::integer[], ${textArray(items.map((x) => x.item.variant_id))}::text[],
+      ${textArray(items.map((x) => x.item.warehouse_id))}::text[], ${intArray(items.map((x) => x.item.quantity))}::integer[])
       AS i(organization_id, reservation_id, position, variant_id, warehouse_id, quantity)
     JOIN ${sql(written)} USING (organization_id, reservation_id)`
 }

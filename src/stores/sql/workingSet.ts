@@ -3,7 +3,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
 import type { Reservation, ReservationStatus, Variant, Warehouse } from "../model.ts"
 import { WorkingSet, type WorkingSetChanges, type WorkingSetDemand, type WorkingSetRows } from "../services.ts"
-import { textArray } from "./arrays.ts"
+import { intArray, textArray } from "./arrays.ts"
 import { orDatabaseError } from "./errors.ts"
 import { orderKeys } from "./reservations.ts"
 import { insertOutbox, insertReservationItems, insertReservations } from "./rows.ts"
@@ -186,20 +186,20 @@ export const WorkingSetSql = Layer.effect(
           WITH stock_updated AS (
             UPDATE stock s SET total = u.total, available = u.available, reserved = u.reserved, damaged = u.damaged,
               in_transit = u.in_transit, min_stock = u.min_stock, max_stock = u.max_stock, archived_at = u.archived_at::timestamptz
-            FROM unnest(${su.map((r) => r.organization_id)}::text[], ${su.map((r) => r.variant_id)}::text[], ${su.map((r) => r.warehouse_id)}::text[],
+            FROM unnest(${textArray(su.map((r) => r.organization_id))}::text[], ${textArray(su.map((r) => r.variant_id))}::text[], ${textArray(su.map((r) => r.warehouse_id))}::text[],
               ${su.map((r) => r.total)}::bigint[], ${su.map((r) => r.available)}::bigint[], ${su.map((r) => r.reserved)}::bigint[],
-              ${su.map((r) => r.damaged)}::bigint[], ${su.map((r) => r.in_transit)}::bigint[], ${su.map((r) => r.min_stock)}::integer[],
-              ${su.map((r) => r.max_stock)}::integer[], ${textArray(su.map((r) => iso(r.archived_at)))}::text[])
+              ${su.map((r) => r.damaged)}::bigint[], ${su.map((r) => r.in_transit)}::bigint[], ${intArray(su.map((r) => r.min_stock))}::integer[],
+              ${intArray(su.map((r) => r.max_stock))}::integer[], ${textArray(su.map((r) => iso(r.archived_at)))}::text[])
               AS u(organization_id, variant_id, warehouse_id, total, available, reserved, damaged, in_transit, min_stock, max_stock, archived_at)
             WHERE s.organization_id = u.organization_id AND s.variant_id = u.variant_id AND s.warehouse_id = u.warehouse_id
             RETURNING 1
           ), stock_created AS (
             INSERT INTO stock (organization_id, variant_id, warehouse_id, total, available, reserved, damaged, in_transit, min_stock, max_stock, archived_at)
             SELECT organization_id, variant_id, warehouse_id, total, available, reserved, damaged, in_transit, min_stock, max_stock, archived_at::timestamptz
-            FROM unnest(${sc.map((r) => r.organization_id)}::text[], ${sc.map((r) => r.variant_id)}::text[], ${sc.map((r) => r.warehouse_id)}::text[],
+            FROM unnest(${textArray(sc.map((r) => r.organization_id))}::text[], ${textArray(sc.map((r) => r.variant_id))}::text[], ${textArray(sc.map((r) => r.warehouse_id))}::text[],
               ${sc.map((r) => r.total)}::bigint[], ${sc.map((r) => r.available)}::bigint[], ${sc.map((r) => r.reserved)}::bigint[],
-              ${sc.map((r) => r.damaged)}::bigint[], ${sc.map((r) => r.in_transit)}::bigint[], ${sc.map((r) => r.min_stock)}::integer[],
-              ${sc.map((r) => r.max_stock)}::integer[], ${textArray(sc.map((r) => iso(r.archived_at)))}::text[])
+              ${sc.map((r) => r.damaged)}::bigint[], ${sc.map((r) => r.in_transit)}::bigint[], ${intArray(sc.map((r) => r.min_stock))}::integer[],
+              ${intArray(sc.map((r) => r.max_stock))}::integer[], ${textArray(sc.map((r) => iso(r.archived_at)))}::text[])
               AS n(organization_id, variant_id, warehouse_id, total, available, reserved, damaged, in_transit, min_stock, max_stock, archived_at)
             ORDER BY organization_id, variant_id, warehouse_id
             ON CONFLICT DO NOTHING
@@ -208,15 +208,15 @@ export const WorkingSetSql = Layer.effect(
           ), items AS (${insertReservationItems(sql, rc, "reservations_created")}
           ), reservations_changed AS (
             UPDATE reservations r SET status = u.status, closed_reason = u.closed_reason
-            FROM unnest(${rx.map((r) => r.organization_id)}::text[], ${rx.map((r) => r.reservation_id)}::text[],
-              ${rx.map((r) => r.status)}::text[], ${textArray(rx.map((r) => r.closed_reason))}::text[])
+            FROM unnest(${textArray(rx.map((r) => r.organization_id))}::text[], ${textArray(rx.map((r) => r.reservation_id))}::text[],
+              ${textArray(rx.map((r) => r.status))}::text[], ${textArray(rx.map((r) => r.closed_reason))}::text[])
               AS u(organization_id, reservation_id, status, closed_reason)
             WHERE r.organization_id = u.organization_id AND r.reservation_id = u.reservation_id
             RETURNING 1
           ), variants_saved AS (
             INSERT INTO variants (organization_id, variant_id, product_id, sku, tracked, deleted_at)
             SELECT organization_id, variant_id, product_id, sku, tracked, deleted_at::timestamptz
-            FROM unnest(${v.map((x) => x.organization_id)}::text[], ${v.map((x) => x.variant_id)}::text[],
+            FROM unnest(${textArray(v.map((x) => x.organization_id))}::text[], ${textArray(v.map((x) => x.variant_id))}::text[],
               ${textArray(v.map((x) => x.product_id))}::text[], ${textArray(v.map((x) => x.sku))}::text[],
               ${v.map((x) => x.tracked)}::boolean[], ${textArray(v.map((x) => iso(x.deleted_at)))}::text[])
               AS n(organization_id, variant_id, product_id, sku, tracked, deleted_at)
@@ -227,18 +227,18 @@ export const WorkingSetSql = Layer.effect(
               quantity_before, quantity_after, category, reason, reference_type, reference_id, notes, caused_by, created_at)
             SELECT movement_id, organization_id, variant_id, warehouse_id, movement_type, quantity_change, quantity_before, quantity_after,
               category, reason, reference_type, reference_id, notes, caused_by, created_at::timestamptz
-            FROM unnest(${m.map((x) => x.movement_id)}::text[], ${m.map((x) => x.organization_id)}::text[], ${m.map((x) => x.variant_id)}::text[],
-              ${m.map((x) => x.warehouse_id)}::text[], ${m.map((x) => x.movement_type)}::text[], ${m.map((x) => x.quantity_change)}::bigint[],
-              ${m.map((x) => x.quantity_before)}::bigint[], ${m.map((x) => x.quantity_after)}::bigint[], ${m.map((x) => x.category)}::text[],
-              ${m.map((x) => x.reason)}::text[], ${textArray(m.map((x) => x.reference_type))}::text[], ${textArray(m.map((x) => x.reference_id))}::text[],
-              ${textArray(m.map((x) => x.notes))}::text[], ${m.map((x) => x.caused_by)}::text[], ${m.map((x) => x.created_at.toISOString())}::text[])
+            FROM unnest(${textArray(m.map((x) => x.movement_id))}::text[], ${textArray(m.map((x) => x.organization_id))}::text[], ${textArray(m.map((x) => x.variant_id))}::text[],
+              ${textArray(m.map((x) => x.warehouse_id))}::text[], ${textArray(m.map((x) => x.movement_type))}::text[], ${m.map((x) => x.quantity_change)}::bigint[],
+              ${m.map((x) => x.quantity_before)}::bigint[], ${m.map((x) => x.quantity_after)}::bigint[], ${textArray(m.map((x) => x.category))}::text[],
+              ${textArray(m.map((x) => x.reason))}::text[], ${textArray(m.map((x) => x.reference_type))}::text[], ${textArray(m.map((x) => x.reference_id))}::text[],
+              ${textArray(m.map((x) => x.notes))}::text[], ${textArray(m.map((x) => x.caused_by))}::text[], ${textArray(m.map((x) => x.created_at.toISOString()))}::text[])
               WITH ORDINALITY AS n(movement_id, organization_id, variant_id, warehouse_id, movement_type, quantity_change, quantity_before,
                 quantity_after, category, reason, reference_type, reference_id, notes, caused_by, created_at, ord)
             ORDER BY ord
           ), outbox AS (${insertOutbox(sql, o)}
           ), forgotten AS (
             DELETE FROM event_log e
-            USING unnest(${f.map((x) => x.organization_id)}::text[], ${f.map((x) => x.event_id)}::text[]) AS g(organization_id, event_id)
+            USING unnest(${textArray(f.map((x) => x.organization_id))}::text[], ${textArray(f.map((x) => x.event_id))}::text[]) AS g(organization_id, event_id)
             WHERE e.organization_id = g.organization_id AND e.event_id = g.event_id
           )
           SELECT (SELECT count(*) FROM stock_updated)::integer AS updated, (SELECT count(*) FROM stock_created)::integer AS created,
