@@ -21,6 +21,10 @@
  *                                          dead-lettered, live reservations left and the reconciliation
  *   npm run bench -- --tenants 20          events spread over 20 organizations (an order's events, or a variant's,
  *                                          in one), each with the same warehouses and stock; default 1
+ *   npm run bench -- --rounds 3            each workload 3 times through ours and the conventional one, in
+ *                                          ABBA order (the conventional one first in every other round):
+ *                                          prints the median of each and the ratio of every round, with
+ *                                          their spread (the machine's speed drifts: one pair is one sample)
  *   npm run bench -- --rate 500            hold a publish rate (latency under load)
  *   npm run bench -- --half-peak           after the runs, the lifecycle through ours again, published at half
  *                                          the rate it just reached: p99 latency at a held half of the peak
@@ -78,10 +82,15 @@ const WARMUP = arg("warmup", 1_000)
 const PER_SECOND = flag("per-second")
 const STOCK_PER_ROW = arg("stock", 1_000)
 const TENANTS = arg("tenants", 1)
+/** Each workload this many times through both consumers, in ABBA order: the ratio's spread. */
+const ROUNDS = Math.max(1, arg("rounds", 1))
 /** The organizations events are spread over (`--tenants`), each with the same warehouses and stock. */
 const ORGS = TENANTS <= 1 ? ["bench_org"] : Array.from({ length: TENANTS }, (_, i) => `bench_org_${i}`)
 const WAREHOUSES = ["wh_1", "wh_2"]
 const tag = `${process.pid.toString(36)}${Date.now().toString(36)}`
+/** Which round (`--rounds`) the workloads being built belong to: their order and variant ids are its own. */
+let round = 0
+const ids = () => (round === 0 ? tag : `${tag}r${round}`)
 const targets = { ours: `bench_${tag}`, conventional: `bench_conv_${tag}`, naive: `bench_naive_${tag}` }
 const schema = targets.ours
 const databaseUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres"
@@ -145,11 +154,11 @@ const orderPlaced = (orderId: string): Outgoing => ({
 
 const placedOnly = (n: number): Workload => ({
   label: "order.placed",
-  orderPrefix: `ord_${tag}_`,
-  messages: Array.from({ length: n }, (_, i) => orderPlaced(`ord_${tag}_${i}`))
+  orderPrefix: `ord_${ids()}_`,
+  messages: Array.from({ length: n }, (_, i) => orderPlaced(`ord_${ids()}_${i}`))
 })
 /** Sent before a run and not counted; order ids of their own, so they never meet the measured ones. */
-const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, (_, i) => orderPlaced(`warm_${run}_${tag}_${i}`))
+const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, (_, i) => orderPlaced(`warm_${run}_${ids()}_${i}`))
 
 /**
  * The order lifecycle as an Order service publishes it (issues 17, 18): `order.placed` (1-3 units
@@ -160,7 +169,7 @@ const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, 
 const lifecycle = (orders: number, run: string): Workload => {
   const messages: Array<Outgoing> = []
   for (let i = 0; i < orders; i++) {
-    const order = `lc_${run}_${tag}_${i}`
+    const order = `lc_${run}_${ids()}_${i}`
     const item = { variant_id: variant(), quantity: 1 + Math.floor(Math.random() * 3), warehouse_id: pick(WAREHOUSES) }
     messages.push({
       exchange: "order_events", routingKey: "order.placed", order,
@@ -173,7 +182,7 @@ const lifecycle = (orders: number, run: string): Workload => {
       : { exchange: "order_events", routingKey: "order.cancelled", order, body: () => envelope("order.cancelled", { order_id: order, cancellation_reason: "customer_request" }) })
   }
   // One stock.reserved per order, then one movement.out (a single line) or one stock.released.
-  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${tag}_`, announcements: 2 * orders }
+  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${ids()}_`, announcements: 2 * orders }
 }
 
 /** Orders a workload leaves with a live reservation: placed, and neither cancelled nor shipped. */
@@ -192,7 +201,7 @@ const mixed = (n: number): Workload => {
   const out: Array<Outgoing> = []
   let i = 0
   while (out.length < n) {
-    const orderId = `mix_${tag}_${i++}`
+    const orderId = `mix_${ids()}_${i++}`
     const placed = orderPlaced(orderId)
     let items: Array<{ variant_id: string; quantity: number; warehouse_id: string }> = []
     out.push({
@@ -226,12 +235,12 @@ const mixed = (n: number): Workload => {
       }
     }
     if (i % 25 === 0) {
-      const v = `new_var_${tag}_${i}`
+      const v = `new_var_${ids()}_${i}`
       out.push({ exchange: "catalog_events", routingKey: "catalog.variant.created", body: () => envelope("catalog.variant.created", { variant_id: v, product_id: `prod_${i}`, sku: `SKU-${i}`, track_inventory: true }) })
       out.push({ exchange: "catalog_events", routingKey: "catalog.variant.updated", body: () => envelope("catalog.variant.updated", { variant_id: v, changes: { sku: { old: `SKU-${i}`, new: `SKU-${i}-B` } } }) })
     }
   }
-  return { label: "mixed", messages: out.slice(0, n), orderPrefix: `mix_${tag}_` }
+  return { label: "mixed", messages: out.slice(0, n), orderPrefix: `mix_${ids()}_` }
 }
 
 // ---------------------------------------------------------------- plumbing
@@ -321,6 +330,11 @@ const waitFor = async (what: string, current: () => Promise<number>, target: num
   }
 }
 
+const median = (values: ReadonlyArray<number>) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const m = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2
+}
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
 
 /** The consumers subscribed in a vhost: queue and prefetch of each. */
@@ -660,17 +674,26 @@ const runNaive = async (workload: Workload) => {
 
 /** Each workload through ours then the conventional consumer, then the naive one; true when the reconciliation is clean. */
 const compare = async () => {
-  const workloads: Array<Workload> = []
-  if (RUNS.includes("placed")) workloads.push(placedOnly(EVENTS))
-  if (RUNS.includes("lifecycle")) workloads.push(lifecycle(ORDERS, "lifecycle"))
-  if (RUNS.includes("mixed")) workloads.push(mixed(EVENTS))
   const conventional = !flag("skip-conventional")
   if (conventional) await seedConventional()
-  const summary: Array<[string, number, number | undefined]> = []
-  for (const workload of workloads) {
-    const ours = (await runOurs(workload)).rate
-    summary.push([workload.label, ours, conventional ? await runConventional(workload) : undefined])
+  const summary: Array<[string, Array<number>, Array<number>]> = []
+  const kinds: Array<() => Workload> = []
+  if (RUNS.includes("placed")) kinds.push(() => placedOnly(EVENTS))
+  if (RUNS.includes("lifecycle")) kinds.push(() => lifecycle(ORDERS, "lifecycle"))
+  if (RUNS.includes("mixed")) kinds.push(() => mixed(EVENTS))
+  for (round = 0; round < ROUNDS; round++) {
+    for (const [k, make] of kinds.entries()) {
+      const workload = make()
+      const entry = summary[k] ?? (summary[k] = [workload.label, [], []])
+      // ABBA: the conventional consumer goes first every other round, so neither always runs on
+      // the other's leftovers (dead rows, a warmer cache) or at the same point of the machine's drift.
+      const conventionalFirst = conventional && round % 2 === 1
+      if (conventionalFirst) entry[2].push(await runConventional(workload))
+      entry[1].push((await runOurs(workload)).rate)
+      if (conventional && !conventionalFirst) entry[2].push(await runConventional(workload))
+    }
   }
+  round = 0
   const check = checkOurs()
   console.log(`ours reconciliation (I1 I2 I3 I8 I9): ${check}`)
   let clean = check === "clean"
@@ -679,11 +702,13 @@ const compare = async () => {
     console.log(`conventional reconciliation (I3 I8 on its tables): ${convCheck}`)
     clean &&= convCheck === "clean"
   }
-  const lifecyclePeak = summary.find(([label]) => label === "lifecycle")?.[1]
+  const lifecycleRuns = summary.find(([label]) => label === "lifecycle")?.[1]
+  const lifecyclePeak = lifecycleRuns === undefined ? undefined : median(lifecycleRuns)
   let held: { readonly rate: number; readonly p99: number; readonly p99Committed: number | undefined; readonly p99Announced: number } | undefined
   if (flag("half-peak") && lifecyclePeak !== undefined) {
     // Latency where production runs: a steady half of the peak just measured, not a backlog.
     publishRate = Math.max(1, Math.round(lifecyclePeak / 2))
+    round = ROUNDS
     const run = await runOurs(lifecycle(ORDERS, "held"))
     held = { rate: publishRate, p99: run.p99, p99Committed: run.p99Committed, p99Announced: run.p99Announced }
     publishRate = RATE
@@ -692,13 +717,15 @@ const compare = async () => {
   console.log(`\nprefetch of the order queue: ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}, the same for the conventional consumer` +
     `\n${"events/s (noisy)".padEnd(18)}${"ours".padStart(10)}${"conventional".padStart(14)}${"ratio".padStart(8)}`)
   for (const [label, ours, theirs] of summary) {
-    console.log(`${label.padEnd(18)}${fmt(ours).padStart(10)}${(theirs === undefined ? "-" : fmt(theirs)).padStart(14)}${(theirs === undefined ? "-" : fmt(ours / theirs, 2)).padStart(8)}`)
+    const ratios = theirs.map((t, i) => ours[i]! / t)
+    console.log(`${label.padEnd(18)}${fmt(median(ours)).padStart(10)}${(theirs.length === 0 ? "-" : fmt(median(theirs))).padStart(14)}${(theirs.length === 0 ? "-" : fmt(median(ratios), 2)).padStart(8)}` +
+      (ROUNDS > 1 && ratios.length > 0 ? `   (median of ${ROUNDS} rounds; ratios ${ratios.map((r) => fmt(r, 2)).join(", ")}; spread ${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})` : ""))
   }
   if (held !== undefined) {
     console.log(`lifecycle held at half our peak (${fmt(held.rate)} events/s published): p99 ${fmt(held.p99)} ms from publish to its unit of work, ${held.p99Committed === undefined ? "" : `${fmt(held.p99Committed)} ms to its commit, `}${fmt(held.p99Announced)} ms to its announcement confirmed`)
   }
   const placed = summary.find(([label]) => label === "order.placed")
-  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(placed[1] / naive, 2)}`)
+  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(median(placed[1]) / naive, 2)}`)
   return clean
 }
 
@@ -706,7 +733,7 @@ const main = async () => {
   const pgVersion = (await db.query("SHOW server_version")).rows[0].server_version
   commitTimes = (await db.query("SHOW track_commit_timestamp")).rows[0].track_commit_timestamp === "on"
   console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS}${KILL_AFTER_MS > 0 ? ` with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : ", none killed"}` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants${ORGS.length > 1 ? ` in each of ${fmt(ORGS.length)} organizations` : ""}` +
-    `${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ` +
+    `${ROUNDS > 1 ? `, ${ROUNDS} rounds of each workload through both consumers in ABBA order` : ""}${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ` +
     `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}` +
     `${commitTimes ? " (commit timestamps tracked: latency to the commit is printed)" : " (track_commit_timestamp off: latency to the commit is not printed)"}. Shared machine: figures are noisy.`)
   let clean = true
