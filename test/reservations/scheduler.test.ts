@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Layer, Scope } from "effect"
+import { Clock, Context, Effect, Exit, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import { ReservationTimers } from "../../src/stores/services.ts"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
@@ -77,6 +77,31 @@ describe("reservation TTL timers", () => {
       yield* TestClock.adjust("5 minutes")
       assert.strictEqual(yield* status(org, "o1"), "expired")
       assert.strictEqual((yield* outboxOf(org)).filter((m) => m.event_type === "inventory.stock.released").length, 1)
+    })).pipe(Effect.provide(timersOnly)))
+
+  it.effect("timers are the organization's: the same reservation id in two organizations is two timers", () =>
+    noRetries(Effect.gen(function*() {
+      const timers = yield* ReservationTimers
+      const [a, b] = [freshOrg(), freshOrg()]
+      const now = yield* Clock.currentTimeMillis
+      const at = (minutes: number) => new Date(now + minutes * 60_000)
+      yield* timers.schedule({ organization_id: a, reservation_id: "r1", expires_at: at(5) })
+      yield* timers.schedule({ organization_id: b, reservation_id: "r1", expires_at: at(5) })
+      assert.strictEqual(yield* timers.pending, 2)
+      yield* timers.cancel(a, "r1")
+      yield* timers.cancel(a, "r1")
+      assert.strictEqual(yield* timers.pending, 1)
+      // Rescheduling b's replaces b's only, and a new timer of a's is one more.
+      yield* timers.schedule({ organization_id: b, reservation_id: "r1", expires_at: at(10) })
+      yield* timers.schedule({ organization_id: a, reservation_id: "r1", expires_at: at(20) })
+      assert.strictEqual(yield* timers.pending, 2)
+      // Each fires once, at its own deadline (no such reservation: its expiry changes nothing).
+      yield* TestClock.adjust("15 minutes")
+      assert.strictEqual(yield* timers.pending, 1)
+      yield* timers.cancel(b, "r1")
+      assert.strictEqual(yield* timers.pending, 1)
+      yield* TestClock.adjust("10 minutes")
+      assert.strictEqual(yield* timers.pending, 0)
     })).pipe(Effect.provide(timersOnly)))
 
   it.effect("many timers fire in order of their deadlines", () =>
