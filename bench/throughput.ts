@@ -24,7 +24,8 @@
  *   npm run bench -- --rounds 3            each workload 3 times through ours and the conventional one, in
  *                                          ABBA order (the conventional one first in every other round):
  *                                          prints the median of each and the ratio of every round, with
- *                                          their spread (the machine's speed drifts: one pair is one sample)
+ *                                          their spread (the machine's speed drifts: one pair is one sample);
+ *                                          with --consumers, 1 replica and N in turn, the same way
  *   npm run bench -- --rate 500            hold a publish rate (latency under load)
  *   npm run bench -- --half-peak           after the runs, the lifecycle through ours again, published at half
  *                                          the rate it just reached: p99 latency at a held half of the peak
@@ -676,7 +677,8 @@ const runNaive = async (workload: Workload) => {
 const compare = async () => {
   const conventional = !flag("skip-conventional")
   if (conventional) await seedConventional()
-  const summary: Array<[string, Array<number>, Array<number>]> = []
+  /** Each workload's events/s, one per round: ours, and the conventional consumer's. */
+  const summary: Array<{ readonly label: string; readonly ours: Array<number>; readonly theirs: Array<number> }> = []
   const kinds: Array<() => Workload> = []
   if (RUNS.includes("placed")) kinds.push(() => placedOnly(EVENTS))
   if (RUNS.includes("lifecycle")) kinds.push(() => lifecycle(ORDERS, "lifecycle"))
@@ -684,13 +686,13 @@ const compare = async () => {
   for (round = 0; round < ROUNDS; round++) {
     for (const [k, make] of kinds.entries()) {
       const workload = make()
-      const entry = summary[k] ?? (summary[k] = [workload.label, [], []])
+      const entry = summary[k] ?? (summary[k] = { label: workload.label, ours: [], theirs: [] })
       // ABBA: the conventional consumer goes first every other round, so neither always runs on
       // the other's leftovers (dead rows, a warmer cache) or at the same point of the machine's drift.
       const conventionalFirst = conventional && round % 2 === 1
-      if (conventionalFirst) entry[2].push(await runConventional(workload))
-      entry[1].push((await runOurs(workload)).rate)
-      if (conventional && !conventionalFirst) entry[2].push(await runConventional(workload))
+      if (conventionalFirst) entry.theirs.push(await runConventional(workload))
+      entry.ours.push((await runOurs(workload)).rate)
+      if (conventional && !conventionalFirst) entry.theirs.push(await runConventional(workload))
     }
   }
   round = 0
@@ -702,13 +704,12 @@ const compare = async () => {
     console.log(`conventional reconciliation (I3 I8 on its tables): ${convCheck}`)
     clean &&= convCheck === "clean"
   }
-  const lifecycleRuns = summary.find(([label]) => label === "lifecycle")?.[1]
+  const lifecycleRuns = summary.find((entry) => entry.label === "lifecycle")?.ours
   const lifecyclePeak = lifecycleRuns === undefined ? undefined : median(lifecycleRuns)
   let held: { readonly rate: number; readonly p99: number; readonly p99Committed: number | undefined; readonly p99Announced: number } | undefined
   if (flag("half-peak") && lifecyclePeak !== undefined) {
     // Latency where production runs: a steady half of the peak just measured, not a backlog.
     publishRate = Math.max(1, Math.round(lifecyclePeak / 2))
-    round = ROUNDS
     const run = await runOurs(lifecycle(ORDERS, "held"))
     held = { rate: publishRate, p99: run.p99, p99Committed: run.p99Committed, p99Announced: run.p99Announced }
     publishRate = RATE
@@ -716,7 +717,7 @@ const compare = async () => {
   const naive = flag("skip-naive") ? undefined : await runNaive(placedOnly(EVENTS))
   console.log(`\nprefetch of the order queue: ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}, the same for the conventional consumer` +
     `\n${"events/s (noisy)".padEnd(18)}${"ours".padStart(10)}${"conventional".padStart(14)}${"ratio".padStart(8)}`)
-  for (const [label, ours, theirs] of summary) {
+  for (const { label, ours, theirs } of summary) {
     const ratios = theirs.map((t, i) => ours[i]! / t)
     console.log(`${label.padEnd(18)}${fmt(median(ours)).padStart(10)}${(theirs.length === 0 ? "-" : fmt(median(theirs))).padStart(14)}${(theirs.length === 0 ? "-" : fmt(median(ratios), 2)).padStart(8)}` +
       (ROUNDS > 1 && ratios.length > 0 ? `   (median of ${ROUNDS} rounds; ratios ${ratios.map((r) => fmt(r, 2)).join(", ")}; spread ${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})` : ""))
@@ -724,8 +725,8 @@ const compare = async () => {
   if (held !== undefined) {
     console.log(`lifecycle held at half our peak (${fmt(held.rate)} events/s published): p99 ${fmt(held.p99)} ms from publish to its unit of work, ${held.p99Committed === undefined ? "" : `${fmt(held.p99Committed)} ms to its commit, `}${fmt(held.p99Announced)} ms to its announcement confirmed`)
   }
-  const placed = summary.find(([label]) => label === "order.placed")
-  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(median(placed[1]) / naive, 2)}`)
+  const placed = summary.find((entry) => entry.label === "order.placed")
+  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(median(placed.ours) / naive, 2)}`)
   return clean
 }
 
@@ -740,17 +741,30 @@ const main = async () => {
   try {
     await seedOurs()
     if (CONSUMERS > 1) {
-      const one = await runOurs(lifecycle(ORDERS, "r1"), 1)
-      const many = await runOurs(lifecycle(ORDERS, `r${CONSUMERS}`), CONSUMERS, KILL_AFTER_MS > 0 ? KILL_AFTER_MS : undefined)
+      // As --rounds does for the comparison: one replica and N in turn, in ABBA order, each pair a sample.
+      const pairs: Array<{ readonly one: Awaited<ReturnType<typeof runOurs>>; readonly many: Awaited<ReturnType<typeof runOurs>> }> = []
+      const runMany = () => runOurs(lifecycle(ORDERS, `r${CONSUMERS}`), CONSUMERS, KILL_AFTER_MS > 0 ? KILL_AFTER_MS : undefined)
+      for (round = 0; round < ROUNDS; round++) {
+        const manyFirst = round % 2 === 1
+        const first = manyFirst ? await runMany() : await runOurs(lifecycle(ORDERS, "r1"), 1)
+        const second = manyFirst ? await runOurs(lifecycle(ORDERS, "r1"), 1) : await runMany()
+        pairs.push(manyFirst ? { one: second, many: first } : { one: first, many: second })
+      }
+      round = 0
       const check = checkOurs()
       clean = check === "clean"
-      const line = (name: string, r: typeof one) =>
-        `${name.padEnd(30)}${fmt(r.rate).padStart(10)}${fmt(r.outbound?.twice ?? NaN).padStart(16)}${fmt(r.deadLettered).padStart(15)}${`${fmt(r.live)} (${fmt(r.expected)})`.padStart(16)}`
+      const line = (name: string, r: (typeof pairs)[number]["one"]) =>
+        `${name.padEnd(38)}${fmt(r.rate).padStart(10)}${fmt(r.outbound?.twice ?? NaN).padStart(16)}${fmt(r.deadLettered).padStart(15)}${`${fmt(r.live)} (${fmt(r.expected)})`.padStart(16)}`
       console.log(`\nlifecycle, ${fmt(ORDERS)} orders; prefetch of the order queue ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}`)
-      console.log(`${"(noisy)".padEnd(30)}${"events/s".padStart(10)}${"sent twice".padStart(16)}${"dead-lettered".padStart(15)}${"live (expected)".padStart(16)}`)
-      console.log(line("1 replica", one))
-      console.log(line(`${CONSUMERS} replicas${KILL_AFTER_MS > 0 ? ", one SIGKILLed" : ""}`, many))
-      console.log(`${CONSUMERS} replicas / 1 replica: ${fmt(many.rate / one.rate, 2)}`)
+      console.log(`${"(noisy)".padEnd(38)}${"events/s".padStart(10)}${"sent twice".padStart(16)}${"dead-lettered".padStart(15)}${"live (expected)".padStart(16)}`)
+      for (const [i, { one, many }] of pairs.entries()) {
+        const suffix = ROUNDS > 1 ? `, round ${i + 1}` : ""
+        console.log(line(`1 replica${suffix}`, one))
+        console.log(line(`${CONSUMERS} replicas${KILL_AFTER_MS > 0 ? ", one SIGKILLed" : ""}${suffix}`, many))
+      }
+      const ratios = pairs.map(({ one, many }) => many.rate / one.rate)
+      console.log(`${CONSUMERS} replicas / 1 replica: ${fmt(median(ratios), 2)}` +
+        (ROUNDS > 1 ? ` (median of ${ROUNDS} rounds; ratios ${ratios.map((r) => fmt(r, 2)).join(", ")}; spread ${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})` : ""))
       console.log(`ours reconciliation (I1 I2 I3 I8 I9): ${check}`)
     } else {
       clean = await compare()

@@ -3,6 +3,7 @@ import { type InboundEventType, inboundEventTypes, sourceService } from "../doma
 import type { Peek } from "../pipeline/decode.ts"
 import { Outcome } from "../pipeline/pipeline.ts"
 import { eventErrorsFor, eventProcessingSecondsFor, eventsConsumedFor } from "../observability/metrics.ts"
+import { underSpan } from "../observability/spans.ts"
 import { parseTraceparent } from "../observability/tracing.ts"
 
 /** Where a message came from, as the messaging semantic conventions name it. */
@@ -53,14 +54,8 @@ export const startDelivery = (meta: MessageMeta): Effect.Effect<DeliveryTrace> =
   )
 }
 
-/**
- * Runs work for the message as a child of its consumer span. The span is provided as the parent
- * directly: `Effect.withParentSpan` also pushes a stack frame naming the span, which only
- * annotates a failure's stack trace (none of our log lines prints it) and made every message
- * change its fiber's context twice (issue 18).
- */
-export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.provideService(effect, Tracer.ParentSpan, trace.span)
+/** Runs work for the message as a child of its consumer span. */
+export const within = (trace: DeliveryTrace) => <A, E, R>(effect: Effect.Effect<A, E, R>) => underSpan(effect, trace.span)
 
 /** The message decoded: an event on its span marks when (the decode span of before, issue 18). */
 export const markDecoded = (trace: DeliveryTrace): Effect.Effect<void> =>

@@ -1,4 +1,4 @@
-import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Metric, Option, Queue, Tracer } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, FiberSet, Layer, Metric, Option, Queue, type Tracer } from "effect"
 import type { InventoryError } from "../domain/errors.ts"
 import { orderingKey } from "../domain/events.ts"
 import { fateOf } from "../domain/fates.ts"
@@ -6,6 +6,7 @@ import { afterRollback } from "../handlers/dispatch.ts"
 import { nowDate } from "../handlers/outbound.ts"
 import { demandOf } from "../handlers/reads.ts"
 import { groupSize } from "../observability/metrics.ts"
+import { underSpan } from "../observability/spans.ts"
 import { makeStaged, OutsideWorkingSet, type Staged } from "../stores/memory/staged.ts"
 import { type ReservationTimers, type Stores, UnitOfWork, WorkingSet } from "../stores/services.ts"
 import type { Decoded } from "./decode.ts"
@@ -87,9 +88,9 @@ export type GroupResult =
   | { readonly _tag: "Alone"; readonly error: InventoryError | null }
   | "not run"
 
-/** Work for one event of a group, under that event's span. */
+/** Work for one event of a group, under that event's span when it has one. */
 const underParent = <A, E, R>(effect: Effect.Effect<A, E, R>, parent: Option.Option<Tracer.AnySpan>) =>
-  Option.isSome(parent) ? Effect.provideService(effect, Tracer.ParentSpan, parent.value) : effect
+  Option.isSome(parent) ? underSpan(effect, parent.value) : effect
 
 let staged: Staged | undefined
 /** The staged stores are built once: they hold no rows of their own, only the current group's. */
