@@ -91,7 +91,7 @@ const WAREHOUSES = ["wh_1", "wh_2"]
 const tag = `${process.pid.toString(36)}${Date.now().toString(36)}`
 /** Which round (`--rounds`) the workloads being built belong to: their order and variant ids are its own. */
 let round = 0
-const ids = () => (round === 0 ? tag : `${tag}r${round}`)
+const idTag = () => (round === 0 ? tag : `${tag}r${round}`)
 const targets = { ours: `bench_${tag}`, conventional: `bench_conv_${tag}`, naive: `bench_naive_${tag}` }
 const schema = targets.ours
 const databaseUrl = process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres"
@@ -155,11 +155,11 @@ const orderPlaced = (orderId: string): Outgoing => ({
 
 const placedOnly = (n: number): Workload => ({
   label: "order.placed",
-  orderPrefix: `ord_${ids()}_`,
-  messages: Array.from({ length: n }, (_, i) => orderPlaced(`ord_${ids()}_${i}`))
+  orderPrefix: `ord_${idTag()}_`,
+  messages: Array.from({ length: n }, (_, i) => orderPlaced(`ord_${idTag()}_${i}`))
 })
 /** Sent before a run and not counted; order ids of their own, so they never meet the measured ones. */
-const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, (_, i) => orderPlaced(`warm_${run}_${ids()}_${i}`))
+const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, (_, i) => orderPlaced(`warm_${run}_${idTag()}_${i}`))
 
 /**
  * The order lifecycle as an Order service publishes it (issues 17, 18): `order.placed` (1-3 units
@@ -170,7 +170,7 @@ const warmup = (run: string): Array<Outgoing> => Array.from({ length: WARMUP }, 
 const lifecycle = (orders: number, run: string): Workload => {
   const messages: Array<Outgoing> = []
   for (let i = 0; i < orders; i++) {
-    const order = `lc_${run}_${ids()}_${i}`
+    const order = `lc_${run}_${idTag()}_${i}`
     const item = { variant_id: variant(), quantity: 1 + Math.floor(Math.random() * 3), warehouse_id: pick(WAREHOUSES) }
     messages.push({
       exchange: "order_events", routingKey: "order.placed", order,
@@ -183,7 +183,7 @@ const lifecycle = (orders: number, run: string): Workload => {
       : { exchange: "order_events", routingKey: "order.cancelled", order, body: () => envelope("order.cancelled", { order_id: order, cancellation_reason: "customer_request" }) })
   }
   // One stock.reserved per order, then one movement.out (a single line) or one stock.released.
-  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${ids()}_`, announcements: 2 * orders }
+  return { label: run === "lifecycle" ? "lifecycle" : `lifecycle ${run}`, messages, orderPrefix: `lc_${run}_${idTag()}_`, announcements: 2 * orders }
 }
 
 /** Orders a workload leaves with a live reservation: placed, and neither cancelled nor shipped. */
@@ -202,7 +202,7 @@ const mixed = (n: number): Workload => {
   const out: Array<Outgoing> = []
   let i = 0
   while (out.length < n) {
-    const orderId = `mix_${ids()}_${i++}`
+    const orderId = `mix_${idTag()}_${i++}`
     const placed = orderPlaced(orderId)
     let items: Array<{ variant_id: string; quantity: number; warehouse_id: string }> = []
     out.push({
@@ -236,12 +236,12 @@ const mixed = (n: number): Workload => {
       }
     }
     if (i % 25 === 0) {
-      const v = `new_var_${ids()}_${i}`
+      const v = `new_var_${idTag()}_${i}`
       out.push({ exchange: "catalog_events", routingKey: "catalog.variant.created", body: () => envelope("catalog.variant.created", { variant_id: v, product_id: `prod_${i}`, sku: `SKU-${i}`, track_inventory: true }) })
       out.push({ exchange: "catalog_events", routingKey: "catalog.variant.updated", body: () => envelope("catalog.variant.updated", { variant_id: v, changes: { sku: { old: `SKU-${i}`, new: `SKU-${i}-B` } } }) })
     }
   }
-  return { label: "mixed", messages: out.slice(0, n), orderPrefix: `mix_${ids()}_` }
+  return { label: "mixed", messages: out.slice(0, n), orderPrefix: `mix_${idTag()}_` }
 }
 
 // ---------------------------------------------------------------- plumbing
