@@ -52,7 +52,8 @@
  */
 import amqp from "amqplib"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { readdirSync, readFileSync } from "node:fs"
+import { availableParallelism } from "node:os"
 import pg from "pg"
 import { conventionalSchemaSql } from "./conventional/consumer.ts"
 import { naiveSchemaSql } from "./naive/consumer.ts"
@@ -290,6 +291,30 @@ const cpuMs = (child: ChildProcess) => {
   }
 }
 
+/**
+ * CPU ticks so far of the services every consumer shares, by process name (/proc/<pid>/stat):
+ * every `postgres` process (server and backends) and RabbitMQ's Erlang VM (`beam.smp`). A backend
+ * that exits within a run takes its ticks with it; the pools here stay open for a whole run.
+ */
+const serviceTicks = () => {
+  const ticks = { postgres: 0, rabbitmq: 0 }
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid)) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    } catch {
+      continue
+    }
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"))
+    const service = name === "postgres" ? "postgres" : name === "beam.smp" ? "rabbitmq" : undefined
+    if (service === undefined) continue
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    ticks[service] += Number(fields[11]) + Number(fields[12])
+  }
+  return ticks
+}
+
 /** The whole machine's CPU ticks, busy and all (/proc/stat): how loaded the shared cores were. */
 const machineTicks = () => {
   const [, ...ticks] = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).map(Number)
@@ -382,7 +407,10 @@ const captureOutbound = async (vhost: string) => {
 
 // ---------------------------------------------------------------- one measured run
 
-type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; cpuEach: ReadonlyArray<number>; machineBusy: number; published: Map<string, number> }
+/** Where the machine's CPU went during a run, in cores busy on average. */
+type Split = { readonly consumer: number; readonly postgres: number; readonly rabbitmq: number; readonly publisher: number }
+
+type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; cpuEach: ReadonlyArray<number>; machineBusy: number; split: Split; published: Map<string, number> }
 
 /**
  * Starts `replicas` consumers, waits until they are subscribed, sends the warm-up and waits for
@@ -432,6 +460,8 @@ const measure = async (options: {
     const t0 = Date.now()
     const cpu0 = consumers.map(cpuMs)
     const machine0 = machineTicks()
+    const services0 = serviceTicks()
+    const publisher0 = process.cpuUsage()
     let killedRss = 0
     kill = options.killAfterMs === undefined ? undefined : setTimeout(() => {
       killedRss = peakRss(consumers[0]!)
@@ -457,7 +487,16 @@ const measure = async (options: {
     const cpuEach = each.map((c) => c.user + c.system)
     const machine1 = machineTicks()
     const machineBusy = (machine1.busy - machine0.busy) / Math.max(1, machine1.all - machine0.all)
-    return { elapsed, publishMs, rss, cpu, cpuEach, machineBusy, published }
+    const services1 = serviceTicks()
+    const publisher = process.cpuUsage(publisher0)
+    // Ticks of 10 ms (cpuMs) and µs (cpuUsage) over the run's wall time: cores busy on average.
+    const split: Split = {
+      consumer: (cpu.user + cpu.system) / elapsed,
+      postgres: ((services1.postgres - services0.postgres) * 10) / elapsed,
+      rabbitmq: ((services1.rabbitmq - services0.rabbitmq) * 10) / elapsed,
+      publisher: (publisher.user + publisher.system) / 1000 / elapsed
+    }
+    return { elapsed, publishMs, rss, cpu, cpuEach, machineBusy, split, published }
   } finally {
     clearTimeout(kill)
     await Promise.all(everyone.map(stop))
@@ -465,6 +504,11 @@ const measure = async (options: {
 }
 
 const rateOf = (messages: ReadonlyArray<unknown>, elapsed: number) => messages.length / (elapsed / 1000)
+
+/** The machine's load and who carried it: which process was the bottleneck, seen from outside. */
+const describeLoad = (run: Measured) =>
+  `machine ${fmt(100 * run.machineBusy)}% busy (all cores, all processes); cores busy on average: consumer ${fmt(run.split.consumer, 2)}, ` +
+  `PostgreSQL ${fmt(run.split.postgres, 2)}, RabbitMQ ${fmt(run.split.rabbitmq, 2)}, publisher ${fmt(run.split.publisher, 2)} (of ${availableParallelism()})`
 
 /** Latency per event: commit time minus the `timestamp` the event was published with. */
 /** Whether PostgreSQL records commit times (`track_commit_timestamp`, set by the operator, needs a restart). */
@@ -586,7 +630,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     (committed === undefined ? "" : `p50 ${fmt(percentile(committed, 50))} ms, p99 ${fmt(percentile(committed, 99))} ms (to its commit), `) +
     `p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
     `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
-    `machine ${fmt(100 * run.machineBusy)}% busy (all cores, all processes); publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
+    `${describeLoad(run)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
   return { rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Committed: committed === undefined ? undefined : percentile(committed, 99), p99Announced: percentile(out, 99) }
@@ -629,7 +673,7 @@ const runConventional = async (workload: Workload) => {
   const rate = rateOf(workload.messages, run.elapsed)
   const cpuTotal = run.cpu.user + run.cpu.system
   console.log(`${"conventional".padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s); peak RSS ${fmt(run.rss / 1048576, 1)} MB; ` +
-    `consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event); machine ${fmt(100 * run.machineBusy)}% busy; ` +
+    `consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event); ${describeLoad(run)}; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expectedLive(workload.messages))})`)
   return rate
 }
