@@ -30,8 +30,20 @@ describe("runtime configuration", () => {
     expect(Duration.toMillis(c.processing.retryBaseDelay)).toBe(1000)
     expect(c.processing.maxDeliveries).toBe(5)
     expect(Duration.toMillis(c.reservations.sweepInterval)).toBe(60_000)
-    // Not SPEC's: order.placed group commit (issue 8) is on.
-    expect(c.batch).toEqual({ maxSize: 256, concurrency: 3 })
+    // Not SPEC's: group commit (issues 8 and 18) is on, one group at a time.
+    expect(c.batch).toEqual({ maxSize: 256, concurrency: 1 })
+  })
+
+  it("runs three transactions at once by default when grouping is off, and takes BATCH_CONCURRENCY as set", () => {
+    const settings = (env: Record<string, string>) => {
+      const exit = parse(env)
+      if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+      return exit.value.batch
+    }
+    expect(settings({ BATCH_MAX_SIZE: "1" })).toEqual({ maxSize: 1, concurrency: 3 })
+    expect(settings({ BATCH_MAX_SIZE: "64", BATCH_CONCURRENCY: "2" })).toEqual({ maxSize: 64, concurrency: 2 })
+    expect(settings({ BATCH_MAX_SIZE: "1", BATCH_CONCURRENCY: "1" })).toEqual({ maxSize: 1, concurrency: 1 })
+    expect(failureText({ BATCH_CONCURRENCY: "0" })).toContain("BATCH_CONCURRENCY must be a whole number >= 1")
   })
 
   it("keeps the broker's delivery limit above MAX_DELIVERIES whatever is set", () => {
