@@ -1,4 +1,4 @@
-import { Duration, Effect, Metric, Schedule, type Scope } from "effect"
+import { Context, Duration, Effect, Layer, Metric, Schedule, type Scope } from "effect"
 import type { ConsumerQueue } from "../config.ts"
 import { consumerActive } from "../observability/metrics.ts"
 import { Broker } from "./connection.ts"
@@ -114,3 +114,28 @@ export const trackActivity = (
       role: () => role
     }
   })
+
+/**
+ * Whether this replica is consuming: the active consumer of one of its queues right now. The
+ * outbox relay asks, to leave its work to a replica that is not (`relay.ts`, `elect`): under
+ * single active consumer the others stand by with their cores free.
+ */
+export class Consumption extends Context.Service<Consumption, {
+  readonly consuming: () => boolean
+  /** Counts the queue's activity in for as long as the scope lives. */
+  readonly register: (activity: QueueActivity) => Effect.Effect<void, never, Scope.Scope>
+}>()("inventory/messaging/Consumption") {
+  static readonly layer = Layer.sync(Consumption, () => {
+    const activities = new Set<QueueActivity>()
+    return {
+      consuming: () => {
+        for (const activity of activities) if (activity.role()._tag === "Active") return true
+        return false
+      },
+      register: (activity) =>
+        Effect.acquireRelease(Effect.sync(() => activities.add(activity)), () => Effect.sync(() => activities.delete(activity))).pipe(
+          Effect.asVoid
+        )
+    }
+  })
+}

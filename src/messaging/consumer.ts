@@ -10,7 +10,7 @@ import { type Decoded, decodeWith, peek } from "../pipeline/decode.ts"
 import { type Failure, Outcome, undecodable } from "../pipeline/pipeline.ts"
 import { outageBackoff, ProcessingPolicy } from "../pipeline/policy.ts"
 import { type ReservationTimers, type Stores, StoreHealth } from "../stores/services.ts"
-import { describeRole, trackActivity } from "./activity.ts"
+import { Consumption, describeRole, trackActivity } from "./activity.ts"
 import { Broker, BrokerError, brokerError } from "./connection.ts"
 import { deadLetter } from "./deadLetter.ts"
 import { deliveries, deliveryChannel, deliveryCounter, type DeliveryChannel, type InboundMessage, settle, type Settlement } from "./inbound.ts"
@@ -68,6 +68,8 @@ export const consume = (spec: ConsumerQueue): Effect.Effect<void, never, Require
     const shutdown = yield* Deferred.make<void>()
     yield* Metric.update(pausedGauge, 0)
     const activity = yield* trackActivity(spec, config.topology.singleActiveConsumer, config.consumerRoleCheckInterval)
+    const consumption = yield* Effect.serviceOption(Consumption)
+    if (Option.isSome(consumption)) yield* consumption.value.register(activity)
     const readiness = yield* Effect.serviceOption(Readiness)
     if (Option.isSome(readiness)) {
       // A standby is ready: it takes over when the active replica goes.

@@ -1,11 +1,13 @@
 import { Effect, Layer } from "effect"
 import { RuntimeConfig } from "../config.ts"
+import { Consumption } from "./activity.ts"
 import { Broker } from "./connection.ts"
 import { consumeAll } from "./consumer.ts"
 import * as DeadLetterRecorder from "./deadLetterRecorder.ts"
 import { Publisher } from "./publisher.ts"
 import { OutboxRelay } from "./relay.ts"
 
+export { Consumption } from "./activity.ts"
 export { Broker, BrokerError } from "./connection.ts"
 export { consume, consumeAll } from "./consumer.ts"
 export { deadLetter, deadLetterHeaders } from "./deadLetter.ts"
@@ -29,5 +31,7 @@ export const consumersLayer = Layer.effectDiscard(
 export const layer = Layer.merge(consumersLayer, DeadLetterRecorder.layer).pipe(
   Layer.provideMerge(OutboxRelay.layer),
   Layer.provideMerge(Publisher.layer),
-  Layer.provideMerge(Broker.layer)
+  Layer.provideMerge(Broker.layer),
+  // One per replica: its consumers say whether they are active, its relay asks.
+  Layer.provideMerge(Consumption.layer)
 )

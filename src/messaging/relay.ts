@@ -6,6 +6,7 @@ import { Readiness } from "../observability/health.ts"
 import { outboxPending, relayActive } from "../observability/metrics.ts"
 import type { PendingOutboxMessage } from "../stores/model.ts"
 import { Outbox } from "../stores/services.ts"
+import { Consumption } from "./activity.ts"
 import { type OutgoingMessage, Publisher } from "./publisher.ts"
 
 export interface RelayRound {
@@ -140,9 +141,12 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
         yield* setActive(false)
         // Forked before the loop and the shutdown drain, so it is interrupted after them: the
         // last drain still runs under the lock.
+        const consumption = yield* Effect.serviceOption(Consumption)
         yield* elect(pg.value, config.relay.electionInterval, {
           onActive: setActive(true).pipe(Effect.andThen(Queue.offer(wake, undefined))),
-          onStandby: setActive(false)
+          onStandby: setActive(false),
+          consuming: () => Option.isSome(consumption) && consumption.value.consuming(),
+          handOver: (release) => lock.withPermit(Effect.andThen(setActive(false), Effect.asVoid(release)))
         }).pipe(Effect.withTracerEnabled(false), Effect.forkScoped)
       }
 
@@ -212,26 +216,47 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
 }
 
 /** The relay lock: one per database and `search_path`, so deployments in other schemas elect their own. */
-const tryRelayLock =
-  "SELECT pg_try_advisory_lock(hashtext('inventory_outbox_relay'), hashtext(current_setting('search_path'))) AS locked"
+const relayKey = "hashtext('inventory_outbox_relay'), hashtext(current_setting('search_path'))"
+/** Held (shared) by every replica of a deployment that is not consuming: it could take the relay over. */
+const candidateKey = "hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path'))"
+
+/** Candidates other than this session, as PostgreSQL's lock table shows them. */
+const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
+  WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND classid = hashtext('inventory_outbox_relay_candidate')::oid AND objid = hashtext(current_setting('search_path'))::oid AND objsubid = 2`
 
 /**
- * One active relay across replicas (issue 17), elected with a PostgreSQL session advisory lock
- * rather than a coordinator of our own. The lock is taken on a dedicated connection (not one of
- * the pool's, which come and go): a standby tries every `interval`; the holder keeps it as long
- * as its session lives and checks that session every `interval`. When the holder dies, its
+ * One active relay across replicas (issue 17), elected with PostgreSQL session advisory locks
+ * rather than a coordinator of our own. The locks are taken on a dedicated connection (not one of
+ * the pool's, which come and go): a standby tries every `interval`; the holder keeps the lock as
+ * long as its session lives and checks that session every `interval`. When the holder dies, its
  * session ends, the lock is free, and a standby takes it within about `interval`.
+ *
+ * The relay goes where the cores are free (issue 18). Under single active consumer one replica
+ * consumes and the others stand by idle, while the relay is about a fifth of a consumer's CPU. So
+ * a replica that is not consuming holds a shared "candidate" lock; a consuming replica takes the
+ * relay lock only while no other replica is a candidate, and hands it over, between two rounds,
+ * when one appears. A lone replica keeps the relay whatever it does.
  *
  * Rows are still read `WHERE sent_at IS NULL ORDER BY position` each round, so a row committed
  * late by a slow transaction is picked up, never skipped. A holder that dies between a confirm
  * and `markSent` leaves rows its successor publishes again with the same `messageId`: at least
  * once across crashes only. A holder cut off from PostgreSQL may finish the round in flight while
- * a standby already took over, with the same at-least-once result.
+ * a standby already took over, with the same at-least-once result. A handover waits for the round
+ * in flight (`handOver`), so it publishes nothing twice.
  */
 const elect = (
   pg: PgClient.PgClient,
   interval: Duration.Duration,
-  on: { readonly onActive: Effect.Effect<void>; readonly onStandby: Effect.Effect<void> }
+  on: {
+    readonly onActive: Effect.Effect<void>
+    readonly onStandby: Effect.Effect<void>
+    /** Whether this replica is consuming now. */
+    readonly consuming: () => boolean
+    /** Runs `release` once no round is in flight, this relay standing by from then on. */
+    readonly handOver: <E>(release: Effect.Effect<unknown, E>) => Effect.Effect<void, E>
+  }
 ): Effect.Effect<never> =>
   Effect.gen(function*() {
     while (true) {
@@ -245,17 +270,37 @@ const elect = (
         yield* session.unsafe("SELECT set_config('idle_session_timeout', $1, false)", [String(Duration.toMillis(interval) * 10)]).pipe(
           Effect.ignore
         )
+        yield* Effect.addFinalizer(() => (held ? on.onStandby : Effect.void))
+        const othersWaiting = Effect.map(session.unsafe<{ n: number }>(otherCandidates), ([row]) => (row?.n ?? 0) > 0)
+        let candidate = false
         while (true) {
-          const [row] = yield* session.unsafe<{ locked: boolean }>(tryRelayLock)
-          if (row?.locked === true) break
+          const consuming = on.consuming()
+          if (!consuming && !candidate) {
+            const [row] = yield* session.unsafe<{ locked: boolean }>(`SELECT pg_try_advisory_lock_shared(${candidateKey}) AS locked`)
+            candidate = row?.locked === true
+          } else if (consuming && candidate) {
+            yield* session.unsafe(`SELECT pg_advisory_unlock_shared(${candidateKey})`)
+            candidate = false
+          }
+          if (!held) {
+            if (!consuming || !(yield* othersWaiting)) {
+              const [row] = yield* session.unsafe<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${relayKey}) AS locked`)
+              if (row?.locked === true) {
+                held = true
+                yield* on.onActive
+                yield* Effect.logInfo("outbox relay active: this replica holds the relay lock")
+              }
+            }
+          } else if (consuming && (yield* othersWaiting)) {
+            yield* on.handOver(session.unsafe(`SELECT pg_advisory_unlock(${relayKey})`))
+            held = false
+            yield* Effect.logInfo("outbox relay handed over to a replica that is not consuming")
+          } else {
+            // Held until the session fails; then the lock is gone with it.
+            yield* session.unsafe("SELECT 1")
+          }
           yield* Effect.sleep(interval)
         }
-        held = true
-        yield* Effect.addFinalizer(() => on.onStandby)
-        yield* on.onActive
-        yield* Effect.logInfo("outbox relay active: this replica holds the relay lock")
-        // Held until the session fails; then the lock is gone with it.
-        return yield* session.unsafe("SELECT 1").pipe(Effect.repeat(Schedule.spaced(interval)), Effect.andThen(Effect.never))
       })).pipe(Effect.provide(Reactivity.layer), Effect.exit)
       // A standby that cannot reach the database says so once per attempt at debug level only:
       // the database check of /readyz reports that outage already.

@@ -1,8 +1,10 @@
 import { Context, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
+import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { RuntimeConfig } from "../../src/config.ts"
 import type { OutboundEvent } from "../../src/domain/published.ts"
+import { Consumption } from "../../src/messaging/activity.ts"
 import { Broker } from "../../src/messaging/connection.ts"
 import { Publisher } from "../../src/messaging/publisher.ts"
 import { OutboxRelay } from "../../src/messaging/relay.ts"
@@ -37,10 +39,14 @@ interface Replica {
   readonly stop: () => Promise<void>
 }
 
-const startRelay = (): Promise<Replica> =>
+/** A replica's relay; `consuming` stands for its consumers' state (`Consumption`), none: not known. */
+const startRelay = (consuming?: { value: boolean }): Promise<Replica> =>
   run(Effect.gen(function*() {
     const scope = yield* Scope.make()
-    const context = yield* Layer.buildWithScope(relayLayer, scope)
+    const layer = consuming === undefined
+      ? relayLayer
+      : relayLayer.pipe(Layer.provide(Layer.succeed(Consumption, Consumption.of({ consuming: () => consuming.value, register: () => Effect.void }))))
+    const context = yield* Layer.buildWithScope(layer, scope)
     let stopping: Promise<void> | undefined
     return {
       relay: Context.get(context, OutboxRelay),
@@ -177,5 +183,58 @@ describe("the outbox relay with two replicas on one database", () => {
       await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }
     expectOnceInOrder(await drainCapture(), "r", 5, 10)
+  })
+
+  it("leaves the relay to a replica that is not consuming, between rounds, publishing nothing twice; a lone consuming replica keeps it", async () => {
+    const busy = { value: true }
+    const a = await startRelay(busy)
+    let b: Replica | undefined
+    try {
+      // Alone, the consuming replica takes the relay.
+      await eventually("the consuming replica active", () => run(a.relay.active))
+      // Rows keep coming while a replica that is not consuming starts: the relay moves to it.
+      const writing = appendRows("h", 10, 30)
+      b = await startRelay({ value: false })
+      await eventually("the relay handed over", async () => {
+        const states = await activeOf([a, b!])
+        return states[0] === false && states[1] === true
+      })
+      await writing
+      await eventually("rows sent", async () => (await pending()) === 0)
+      // The idle replica goes: the consuming one is alone again and takes the relay back.
+      await b.stop()
+      await eventually("the consuming replica active again", () => run(a.relay.active))
+      await appendRows("k", 5, 10)
+      await eventually("later rows sent", async () => (await pending()) === 0)
+      await a.stop()
+      const ids = await drainCapture()
+      expectOnceInOrder(ids, "h", 10, 30)
+      expectOnceInOrder(ids, "k", 5, 10)
+    } finally {
+      await Promise.all([a.stop(), b?.stop()]).catch(() => undefined)
+    }
+  })
+
+  it("a consuming replica leaves a free relay lock to a candidate, and takes it once there is none", async () => {
+    // A replica that is not consuming, seen only through its candidate lock (its relay not started).
+    const candidate = new pg.Client({ connectionString: testDatabaseUrl })
+    await candidate.connect()
+    await candidate.query(`SET search_path TO ${schema}`)
+    await candidate.query("SELECT pg_advisory_lock_shared(hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path')))")
+    const a = await startRelay({ value: true })
+    try {
+      // Never active meanwhile, over several election intervals.
+      const seen: Array<boolean> = []
+      for (let i = 0; i < 30; i++) {
+        seen.push(await run(a.relay.active))
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      expect(seen.filter(Boolean)).toEqual([])
+      await candidate.end()
+      await eventually("the consuming replica takes the relay", () => run(a.relay.active))
+    } finally {
+      await candidate.end().catch(() => undefined)
+      await a.stop()
+    }
   })
 })
