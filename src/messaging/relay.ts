@@ -139,9 +139,9 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
         yield* setActive(true)
       } else {
         yield* setActive(false)
+        const consumption = yield* Effect.serviceOption(Consumption)
         // Forked before the loop and the shutdown drain, so it is interrupted after them: the
         // last drain still runs under the lock.
-        const consumption = yield* Effect.serviceOption(Consumption)
         yield* elect(pg.value, config.relay.electionInterval, {
           onActive: setActive(true).pipe(Effect.andThen(Queue.offer(wake, undefined))),
           onStandby: setActive(false),
@@ -218,13 +218,14 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
 /** The relay lock: one per database and `search_path`, so deployments in other schemas elect their own. */
 const relayKey = "hashtext('inventory_outbox_relay'), hashtext(current_setting('search_path'))"
 /** Held (shared) by every replica of a deployment that is not consuming: it could take the relay over. */
-const candidateKey = "hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path'))"
+const candidate = "inventory_outbox_relay_candidate"
+const candidateKey = `hashtext('${candidate}'), hashtext(current_setting('search_path'))`
 
-/** Candidates other than this session, as PostgreSQL's lock table shows them. */
+/** Candidates other than this session, as PostgreSQL's lock table shows them (a two-key advisory lock). */
 const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
   WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND classid = hashtext('inventory_outbox_relay_candidate')::oid AND objid = hashtext(current_setting('search_path'))::oid AND objsubid = 2`
+    AND classid = hashtext('${candidate}')::oid AND objid = hashtext(current_setting('search_path'))::oid AND objsubid = 2`
 
 /**
  * One active relay across replicas (issue 17), elected with PostgreSQL session advisory locks
@@ -272,15 +273,15 @@ const elect = (
         )
         yield* Effect.addFinalizer(() => (held ? on.onStandby : Effect.void))
         const othersWaiting = Effect.map(session.unsafe<{ n: number }>(otherCandidates), ([row]) => (row?.n ?? 0) > 0)
-        let candidate = false
+        let isCandidate = false
         while (true) {
           const consuming = on.consuming()
-          if (!consuming && !candidate) {
+          if (!consuming && !isCandidate) {
             const [row] = yield* session.unsafe<{ locked: boolean }>(`SELECT pg_try_advisory_lock_shared(${candidateKey}) AS locked`)
-            candidate = row?.locked === true
-          } else if (consuming && candidate) {
+            isCandidate = row?.locked === true
+          } else if (consuming && isCandidate) {
             yield* session.unsafe(`SELECT pg_advisory_unlock_shared(${candidateKey})`)
-            candidate = false
+            isCandidate = false
           }
           if (!held) {
             if (!consuming || !(yield* othersWaiting)) {
