@@ -102,6 +102,12 @@ const suite = (queueType: "quorum" | "classic") => {
       checks.find((c) => c.name === `consumer ${orderQueue}`)?.detail ?? "absent"
     )
 
+  /** What `/readyz` says about the outbox relay on this replica: active, or standby. */
+  const relayRole = (runtime: ManagedRuntime.ManagedRuntime<Readiness, unknown>) =>
+    runtime.runPromise(Effect.gen(function*() {
+      return yield* (yield* Readiness).check
+    })).then((checks) => checks.find((c) => c.name === "outbox relay")?.detail ?? "absent")
+
   let a: ManagedRuntime.ManagedRuntime<Readiness, unknown> | undefined
   let b: ManagedRuntime.ManagedRuntime<Readiness, unknown> | undefined
   const org = freshOrg()
@@ -183,6 +189,8 @@ const suite = (queueType: "quorum" | "classic") => {
       expect(new Set(applied.map((e) => e.replica))).toEqual(new Set(["a"]))
       expect(await orderRole(a)).toBe("active consumer")
       expect(await orderRole(b)).not.toBe("active consumer")
+      // The relay goes to the replica that does not consume (issue 18).
+      await eventually("the relay on b", async () => (await relayRole(b!)) === "active" && (await relayRole(a!)).startsWith("standby"))
 
       // Phase 2: "a" holds a unit of work mid-run while its connection is closed by the broker.
       hold.after = applied.length + 20
@@ -208,6 +216,8 @@ const suite = (queueType: "quorum" | "classic") => {
       expect(afterSwitch.filter((e) => e.replica === "a" && e.outcome === "Ack").length).toBeLessThanOrEqual(4)
       await eventually("b reported active", async () => (await orderRole(b!)) === "active consumer")
       expect(await orderRole(a)).not.toBe("active consumer")
+      // And the relay follows to "a", which no longer consumes.
+      await eventually("the relay on a", async () => (await relayRole(a!)) === "active" && (await relayRole(b!)).startsWith("standby"))
       // 90 orders of one unit each, all shipped.
       let shipped = 0
       for (const v of variants) shipped += 1_000 - ((await look(quantities(org, v, "wh_1")))?.total ?? 1_000)
