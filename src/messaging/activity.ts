@@ -116,22 +116,30 @@ export const trackActivity = (
   })
 
 /**
- * Whether this replica is consuming: the active consumer of one of its queues right now. The
- * outbox relay asks, to leave its work to a replica that is not (`relay.ts`, `elect`): under
- * single active consumer the others stand by with their cores free.
+ * What this replica's consumers are doing, for the outbox relay (`relay.ts`, `elect`): under
+ * single active consumer one replica consumes and the others stand by with their cores free, so
+ * the relay goes to one of those.
  */
 export class Consumption extends Context.Service<Consumption, {
+  /** The active consumer of one of its queues right now. */
   readonly consuming: () => boolean
+  /**
+   * Subscribed and not consuming: its broker connection is up and its cores are free. A replica
+   * whose consumers are not subscribed (broker unreachable, paused for the database) is neither.
+   */
+  readonly standingBy: () => boolean
   /** Counts the queue's activity in for as long as the scope lives. */
   readonly register: (activity: QueueActivity) => Effect.Effect<void, never, Scope.Scope>
 }>()("inventory/messaging/Consumption") {
   static readonly layer = Layer.sync(Consumption, () => {
     const activities = new Set<QueueActivity>()
+    const any = (tags: ReadonlyArray<QueueRole["_tag"]>) => {
+      for (const activity of activities) if (tags.includes(activity.role()._tag)) return true
+      return false
+    }
     return {
-      consuming: () => {
-        for (const activity of activities) if (activity.role()._tag === "Active") return true
-        return false
-      },
+      consuming: () => any(["Active"]),
+      standingBy: () => !any(["Active"]) && any(["Standby", "Waiting"]),
       register: (activity) =>
         Effect.acquireRelease(Effect.sync(() => activities.add(activity)), () => Effect.sync(() => activities.delete(activity))).pipe(
           Effect.asVoid

@@ -146,6 +146,8 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
           onActive: setActive(true).pipe(Effect.andThen(Queue.offer(wake, undefined))),
           onStandby: setActive(false),
           consuming: () => Option.isSome(consumption) && consumption.value.consuming(),
+          // Told nothing (no consumers in this runtime), a relay stands as before.
+          standingBy: () => Option.isNone(consumption) || consumption.value.standingBy(),
           handOver: (release) => lock.withPermit(Effect.andThen(setActive(false), Effect.asVoid(release)))
         }).pipe(Effect.withTracerEnabled(false), Effect.forkScoped)
       }
@@ -236,9 +238,10 @@ const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
  *
  * The relay goes where the cores are free (issue 18). Under single active consumer one replica
  * consumes and the others stand by idle, while the relay is about a fifth of a consumer's CPU. So
- * a replica that is not consuming holds a shared "candidate" lock; a consuming replica takes the
- * relay lock only while no other replica is a candidate, and hands it over, between two rounds,
- * when one appears. A lone replica keeps the relay whatever it does.
+ * a replica that stands by (subscribed, not consuming: `Consumption`) holds a shared "candidate"
+ * lock; a consuming replica takes the relay lock only while no other replica is a candidate, and
+ * hands it over, between two rounds, when one appears. A lone replica keeps the relay whatever it
+ * does.
  *
  * Rows are still read `WHERE sent_at IS NULL ORDER BY position` each round, so a row committed
  * late by a slow transaction is picked up, never skipped. A holder that dies between a confirm
@@ -255,6 +258,8 @@ const elect = (
     readonly onStandby: Effect.Effect<void>
     /** Whether this replica is consuming now. */
     readonly consuming: () => boolean
+    /** Whether it stands by, free to take the relay over (see `Consumption`). */
+    readonly standingBy: () => boolean
     /** Runs `release` once no round is in flight, this relay standing by from then on. */
     readonly handOver: <E>(release: Effect.Effect<unknown, E>) => Effect.Effect<void, E>
   }
@@ -276,10 +281,11 @@ const elect = (
         let isCandidate = false
         while (true) {
           const consuming = on.consuming()
-          if (!consuming && !isCandidate) {
+          const standingBy = !consuming && on.standingBy()
+          if (standingBy && !isCandidate) {
             const [row] = yield* session.unsafe<{ locked: boolean }>(`SELECT pg_try_advisory_lock_shared(${candidateKey}) AS locked`)
             isCandidate = row?.locked === true
-          } else if (consuming && isCandidate) {
+          } else if (!standingBy && isCandidate) {
             yield* session.unsafe(`SELECT pg_advisory_unlock_shared(${candidateKey})`)
             isCandidate = false
           }

@@ -39,13 +39,25 @@ interface Replica {
   readonly stop: () => Promise<void>
 }
 
-/** A replica's relay; `consuming` stands for its consumers' state (`Consumption`), none: not known. */
-const startRelay = (consuming?: { value: boolean }): Promise<Replica> =>
+/** What a replica's consumers are doing (`Consumption`), changed by the test as it goes. */
+interface Consumers {
+  consuming: boolean
+  standingBy: boolean
+}
+const consumingReplica = (): Consumers => ({ consuming: true, standingBy: false })
+const standbyReplica = (): Consumers => ({ consuming: false, standingBy: true })
+
+/** A replica's relay; `consumers` stands for its consumers' state, none: not known. */
+const startRelay = (consumers?: Consumers): Promise<Replica> =>
   run(Effect.gen(function*() {
     const scope = yield* Scope.make()
-    const layer = consuming === undefined
+    const layer = consumers === undefined
       ? relayLayer
-      : relayLayer.pipe(Layer.provide(Layer.succeed(Consumption, Consumption.of({ consuming: () => consuming.value, register: () => Effect.void }))))
+      : relayLayer.pipe(Layer.provide(Layer.succeed(Consumption, Consumption.of({
+        consuming: () => consumers.consuming,
+        standingBy: () => consumers.standingBy,
+        register: () => Effect.void
+      }))))
     const context = yield* Layer.buildWithScope(layer, scope)
     let stopping: Promise<void> | undefined
     return {
@@ -186,15 +198,14 @@ describe("the outbox relay with two replicas on one database", () => {
   })
 
   it("leaves the relay to a replica that is not consuming, between rounds, publishing nothing twice; a lone consuming replica keeps it", async () => {
-    const busy = { value: true }
-    const a = await startRelay(busy)
+    const a = await startRelay(consumingReplica())
     let b: Replica | undefined
     try {
       // Alone, the consuming replica takes the relay.
       await eventually("the consuming replica active", () => run(a.relay.active))
       // Rows keep coming while a replica that is not consuming starts: the relay moves to it.
       const writing = appendRows("h", 10, 30)
-      b = await startRelay({ value: false })
+      b = await startRelay(standbyReplica())
       await eventually("the relay handed over", async () => {
         const states = await activeOf([a, b!])
         return states[0] === false && states[1] === true
@@ -221,7 +232,7 @@ describe("the outbox relay with two replicas on one database", () => {
     await candidate.connect()
     await candidate.query(`SET search_path TO ${schema}`)
     await candidate.query("SELECT pg_advisory_lock_shared(hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path')))")
-    const a = await startRelay({ value: true })
+    const a = await startRelay(consumingReplica())
     try {
       // Never active meanwhile, over several election intervals.
       const seen: Array<boolean> = []
@@ -235,6 +246,30 @@ describe("the outbox relay with two replicas on one database", () => {
     } finally {
       await candidate.end().catch(() => undefined)
       await a.stop()
+    }
+  })
+
+  it("does not hand the relay to a replica whose consumers are not subscribed (its broker away), only to one standing by", async () => {
+    const a = await startRelay(consumingReplica())
+    await eventually("the consuming replica active", () => run(a.relay.active))
+    const other: Consumers = { consuming: false, standingBy: false }
+    const b = await startRelay(other)
+    try {
+      // Over several election intervals the relay stays where it can publish.
+      const seen: Array<ReadonlyArray<boolean>> = []
+      for (let i = 0; i < 30; i++) {
+        seen.push(await activeOf([a, b]))
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      expect(seen.filter(([onA, onB]) => !onA || onB)).toEqual([])
+      // Its consumers subscribe again: now it stands by, and the relay moves to it.
+      other.standingBy = true
+      await eventually("the relay handed over", async () => {
+        const states = await activeOf([a, b])
+        return states[0] === false && states[1] === true
+      })
+    } finally {
+      await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }
   })
 })
