@@ -133,13 +133,13 @@ export class Consumption extends Context.Service<Consumption, {
 }>()("inventory/messaging/Consumption") {
   static readonly layer = Layer.sync(Consumption, () => {
     const activities = new Set<QueueActivity>()
-    const any = (tags: ReadonlyArray<QueueRole["_tag"]>) => {
+    const anyIn = (tags: ReadonlyArray<QueueRole["_tag"]>) => {
       for (const activity of activities) if (tags.includes(activity.role()._tag)) return true
       return false
     }
     return {
-      consuming: () => any(["Active"]),
-      standingBy: () => !any(["Active"]) && any(["Standby", "Waiting"]),
+      consuming: () => anyIn(["Active"]),
+      standingBy: () => !anyIn(["Active"]) && anyIn(["Standby", "Waiting"]),
       register: (activity) =>
         Effect.acquireRelease(Effect.sync(() => activities.add(activity)), () => Effect.sync(() => activities.delete(activity))).pipe(
           Effect.asVoid
