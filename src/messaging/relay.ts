@@ -240,8 +240,9 @@ const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
  * consumes and the others stand by idle, while the relay is about a fifth of a consumer's CPU. So
  * a replica that stands by (subscribed, not consuming: `Consumption`) holds a shared "candidate"
  * lock; a consuming replica takes the relay lock only while no other replica is a candidate, and
- * hands it over, between two rounds, when one appears. A lone replica keeps the relay whatever it
- * does.
+ * hands it over, between two rounds, when one appears. So does a holder whose consumers are not
+ * subscribed (its broker away, or paused for the database), which may not be able to publish. A
+ * lone replica keeps the relay whatever it does.
  *
  * Rows are still read `WHERE sent_at IS NULL ORDER BY position` each round, so a row committed
  * late by a slow transaction is picked up, never skipped. A holder that dies between a confirm
@@ -298,10 +299,14 @@ const elect = (
                 yield* Effect.logInfo("outbox relay active: this replica holds the relay lock")
               }
             }
-          } else if (consuming && (yield* othersWaiting)) {
+          } else if (!standingBy && (yield* othersWaiting)) {
+            // Consuming (its cores are busy) or not subscribed (its broker likely away): a replica
+            // that stands by is the better place.
             yield* on.handOver(session.unsafe(`SELECT pg_advisory_unlock(${relayKey})`))
             held = false
-            yield* Effect.logInfo("outbox relay handed over to a replica that is not consuming")
+            yield* Effect.logInfo("outbox relay handed over to a replica that stands by").pipe(
+              Effect.annotateLogs({ consuming })
+            )
           } else {
             // Held until the session fails; then the lock is gone with it.
             yield* session.unsafe("SELECT 1")

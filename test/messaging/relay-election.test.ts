@@ -272,4 +272,27 @@ describe("the outbox relay with two replicas on one database", () => {
       await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }
   })
+
+  it("a holder whose consumers stop being subscribed (its broker away) hands the relay to a replica that stands by", async () => {
+    const first = standbyReplica()
+    const a = await startRelay(first)
+    await eventually("the first replica active", () => run(a.relay.active))
+    const b = await startRelay(standbyReplica())
+    try {
+      // Both stand by: the holder keeps the relay.
+      await new Promise((r) => setTimeout(r, 400))
+      expect(await activeOf([a, b])).toEqual([true, false])
+      // The holder's consumers lose their subscription: it gives the relay to the other.
+      first.standingBy = false
+      await eventually("the relay handed over", async () => {
+        const states = await activeOf([a, b])
+        return states[0] === false && states[1] === true
+      })
+      await appendRows("m", 5, 10)
+      await eventually("rows sent", async () => (await pending()) === 0)
+    } finally {
+      await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
+    }
+    expectOnceInOrder(await drainCapture(), "m", 5, 10)
+  })
 })
