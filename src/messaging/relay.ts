@@ -240,7 +240,7 @@ const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
  * consumes and the others stand by idle, while the relay is about a fifth of a consumer's CPU. So
  * a replica that stands by (subscribed, not consuming: `Consumption`) holds a shared "candidate"
  * lock; a consuming replica takes the relay lock only while no other replica is a candidate, and
- * hands it over, between two rounds, when one appears. So does a holder whose consumers are not
+ * hands it over, between two rounds, when one appears. So does a replica whose consumers are not
  * subscribed (its broker away, or paused for the database), which may not be able to publish. A
  * lone replica keeps the relay whatever it does.
  *
@@ -291,7 +291,9 @@ const elect = (
             isCandidate = false
           }
           if (!held) {
-            if (!consuming || !(yield* othersWaiting)) {
+            // A replica that does not stand by takes a free lock only when none does, so it
+            // never takes what it would hand over at its next check.
+            if (standingBy || !(yield* othersWaiting)) {
               const [row] = yield* session.unsafe<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${relayKey}) AS locked`)
               if (row?.locked === true) {
                 held = true

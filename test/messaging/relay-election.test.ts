@@ -226,28 +226,30 @@ describe("the outbox relay with two replicas on one database", () => {
     }
   })
 
-  it("a consuming replica leaves a free relay lock to a candidate, and takes it once there is none", async () => {
-    // A replica that is not consuming, seen only through its candidate lock (its relay not started).
-    const candidate = new pg.Client({ connectionString: testDatabaseUrl })
-    await candidate.connect()
-    await candidate.query(`SET search_path TO ${schema}`)
-    await candidate.query("SELECT pg_advisory_lock_shared(hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path')))")
-    const a = await startRelay(consumingReplica())
-    try {
-      // Never active meanwhile, over several election intervals.
-      const seen: Array<boolean> = []
-      for (let i = 0; i < 30; i++) {
-        seen.push(await run(a.relay.active))
-        await new Promise((r) => setTimeout(r, 20))
+  for (const [who, consumers] of [["a consuming replica", consumingReplica], ["a replica whose consumers are not subscribed", () => ({ consuming: false, standingBy: false })]] as const) {
+    it(`${who} leaves a free relay lock to a candidate, and takes it once there is none`, async () => {
+      // A replica that stands by, seen only through its candidate lock (its relay not started).
+      const candidate = new pg.Client({ connectionString: testDatabaseUrl })
+      await candidate.connect()
+      await candidate.query(`SET search_path TO ${schema}`)
+      await candidate.query("SELECT pg_advisory_lock_shared(hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path')))")
+      const a = await startRelay(consumers())
+      try {
+        // Never active meanwhile, over several election intervals.
+        const seen: Array<boolean> = []
+        for (let i = 0; i < 30; i++) {
+          seen.push(await run(a.relay.active))
+          await new Promise((r) => setTimeout(r, 20))
+        }
+        expect(seen.filter(Boolean)).toEqual([])
+        await candidate.end()
+        await eventually("it takes the relay", () => run(a.relay.active))
+      } finally {
+        await candidate.end().catch(() => undefined)
+        await a.stop()
       }
-      expect(seen.filter(Boolean)).toEqual([])
-      await candidate.end()
-      await eventually("the consuming replica takes the relay", () => run(a.relay.active))
-    } finally {
-      await candidate.end().catch(() => undefined)
-      await a.stop()
-    }
-  })
+    })
+  }
 
   it("does not hand the relay to a replica whose consumers are not subscribed (its broker away), only to one standing by", async () => {
     const a = await startRelay(consumingReplica())
