@@ -252,7 +252,7 @@ const reservationSettings: Config.Config<ReservationSettings> = Config.all({
 /**
  * One group at a time unless told otherwise, measured (README, Throughput): groups of a busy
  * queue load and lock the same stock rows, so a second one waited for the first's commit (the
- * load statement averaged 66 ms against 5 ms alone) and throughput fell by 5-15%. Without grouping
+ * load statement averaged 66 ms against 5 ms alone) and throughput fell by 2-15%. Without grouping
  * (`BATCH_MAX_SIZE=1`) each transaction is one event's few rows, which rarely meet: three at once.
  */
 const batchSettings: Config.Config<BatchSettings> = int("BATCH_MAX_SIZE", 256).pipe(

@@ -86,6 +86,8 @@ const appendRows = (prefix: string, aggregates: number, count: number) =>
   }))
 
 const pending = () => run(Effect.flatMap(Outbox, (o) => o.pendingCount()))
+/** Waits until no outbox row is pending. */
+const allSent = (label: string) => eventually(label, async () => (await pending()) === 0)
 
 /** Every message in the capture queue, in queue order, by event id. */
 const drainCapture = async () => {
@@ -98,6 +100,23 @@ const drainCapture = async () => {
 }
 
 const activeOf = (replicas: ReadonlyArray<Replica>) => Promise.all(replicas.map((r) => run(r.relay.active)))
+
+/** Waits until `to` holds the relay and `from` stands by. */
+const handedOver = (from: Replica, to: Replica) =>
+  eventually("the relay handed over", async () => {
+    const [onFrom, onTo] = await activeOf([from, to])
+    return !onFrom && onTo
+  })
+
+/** `read` 30 times, 20 ms apart: a state that must hold over several election intervals (100 ms). */
+const sampled = async <A>(read: () => Promise<A>): Promise<Array<A>> => {
+  const seen: Array<A> = []
+  for (let i = 0; i < 30; i++) {
+    seen.push(await read())
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  return seen
+}
 
 beforeAll(async () => {
   await createVhost(vhost)
@@ -147,14 +166,14 @@ describe("the outbox relay with two replicas on one database", () => {
         await new Promise((r) => setImmediate(r))
       }
       await writing
-      await eventually("first rows sent", async () => (await pending()) === 0)
+      await allSent("first rows sent")
       expect(await activeOf([active, standby])).toEqual([true, false])
 
       // The active relay's scope closes (SIGTERM, or its process dies: its session ends either way).
       await active.stop()
       await eventually("standby takes over", () => run(standby.relay.active))
       await appendRows("q", 10, 15)
-      await eventually("later rows sent", async () => (await pending()) === 0)
+      await allSent("later rows sent")
       await standby.stop()
 
       // Every relay has stopped, so whatever it published is confirmed and in the queue.
@@ -190,7 +209,7 @@ describe("the outbox relay with two replicas on one database", () => {
         return row?.n === 1 && (await activeOf([a, b])).filter(Boolean).length === 1
       })
       await appendRows("r", 5, 10)
-      await eventually("rows sent", async () => (await pending()) === 0)
+      await allSent("rows sent")
     } finally {
       await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }
@@ -206,17 +225,14 @@ describe("the outbox relay with two replicas on one database", () => {
       // Rows keep coming while a replica that is not consuming starts: the relay moves to it.
       const writing = appendRows("h", 10, 30)
       b = await startRelay(standbyReplica())
-      await eventually("the relay handed over", async () => {
-        const states = await activeOf([a, b!])
-        return states[0] === false && states[1] === true
-      })
+      await handedOver(a, b)
       await writing
-      await eventually("rows sent", async () => (await pending()) === 0)
+      await allSent("rows sent")
       // The idle replica goes: the consuming one is alone again and takes the relay back.
       await b.stop()
       await eventually("the consuming replica active again", () => run(a.relay.active))
       await appendRows("k", 5, 10)
-      await eventually("later rows sent", async () => (await pending()) === 0)
+      await allSent("later rows sent")
       await a.stop()
       const ids = await drainCapture()
       expectOnceInOrder(ids, "h", 10, 30)
@@ -235,13 +251,8 @@ describe("the outbox relay with two replicas on one database", () => {
       await candidate.query("SELECT pg_advisory_lock_shared(hashtext('inventory_outbox_relay_candidate'), hashtext(current_setting('search_path')))")
       const a = await startRelay(consumers())
       try {
-        // Never active meanwhile, over several election intervals.
-        const seen: Array<boolean> = []
-        for (let i = 0; i < 30; i++) {
-          seen.push(await run(a.relay.active))
-          await new Promise((r) => setTimeout(r, 20))
-        }
-        expect(seen.filter(Boolean)).toEqual([])
+        // Never active meanwhile.
+        expect((await sampled(() => run(a.relay.active))).filter(Boolean)).toEqual([])
         await candidate.end()
         await eventually("it takes the relay", () => run(a.relay.active))
       } finally {
@@ -257,19 +268,11 @@ describe("the outbox relay with two replicas on one database", () => {
     const other: Consumers = { consuming: false, standingBy: false }
     const b = await startRelay(other)
     try {
-      // Over several election intervals the relay stays where it can publish.
-      const seen: Array<ReadonlyArray<boolean>> = []
-      for (let i = 0; i < 30; i++) {
-        seen.push(await activeOf([a, b]))
-        await new Promise((r) => setTimeout(r, 20))
-      }
-      expect(seen.filter(([onA, onB]) => !onA || onB)).toEqual([])
+      // The relay stays where it can publish.
+      expect((await sampled(() => activeOf([a, b]))).filter(([onA, onB]) => !onA || onB)).toEqual([])
       // Its consumers subscribe again: now it stands by, and the relay moves to it.
       other.standingBy = true
-      await eventually("the relay handed over", async () => {
-        const states = await activeOf([a, b])
-        return states[0] === false && states[1] === true
-      })
+      await handedOver(a, b)
     } finally {
       await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }
@@ -282,16 +285,12 @@ describe("the outbox relay with two replicas on one database", () => {
     const b = await startRelay(standbyReplica())
     try {
       // Both stand by: the holder keeps the relay.
-      await new Promise((r) => setTimeout(r, 400))
-      expect(await activeOf([a, b])).toEqual([true, false])
+      expect((await sampled(() => activeOf([a, b]))).filter(([onA, onB]) => !onA || onB)).toEqual([])
       // The holder's consumers lose their subscription: it gives the relay to the other.
       first.standingBy = false
-      await eventually("the relay handed over", async () => {
-        const states = await activeOf([a, b])
-        return states[0] === false && states[1] === true
-      })
+      await handedOver(a, b)
       await appendRows("m", 5, 10)
-      await eventually("rows sent", async () => (await pending()) === 0)
+      await allSent("rows sent")
     } finally {
       await Promise.all([a.stop(), b.stop()]).catch(() => undefined)
     }

@@ -94,19 +94,15 @@ const suite = (queueType: "quorum" | "classic") => {
     return ManagedRuntime.make(layer as Layer.Layer<Readiness, unknown>)
   }
 
-  /** What `/readyz` says about the order queue on this replica. */
-  const orderRole = (runtime: ManagedRuntime.ManagedRuntime<Readiness, unknown>) =>
+  /** What `/readyz` says about one of its checks on this replica. */
+  const readiness = (runtime: ManagedRuntime.ManagedRuntime<Readiness, unknown>, check: string) =>
     runtime.runPromise(Effect.gen(function*() {
       return yield* (yield* Readiness).check
-    })).then((checks) =>
-      checks.find((c) => c.name === `consumer ${orderQueue}`)?.detail ?? "absent"
-    )
-
-  /** What `/readyz` says about the outbox relay on this replica: active, or standby. */
-  const relayRole = (runtime: ManagedRuntime.ManagedRuntime<Readiness, unknown>) =>
-    runtime.runPromise(Effect.gen(function*() {
-      return yield* (yield* Readiness).check
-    })).then((checks) => checks.find((c) => c.name === "outbox relay")?.detail ?? "absent")
+    })).then((checks) => checks.find((c) => c.name === check)?.detail ?? "absent")
+  /** The order queue's consumer on this replica: active, standby, or subscribed and waiting. */
+  const orderRole = (runtime: ManagedRuntime.ManagedRuntime<Readiness, unknown>) => readiness(runtime, `consumer ${orderQueue}`)
+  /** The outbox relay on this replica: active, or standby. */
+  const relayRole = (runtime: ManagedRuntime.ManagedRuntime<Readiness, unknown>) => readiness(runtime, "outbox relay")
 
   let a: ManagedRuntime.ManagedRuntime<Readiness, unknown> | undefined
   let b: ManagedRuntime.ManagedRuntime<Readiness, unknown> | undefined
