@@ -7,6 +7,7 @@ import * as Messaging from "./messaging/index.ts"
 import * as Batch from "./pipeline/batch.ts"
 import { httpLayer, Readiness } from "./observability/health.ts"
 import * as Logging from "./observability/logging.ts"
+import * as RuntimeMetrics from "./observability/runtime.ts"
 import * as Tracing from "./observability/tracing.ts"
 import * as Scheduler from "./reservations/scheduler.ts"
 import * as SqlStores from "./stores/sql/index.ts"
@@ -26,7 +27,7 @@ const Batching = Layer.unwrap(
 
 const Http = Layer.unwrap(Effect.map(httpSettings, httpLayer))
 
-const App = Layer.mergeAll(DlqMonitor.layer, Http).pipe(
+const App = Layer.mergeAll(DlqMonitor.layer, Http, RuntimeMetrics.layer()).pipe(
   Layer.provideMerge(Messaging.layer),
   Layer.provide(Batching),
   Layer.provide(Health),
