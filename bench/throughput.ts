@@ -39,6 +39,10 @@
  *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
  *
+ * With one replica, each run of ours also prints the garbage collector's pauses over the run, read
+ * from the consumer's own `/metrics` (`nodejs_gc_duration_seconds`) before the first publish and
+ * after the last commit: their count and time by kind, and their share of the consumer's CPU.
+ *
  * Every consumer gets its own RabbitMQ vhost and database schema, dropped at the end; all are
  * fed by the same publisher (one confirm channel, an order's events back to back, in order) and
  * run on this machine one after the other. Ours runs as its own process (`node src/main.ts`, with
@@ -428,6 +432,8 @@ const measure = async (options: {
   readonly messages: ReadonlyArray<Outgoing>
   readonly killAfterMs?: number
   readonly onReady?: () => Promise<void>
+  /** Right before the first publish of the measured run (after the warm-up). */
+  readonly onStart?: () => Promise<void>
   readonly settle?: () => Promise<void>
 }): Promise<Measured> => {
   const consumers = Array.from({ length: options.replicas }, (_, i) => options.spawnOne(i))
@@ -456,6 +462,7 @@ const measure = async (options: {
         return body
       }
     }))
+    await options.onStart?.()
     const from = await options.finished()
     const t0 = Date.now()
     const cpu0 = consumers.map(cpuMs)
@@ -571,12 +578,45 @@ const outboxDrained = () => waitFor("outbox drained", async () => (await count(`
 /** The order queue's prefetch our consumer ran with, read back from the broker (the default is the consumer's). */
 let ourPrefetch: number | undefined
 
+/** Garbage-collection pauses so far, by kind, from a consumer's `/metrics` (`nodejs_gc_duration_seconds`). */
+type GcPauses = ReadonlyMap<string, { readonly count: number; readonly seconds: number }>
+const gcPauses = async (port: string): Promise<GcPauses | undefined> => {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
+    const out = new Map<string, { count: number; seconds: number }>()
+    for (const m of text.matchAll(/^nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)$/gm)) {
+      const entry = out.get(m[2]!) ?? { count: 0, seconds: 0 }
+      if (m[1] === "sum") entry.seconds = Number(m[3])
+      else entry.count = Number(m[3])
+      out.set(m[2]!, entry)
+    }
+    return out
+  } catch {
+    return undefined
+  }
+}
+/** The pauses of the measured run, and their share of the consumer's CPU over it. */
+const describeGc = (before: GcPauses | undefined, after: GcPauses | undefined, cpuMs: number) => {
+  if (before === undefined || after === undefined) return ""
+  const kinds = ["minor", "major", "incremental"].map((kind) => {
+    const a = after.get(kind) ?? { count: 0, seconds: 0 }
+    const b = before.get(kind) ?? { count: 0, seconds: 0 }
+    return { kind, count: a.count - b.count, ms: (a.seconds - b.seconds) * 1000 }
+  })
+  const total = kinds.reduce((sum, k) => sum + k.ms, 0)
+  return `; GC pauses ${fmt(total)} ms on the main thread, ${fmt((100 * total) / Math.max(1, cpuMs))}% of the consumer's CPU (` +
+    kinds.map((k) => `${k.kind} ${fmt(k.count)} in ${fmt(k.ms)} ms`).join(", ") + ")"
+}
+
 type Outbound = { total: number; distinct: number; twice: number; written: number; unseen: number }
 const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) => {
   const profile = PROFILE_DIR === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`]
   let capture: Awaited<ReturnType<typeof captureOutbound>> | undefined
   let outbound: Outbound | undefined
   let drainMs = 0
+  // Replica 1's pauses over the measured run (one replica: the whole consumer's).
+  let gcBefore: GcPauses | undefined
+  let gcAfter: GcPauses | undefined
   const run = await measure({
     vhost: targets.ours, label: workload.label, replicas, subscriptions: 2, finished: oursFinished, messages: workload.messages,
     ...(killAfterMs === undefined ? {} : { killAfterMs }),
@@ -586,9 +626,13 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
       ourPrefetch ??= consumersIn(targets.ours).find((c) => c.queue === "inventory_order_consumer")?.prefetch
       if (CONSUMERS > 1) capture = await captureOutbound(targets.ours)
     },
+    onStart: async () => {
+      if (replicas === 1) gcBefore = await gcPauses(ourEnv.HTTP_PORT)
+    },
     // What the consumer announced must reach the broker too: how long the outbox takes to empty.
     settle: async () => {
       const t = Date.now()
+      if (replicas === 1) gcAfter = await gcPauses(ourEnv.HTTP_PORT)
       await outboxDrained()
       drainMs = Date.now() - t
       outbound = await capture?.finish()
@@ -630,7 +674,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     (committed === undefined ? "" : `p50 ${fmt(percentile(committed, 50))} ms, p99 ${fmt(percentile(committed, 99))} ms (to its commit), `) +
     `p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
     `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
-    `${describeLoad(run)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
+    `${describeLoad(run)}${describeGc(gcBefore, gcAfter, cpuTotal)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
   return { rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Committed: committed === undefined ? undefined : percentile(committed, 99), p99Announced: percentile(out, 99) }
