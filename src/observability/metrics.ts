@@ -75,3 +75,27 @@ export const groupSize = Metric.histogram("inventory_group_size", {
   description: "Events applied together in one unit of work",
   boundaries: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 })
+
+// The process's own figures (`runtime.ts`), under the names Prometheus and prom-client use for
+// every Node service, so the usual panels and alerts read them.
+
+export const gcDuration = Metric.histogram("nodejs_gc_duration_seconds", {
+  description: "Garbage collection pauses, by kind (minor: scavenge, major: mark-compact, incremental: marking steps, weakcb)",
+  boundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]
+})
+export const residentMemory = Metric.gauge("process_resident_memory_bytes", { description: "Resident set size" })
+export const heapUsed = Metric.gauge("nodejs_heap_size_used_bytes", { description: "V8 heap in use" })
+export const heapTotal = Metric.gauge("nodejs_heap_size_total_bytes", { description: "V8 heap reserved" })
+export const externalMemory = Metric.gauge("nodejs_external_memory_bytes", {
+  description: "Memory of buffers and other objects outside the V8 heap"
+})
+export const cpuSeconds = Metric.counter("process_cpu_seconds_total", {
+  description: "User and system CPU time since the process started",
+  incremental: true
+})
+export const eventLoopDelayP99 = Metric.gauge("nodejs_eventloop_lag_p99_seconds", {
+  description: "99th percentile of the event loop's delay over the last interval"
+})
+export const eventLoopDelayMax = Metric.gauge("nodejs_eventloop_lag_max_seconds", {
+  description: "Longest event loop delay over the last interval"
+})
