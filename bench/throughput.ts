@@ -39,9 +39,11 @@
  *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
  *
- * With one replica, each run of ours also prints the garbage collector's pauses over the run, read
- * from the consumer's own `/metrics` (`nodejs_gc_duration_seconds`) before the first publish and
- * after the last commit: their count and time by kind, and their share of the consumer's CPU.
+ * With one replica, each run of ours also prints, from the consumer's own `/metrics` read before
+ * the first publish and after the last commit, the share of that time its event loop was busy
+ * (`nodejs_eventloop_busy_seconds_total`; the rest it waited for PostgreSQL or the broker) and the
+ * garbage collector's pauses (`nodejs_gc_duration_seconds`): their count and time by kind, and
+ * their share of the consumer's CPU.
  *
  * Every consumer gets its own RabbitMQ vhost and database schema, dropped at the end; all are
  * fed by the same publisher (one confirm channel, an order's events back to back, in order) and
@@ -578,12 +580,17 @@ const outboxDrained = () => waitFor("outbox drained", async () => (await count(`
 /** The order queue's prefetch our consumer ran with, read back from the broker (the default is the consumer's). */
 let ourPrefetch: number | undefined
 
-/** Garbage-collection pauses so far, by kind, from a consumer's `/metrics` (`nodejs_gc_duration_seconds`). */
-type GcPauses = ReadonlyMap<string, { readonly count: number; readonly seconds: number }>
+/**
+ * Garbage-collection pauses so far, by kind (`nodejs_gc_duration_seconds`), and the event loop's
+ * busy time (`nodejs_eventloop_busy_seconds_total`, as of the scrape), from a consumer's `/metrics`.
+ */
+type GcPauses = ReadonlyMap<string, { readonly count: number; readonly seconds: number }> & { readonly busy?: number; readonly at?: number }
 const gcPauses = async (port: string): Promise<GcPauses | undefined> => {
   try {
+    const at = Date.now()
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
-    const out = new Map<string, { count: number; seconds: number }>()
+    const busy = /^nodejs_eventloop_busy_seconds_total (\S+)$/m.exec(text)?.[1]
+    const out: Map<string, { count: number; seconds: number }> & { busy?: number; at?: number } = Object.assign(new Map(), { at, ...(busy === undefined ? {} : { busy: Number(busy) }) })
     for (const m of text.matchAll(/^nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)$/gm)) {
       const entry = out.get(m[2]!) ?? { count: 0, seconds: 0 }
       if (m[1] === "sum") entry.seconds = Number(m[3])
@@ -604,7 +611,11 @@ const describeGc = (before: GcPauses | undefined, after: GcPauses | undefined, c
     return { kind, count: a.count - b.count, ms: (a.seconds - b.seconds) * 1000 }
   })
   const total = kinds.reduce((sum, k) => sum + k.ms, 0)
-  return `; GC pauses ${fmt(total)} ms on the main thread, ${fmt((100 * total) / Math.max(1, cpuMs))}% of the consumer's CPU (` +
+  // The share of the run the main thread ran code; the rest it waited (for PostgreSQL, the broker).
+  const busy = before.busy === undefined || after.busy === undefined || before.at === undefined || after.at === undefined
+    ? ""
+    : `; event loop busy ${fmt((100 * (after.busy - before.busy) * 1000) / Math.max(1, after.at - before.at))}% of the run`
+  return `${busy}; GC pauses ${fmt(total)} ms on the main thread, ${fmt((100 * total) / Math.max(1, cpuMs))}% of the consumer's CPU (` +
     kinds.map((k) => `${k.kind} ${fmt(k.count)} in ${fmt(k.ms)} ms`).join(", ") + ")"
 }
 

@@ -93,6 +93,10 @@ export const cpuSeconds = Metric.counter("process_cpu_seconds_total", {
   description: "User and system CPU time since the process started",
   incremental: true
 })
+export const eventLoopBusy = Metric.counter("nodejs_eventloop_busy_seconds_total", {
+  description: "Time the event loop spent running code rather than waiting for I/O or timers, since the process started; its rate is the loop's utilization",
+  incremental: true
+})
 export const eventLoopDelayP99 = Metric.gauge("nodejs_eventloop_lag_p99_seconds", {
   description: "99th percentile of the event loop's delay over the last interval"
 })

@@ -1,7 +1,8 @@
 import { type Duration, Effect, Layer, Metric } from "effect"
-import { constants, monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks"
+import { constants, monitorEventLoopDelay, performance, PerformanceObserver } from "node:perf_hooks"
 import {
   cpuSeconds,
+  eventLoopBusy,
   eventLoopDelayMax,
   eventLoopDelayP99,
   externalMemory,
@@ -10,10 +11,12 @@ import {
   heapUsed,
   residentMemory
 } from "./metrics.ts"
+import { collectOnScrape } from "./prometheus.ts"
 
 /*
  * The process's own figures (their names and descriptions are in metrics.ts): the garbage
- * collector's pauses by kind, resident memory, the heap, CPU time and the event loop's delay.
+ * collector's pauses by kind, resident memory, the heap, CPU time, the event loop's busy time
+ * and its delay.
  * Where a consumer's time and memory go is seen from outside the process (issue 18: under load
  * the GC's pauses are about a sixth of the consumer's CPU, and the peak RSS has a bound).
  */
@@ -29,8 +32,10 @@ const kinds: ReadonlyMap<number, string> = new Map([
 const gcByKind = new Map([...kinds.values()].map((kind) => [kind, Metric.withAttributes(gcDuration, { kind })] as const))
 
 /**
- * Records every GC pause as it happens, and every `interval` the memory, CPU and event-loop
- * figures (the delay's p99 and maximum over that interval). Stops with its scope.
+ * Records every GC pause as it happens; memory, CPU and the event loop's busy time every
+ * `interval` and right before each scrape (so a scrape sees them as they are, and a bench can
+ * take the difference of two scrapes over a few seconds); and every `interval` the event loop's
+ * delay, its p99 and maximum over that interval. Stops with its scope.
  */
 export const layer = (interval: Duration.Input = "5 seconds"): Layer.Layer<never> =>
   Layer.effectDiscard(Effect.gen(function*() {
@@ -51,26 +56,36 @@ export const layer = (interval: Duration.Input = "5 seconds"): Layer.Layer<never
     // 10 ms resolution: the delays worth seeing here are GC pauses and long turns.
     const delay = monitorEventLoopDelay({ resolution: 10 })
     yield* Effect.acquireRelease(Effect.sync(() => delay.enable()), () => Effect.sync(() => delay.disable()))
-    // From zero: the first sample counts the CPU since the process started, as the name says.
+    // From zero: the first reading counts the CPU and the loop's busy time since the process
+    // started, as the names say.
     let cpu = { user: 0, system: 0 }
-    const sample = Effect.suspend(() => {
+    let busyMs = 0
+    const collect = Effect.suspend(() => {
       const memory = process.memoryUsage()
       const now = process.cpuUsage()
       const spent = (now.user - cpu.user + now.system - cpu.system) / 1e6
       cpu = now
-      const p99 = delay.count > 0 ? delay.percentile(99) / 1e9 : 0
-      const max = delay.count > 0 ? delay.max / 1e9 : 0
-      delay.reset()
+      const active = performance.eventLoopUtilization().active
+      const busy = (active - busyMs) / 1000
+      busyMs = active
       return Effect.all([
         Metric.update(residentMemory, memory.rss),
         Metric.update(heapUsed, memory.heapUsed),
         Metric.update(heapTotal, memory.heapTotal),
         Metric.update(externalMemory, memory.external),
         Metric.update(cpuSeconds, spent),
-        Metric.update(eventLoopDelayP99, p99),
-        Metric.update(eventLoopDelayMax, max)
+        Metric.update(eventLoopBusy, busy)
       ], { discard: true })
     })
+    // The delay's window is the interval's: a scrape reads it, it does not end it.
+    const window = Effect.suspend(() => {
+      const p99 = delay.count > 0 ? delay.percentile(99) / 1e9 : 0
+      const max = delay.count > 0 ? delay.max / 1e9 : 0
+      delay.reset()
+      return Effect.all([Metric.update(eventLoopDelayP99, p99), Metric.update(eventLoopDelayMax, max)], { discard: true })
+    })
+    const sample = Effect.andThen(collect, window)
+    yield* collectOnScrape(collect)
     yield* sample
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(interval), sample)))
   }))

@@ -52,3 +52,44 @@ it.live("exports the GC's pauses by kind, resident memory, heap, CPU time and th
     assert.match(text, /# TYPE nodejs_gc_duration_seconds histogram/)
     assert.match(text, /# TYPE process_cpu_seconds_total counter/)
   }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map())))
+
+/**
+ * A scrape reads CPU, memory and the event loop's busy time as they are at that moment, not as
+ * the last periodic sample left them: the bench takes the difference of two scrapes a few seconds
+ * apart. The interval here is an hour, so only the scrape can bring them up to date.
+ */
+it.live("brings CPU and the event loop's busy time up to date at each scrape", () =>
+  Effect.gen(function*() {
+    yield* Layer.build(RuntimeMetrics.layer("1 hour"))
+    const first = yield* renderPrometheus
+    const busyBefore = valueOf(first, "nodejs_eventloop_busy_seconds_total")
+    const cpuBefore = valueOf(first, "process_cpu_seconds_total")
+    // Since the process started, as the name says: at least what this test file took so far.
+    assert.isAbove(busyBefore, 0)
+    assert.isAtMost(busyBefore, process.uptime())
+    assert.match(first, /# TYPE nodejs_eventloop_busy_seconds_total counter/)
+    // 300 ms of the loop held in one turn, then 200 ms of it waiting on a timer.
+    const until = Date.now() + 300
+    let spins = 0
+    while (Date.now() < until) spins++
+    assert.isAbove(spins, 0)
+    yield* Effect.sleep("200 millis")
+    const second = yield* renderPrometheus
+    const busy = valueOf(second, "nodejs_eventloop_busy_seconds_total") - busyBefore
+    assert.isAtLeast(busy, 0.29)
+    // The timer's wait is not busy time.
+    assert.isBelow(busy, 0.49)
+    assert.isAtLeast(valueOf(second, "process_cpu_seconds_total") - cpuBefore, 0.2)
+  }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map())))
+
+/** What a layer registered for its scrapes goes with its scope. */
+it.live("stops collecting at scrapes once the layer's scope closes", () =>
+  Effect.gen(function*() {
+    yield* Effect.scoped(Layer.build(RuntimeMetrics.layer("1 hour")))
+    const before = valueOf(yield* renderPrometheus, "nodejs_eventloop_busy_seconds_total")
+    const until = Date.now() + 100
+    while (Date.now() < until) {
+      // held on purpose
+    }
+    assert.strictEqual(valueOf(yield* renderPrometheus, "nodejs_eventloop_busy_seconds_total"), before)
+  }).pipe(Effect.provideService(Metric.MetricRegistry, new Map())))
