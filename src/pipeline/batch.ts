@@ -159,15 +159,21 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
 })
 
 /**
- * Runs a group's unit of work without handing the thread to other fibers between its steps: it
- * gives the thread away only while it waits for the database. A group is the one chain of work
- * everything waits on (the next group cannot load before it commits: they lock the same stock
- * rows), while deliveries, acks and the relay can run at any time; yielding every 2,048
- * operations, as fibers do by default, let them stretch a group's in-memory apply to two or three
- * times its CPU while the thread then sat idle during the save. Not yielding holds the event loop
- * for one group's apply at most (about 10-25 ms for 256 events on the bench's machine), and took
- * the loop's busy share from 83-87% to 88-93% of a run (issue 18).
+ * The largest group whose unit of work runs without handing the thread to other fibers between
+ * its steps: it gives the thread away only while it waits for the database. A group is what every
+ * later group waits for, while deliveries, acks and the relay can run at any time; yielding every
+ * 2,048 operations, as fibers do, lets them stretch a group's in-memory apply while the thread
+ * then sits idle during its save. Held at 1,800 lifecycle events/s (groups of about 50), p99 to
+ * the commit was 44-53 ms in three runs without yielding, against 45-112 ms (median 71) in seven
+ * before (issue 18). At full speed (groups of 250) not yielding made the thread busier (88-93% of
+ * a run against 83-88%) and most runs faster (medians of the interleaved pairs: 8-11% per
+ * workload), but the garbage collector's background marking, starved of the machine's cores,
+ * fell behind: peak RSS rose by 10-20 MB, past the bound of 200 MB in three runs of ten. So a
+ * larger group yields as fibers do. A group up to this size holds the event loop for its apply at
+ * most: 250 events took 18-21 ms to apply at full speed, so about 10 ms.
  */
+export const UNINTERRUPTED_GROUP = 128
+
 const withoutYielding = <A, E, R>(unit: Effect.Effect<A, E, R>) =>
   Effect.provideService(unit, References.MaxOpsBeforeYield, Number.MAX_SAFE_INTEGER)
 
@@ -222,7 +228,9 @@ export const batched = (settings: BatchSettings): Layer.Layer<never, never, Stor
       Effect.gen(function*() {
         const items = chains.flatMap((chain) => chain.items)
         const first = items[0]!.parent
-        const unit = uow.transaction(applyGroup(items)).pipe(withoutYielding)
+        const unit = items.length <= UNINTERRUPTED_GROUP
+          ? withoutYielding(uow.transaction(applyGroup(items)))
+          : uow.transaction(applyGroup(items))
         const exit = yield* Effect.exit(underParent(unit, first))
         if (Exit.isFailure(exit)) {
           yield* Effect.logDebug("event group failed; applying its events one by one").pipe(
