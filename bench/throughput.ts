@@ -584,8 +584,8 @@ let ourPrefetch: number | undefined
  * Garbage-collection pauses so far, by kind (`nodejs_gc_duration_seconds`), and the event loop's
  * busy time (`nodejs_eventloop_busy_seconds_total`, as of the scrape), from a consumer's `/metrics`.
  */
-type GcPauses = ReadonlyMap<string, { readonly count: number; readonly seconds: number }> & { readonly busy?: number; readonly at?: number }
-const gcPauses = async (port: string): Promise<GcPauses | undefined> => {
+type RuntimeFigures = ReadonlyMap<string, { readonly count: number; readonly seconds: number }> & { readonly busy?: number; readonly at?: number }
+const runtimeFigures = async (port: string): Promise<RuntimeFigures | undefined> => {
   try {
     const at = Date.now()
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
@@ -603,7 +603,7 @@ const gcPauses = async (port: string): Promise<GcPauses | undefined> => {
   }
 }
 /** The pauses of the measured run, and their share of the consumer's CPU over it. */
-const describeGc = (before: GcPauses | undefined, after: GcPauses | undefined, cpuMs: number) => {
+const describeGc = (before: RuntimeFigures | undefined, after: RuntimeFigures | undefined, cpuMs: number) => {
   if (before === undefined || after === undefined) return ""
   const kinds = ["minor", "major", "incremental"].map((kind) => {
     const a = after.get(kind) ?? { count: 0, seconds: 0 }
@@ -626,8 +626,8 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
   let outbound: Outbound | undefined
   let drainMs = 0
   // Replica 1's pauses over the measured run (one replica: the whole consumer's).
-  let gcBefore: GcPauses | undefined
-  let gcAfter: GcPauses | undefined
+  let gcBefore: RuntimeFigures | undefined
+  let gcAfter: RuntimeFigures | undefined
   const run = await measure({
     vhost: targets.ours, label: workload.label, replicas, subscriptions: 2, finished: oursFinished, messages: workload.messages,
     ...(killAfterMs === undefined ? {} : { killAfterMs }),
@@ -638,12 +638,12 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
       if (CONSUMERS > 1) capture = await captureOutbound(targets.ours)
     },
     onStart: async () => {
-      if (replicas === 1) gcBefore = await gcPauses(ourEnv.HTTP_PORT)
+      if (replicas === 1) gcBefore = await runtimeFigures(ourEnv.HTTP_PORT)
     },
     // What the consumer announced must reach the broker too: how long the outbox takes to empty.
     settle: async () => {
       const t = Date.now()
-      if (replicas === 1) gcAfter = await gcPauses(ourEnv.HTTP_PORT)
+      if (replicas === 1) gcAfter = await runtimeFigures(ourEnv.HTTP_PORT)
       await outboxDrained()
       drainMs = Date.now() - t
       outbound = await capture?.finish()

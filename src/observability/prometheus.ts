@@ -22,9 +22,10 @@ export const collectOnScrape = (collect: Effect.Effect<void>): Effect.Effect<voi
 
 /**
  * Every registered metric in the Prometheus text exposition format (version 0.0.4), written by
- * effect's `PrometheusMetrics`, after what was registered with `collectOnScrape` ran. That formatter keeps labels in the order the attributes were
- * given and series in registration order; it reads a sorted copy of the registry so labels stay
- * alphabetical (`{error_type=…,queue=…}`, what dashboards and the tests match) and scrapes stable.
+ * effect's `PrometheusMetrics` once what was registered with `collectOnScrape` ran. That
+ * formatter keeps labels in the order the attributes were given and series in registration
+ * order; it reads a sorted copy of the registry so labels stay alphabetical
+ * (`{error_type=…,queue=…}`, what dashboards and the tests match) and scrapes stable.
  */
 export const renderPrometheus: Effect.Effect<string> = Effect.gen(function*() {
   const registry = yield* Metric.MetricRegistry

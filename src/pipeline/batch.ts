@@ -163,9 +163,8 @@ export const applyGroup = Effect.fn("inventory.group")(function*(events: Readonl
  * its steps: it gives the thread away only while it waits for the database. A group is what every
  * later group waits for, while deliveries, acks and the relay can run at any time; yielding every
  * 2,048 operations, as fibers do, lets them stretch a group's in-memory apply while the thread
- * then sits idle during its save. Held at 1,800 lifecycle events/s (groups of about 50), p99 to
- * the commit was 44-53 ms in three runs without yielding, against 45-112 ms (median 71) in seven
- * before (issue 18). At full speed (groups of 250) not yielding made the thread busier (88-93% of
+ * then sits idle during its save. Held at 1,800 lifecycle events/s, p99 to the commit was 44-55
+ * ms in five runs without yielding, against 45-112 ms (median 71) in seven before (issue 18). At full speed (groups of 250) not yielding made the thread busier (88-93% of
  * a run against 83-88%) and most runs faster (medians of the interleaved pairs: 8-11% per
  * workload), but the garbage collector's background marking, starved of the machine's cores,
  * fell behind: peak RSS rose by 10-20 MB, past the bound of 200 MB in three runs of ten. So a
