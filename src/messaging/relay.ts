@@ -247,9 +247,10 @@ const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
  * Rows are still read `WHERE sent_at IS NULL ORDER BY position` each round, so a row committed
  * late by a slow transaction is picked up, never skipped. A holder that dies between a confirm
  * and `markSent` leaves rows its successor publishes again with the same `messageId`: at least
- * once across crashes only. A holder cut off from PostgreSQL may finish the round in flight while
- * a standby already took over, with the same at-least-once result. A handover waits for the round
- * in flight (`handOver`), so it publishes nothing twice.
+ * once across crashes only. A holder whose lock session is cut off (the backend ended, the network
+ * gone) counts itself active until its next check of that session, at most `interval` later, and
+ * may publish rounds meanwhile while a standby has already taken the lock: at least once there
+ * too. A handover waits for the round in flight (`handOver`), so it publishes nothing twice.
  */
 const elect = (
   pg: PgClient.PgClient,

@@ -199,14 +199,23 @@ describe("the outbox relay with two replicas on one database", () => {
              AND objid = hashtext(current_setting('search_path'))::oid`
         )))
       expect(ended?.ended).toBe(true)
-      // The holder notices at its next check and stands by; then one relay (either) holds it again.
-      await eventually("the lock taken again", async () => {
+      // The holder notices at its next check (within an election interval) and stands by; until
+      // then it still counts itself active and may publish beside the relay that took the lock
+      // (at least once, relay.ts). So the rows come once one relay (either) holds the lock and
+      // the same one has been the only active one over several checks: a single look could
+      // fall between the new holder's lock and its own flag while the old one's is still up.
+      const lockHeld = async () => {
         const [row] = await run(Effect.flatMap(SqlClient, (sql) =>
           sql.unsafe<{ n: number }>(
             `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND granted
                AND classid = hashtext('inventory_outbox_relay')::oid AND objid = hashtext(current_setting('search_path'))::oid`
           )))
-        return row?.n === 1 && (await activeOf([a, b])).filter(Boolean).length === 1
+        return row?.n === 1
+      }
+      await eventually("the lock taken again, one relay active over several checks", async () => {
+        if (!(await lockHeld())) return false
+        const seen = await sampled(async () => (await activeOf([a, b])).join())
+        return seen.every((s) => s === seen[0]) && seen[0]!.split(",").filter((x) => x === "true").length === 1 && (await lockHeld())
       })
       await appendRows("r", 5, 10)
       await allSent("rows sent")
