@@ -93,3 +93,31 @@ it.live("stops collecting at scrapes once the layer's scope closes", () =>
     }
     assert.strictEqual(valueOf(yield* renderPrometheus, "nodejs_eventloop_busy_seconds_total"), before)
   }).pipe(Effect.provideService(Metric.MetricRegistry, new Map())))
+
+/**
+ * The delay's figures cover one interval: a long turn shows until the next sample, then is gone
+ * (the monitor is reset each interval, not at each scrape). Scraped every 100 ms meanwhile.
+ */
+it.live("reports the event loop's delay over the last interval only", () =>
+  Effect.gen(function*() {
+    yield* Layer.build(RuntimeMetrics.layer("500 millis"))
+    yield* Effect.sleep("50 millis")
+    const until = Date.now() + 80
+    let spins = 0
+    while (Date.now() < until) spins++
+    assert.isAbove(spins, 0)
+    // Seen at a scrape once the interval it fell in is sampled...
+    let seen = false
+    for (let waited = 0; waited < 5_000 && !seen; waited += 100) {
+      yield* Effect.sleep("100 millis")
+      seen = valueOf(yield* renderPrometheus, "nodejs_eventloop_lag_max_seconds") >= 0.06
+    }
+    assert.isTrue(seen, "the long turn shows in the interval's maximum")
+    // ...and gone once a later interval with no long turn is sampled.
+    let gone = false
+    for (let waited = 0; waited < 5_000 && !gone; waited += 100) {
+      yield* Effect.sleep("100 millis")
+      gone = valueOf(yield* renderPrometheus, "nodejs_eventloop_lag_max_seconds") < 0.06
+    }
+    assert.isTrue(gone, "a later interval without it reports a shorter maximum")
+  }).pipe(Effect.scoped, Effect.provideService(Metric.MetricRegistry, new Map())))
