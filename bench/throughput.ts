@@ -581,40 +581,47 @@ const outboxDrained = () => waitFor("outbox drained", async () => (await count(`
 let ourPrefetch: number | undefined
 
 /**
- * Garbage-collection pauses so far, by kind (`nodejs_gc_duration_seconds`), and the event loop's
- * busy time (`nodejs_eventloop_busy_seconds_total`, as of the scrape), from a consumer's `/metrics`.
+ * From a consumer's `/metrics`: its garbage-collection pauses so far, by kind
+ * (`nodejs_gc_duration_seconds`), and its event loop's busy time as of the scrape
+ * (`nodejs_eventloop_busy_seconds_total`), with when it was read.
  */
-type RuntimeFigures = ReadonlyMap<string, { readonly count: number; readonly seconds: number }> & { readonly busy?: number; readonly at?: number }
+interface RuntimeFigures {
+  readonly pauses: ReadonlyMap<string, { readonly count: number; readonly seconds: number }>
+  readonly busySeconds: number | undefined
+  readonly at: number
+}
 const runtimeFigures = async (port: string): Promise<RuntimeFigures | undefined> => {
   try {
     const at = Date.now()
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
-    const busy = /^nodejs_eventloop_busy_seconds_total (\S+)$/m.exec(text)?.[1]
-    const out: Map<string, { count: number; seconds: number }> & { busy?: number; at?: number } = Object.assign(new Map(), { at, ...(busy === undefined ? {} : { busy: Number(busy) }) })
+    const pauses = new Map<string, { count: number; seconds: number }>()
     for (const m of text.matchAll(/^nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)$/gm)) {
-      const entry = out.get(m[2]!) ?? { count: 0, seconds: 0 }
+      const entry = pauses.get(m[2]!) ?? { count: 0, seconds: 0 }
       if (m[1] === "sum") entry.seconds = Number(m[3])
       else entry.count = Number(m[3])
-      out.set(m[2]!, entry)
+      pauses.set(m[2]!, entry)
     }
-    return out
+    const busy = /^nodejs_eventloop_busy_seconds_total (\S+)$/m.exec(text)?.[1]
+    return { pauses, busySeconds: busy === undefined ? undefined : Number(busy), at }
   } catch {
     return undefined
   }
 }
-/** The pauses of the measured run, and their share of the consumer's CPU over it. */
-const describeGc = (before: RuntimeFigures | undefined, after: RuntimeFigures | undefined, cpuMs: number) => {
+/**
+ * Over the measured run: the share of it the consumer's event loop ran code (the rest it waited,
+ * for PostgreSQL or the broker), and the GC's pauses with their share of the consumer's CPU.
+ */
+const describeRuntime = (before: RuntimeFigures | undefined, after: RuntimeFigures | undefined, cpuMs: number) => {
   if (before === undefined || after === undefined) return ""
   const kinds = ["minor", "major", "incremental"].map((kind) => {
-    const a = after.get(kind) ?? { count: 0, seconds: 0 }
-    const b = before.get(kind) ?? { count: 0, seconds: 0 }
+    const a = after.pauses.get(kind) ?? { count: 0, seconds: 0 }
+    const b = before.pauses.get(kind) ?? { count: 0, seconds: 0 }
     return { kind, count: a.count - b.count, ms: (a.seconds - b.seconds) * 1000 }
   })
   const total = kinds.reduce((sum, k) => sum + k.ms, 0)
-  // The share of the run the main thread ran code; the rest it waited (for PostgreSQL, the broker).
-  const busy = before.busy === undefined || after.busy === undefined || before.at === undefined || after.at === undefined
+  const busy = before.busySeconds === undefined || after.busySeconds === undefined
     ? ""
-    : `; event loop busy ${fmt((100 * (after.busy - before.busy) * 1000) / Math.max(1, after.at - before.at))}% of the run`
+    : `; event loop busy ${fmt((100 * (after.busySeconds - before.busySeconds) * 1000) / Math.max(1, after.at - before.at))}% of the run`
   return `${busy}; GC pauses ${fmt(total)} ms on the main thread, ${fmt((100 * total) / Math.max(1, cpuMs))}% of the consumer's CPU (` +
     kinds.map((k) => `${k.kind} ${fmt(k.count)} in ${fmt(k.ms)} ms`).join(", ") + ")"
 }
@@ -625,9 +632,9 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
   let capture: Awaited<ReturnType<typeof captureOutbound>> | undefined
   let outbound: Outbound | undefined
   let drainMs = 0
-  // Replica 1's pauses over the measured run (one replica: the whole consumer's).
-  let gcBefore: RuntimeFigures | undefined
-  let gcAfter: RuntimeFigures | undefined
+  // Replica 1's GC pauses and event loop over the measured run (one replica: the whole consumer's).
+  let runtimeBefore: RuntimeFigures | undefined
+  let runtimeAfter: RuntimeFigures | undefined
   const run = await measure({
     vhost: targets.ours, label: workload.label, replicas, subscriptions: 2, finished: oursFinished, messages: workload.messages,
     ...(killAfterMs === undefined ? {} : { killAfterMs }),
@@ -638,12 +645,12 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
       if (CONSUMERS > 1) capture = await captureOutbound(targets.ours)
     },
     onStart: async () => {
-      if (replicas === 1) gcBefore = await runtimeFigures(ourEnv.HTTP_PORT)
+      if (replicas === 1) runtimeBefore = await runtimeFigures(ourEnv.HTTP_PORT)
     },
     // What the consumer announced must reach the broker too: how long the outbox takes to empty.
     settle: async () => {
       const t = Date.now()
-      if (replicas === 1) gcAfter = await runtimeFigures(ourEnv.HTTP_PORT)
+      if (replicas === 1) runtimeAfter = await runtimeFigures(ourEnv.HTTP_PORT)
       await outboxDrained()
       drainMs = Date.now() - t
       outbound = await capture?.finish()
@@ -685,7 +692,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     (committed === undefined ? "" : `p50 ${fmt(percentile(committed, 50))} ms, p99 ${fmt(percentile(committed, 99))} ms (to its commit), `) +
     `p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
     `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
-    `${describeLoad(run)}${describeGc(gcBefore, gcAfter, cpuTotal)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
+    `${describeLoad(run)}${describeRuntime(runtimeBefore, runtimeAfter, cpuTotal)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
   return { rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Committed: committed === undefined ? undefined : percentile(committed, 99), p99Announced: percentile(out, 99) }

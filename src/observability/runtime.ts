@@ -32,10 +32,10 @@ const kinds: ReadonlyMap<number, string> = new Map([
 const gcByKind = new Map([...kinds.values()].map((kind) => [kind, Metric.withAttributes(gcDuration, { kind })] as const))
 
 /**
- * Records every GC pause as it happens; memory, CPU and the event loop's busy time every
- * `interval` and right before each scrape (so a scrape sees them as they are, and a bench can
- * take the difference of two scrapes over a few seconds); and every `interval` the event loop's
- * delay, its p99 and maximum over that interval. Stops with its scope.
+ * Records every GC pause as it happens; memory, CPU and the event loop's busy time right before
+ * each scrape (so a scrape sees them as they are, and a bench can take the difference of two
+ * scrapes a few seconds apart); and every `interval` the event loop's delay, its p99 and maximum
+ * over that interval. Stops with its scope.
  */
 export const layer = (interval: Duration.Input = "5 seconds"): Layer.Layer<never> =>
   Layer.effectDiscard(Effect.gen(function*() {
@@ -77,6 +77,7 @@ export const layer = (interval: Duration.Input = "5 seconds"): Layer.Layer<never
         Metric.update(eventLoopBusy, busy)
       ], { discard: true })
     })
+    yield* collectOnScrape(collect)
     // The delay's window is the interval's: a scrape reads it, it does not end it.
     const window = Effect.suspend(() => {
       const p99 = delay.count > 0 ? delay.percentile(99) / 1e9 : 0
@@ -84,8 +85,6 @@ export const layer = (interval: Duration.Input = "5 seconds"): Layer.Layer<never
       delay.reset()
       return Effect.all([Metric.update(eventLoopDelayP99, p99), Metric.update(eventLoopDelayMax, max)], { discard: true })
     })
-    const sample = Effect.andThen(collect, window)
-    yield* collectOnScrape(collect)
-    yield* sample
-    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(interval), sample)))
+    yield* window
+    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(interval), window)))
   }))

@@ -85,8 +85,9 @@ it.live("brings CPU and the event loop's busy time up to date at each scrape", (
 /** What a layer registered for its scrapes goes with its scope. */
 it.live("stops collecting at scrapes once the layer's scope closes", () =>
   Effect.gen(function*() {
-    yield* Effect.scoped(Layer.build(RuntimeMetrics.layer("1 hour")))
-    const before = valueOf(yield* renderPrometheus, "nodejs_eventloop_busy_seconds_total")
+    const whileRunning = yield* Effect.scoped(Effect.andThen(Layer.build(RuntimeMetrics.layer("1 hour")), renderPrometheus))
+    const before = valueOf(whileRunning, "nodejs_eventloop_busy_seconds_total")
+    assert.isAbove(before, 0)
     const until = Date.now() + 100
     while (Date.now() < until) {
       // held on purpose
