@@ -1,11 +1,12 @@
 import { PgClient } from "@effect/sql-pg"
-import { Cause, Clock, Context, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Semaphore } from "effect"
+import { Cause, Clock, Context, Duration, Effect, FiberHandle, Layer, Metric, Option, Queue, Schedule, Semaphore } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import { RuntimeConfig } from "../config.ts"
 import { Readiness } from "../observability/health.ts"
 import { outboxPending, relayActive } from "../observability/metrics.ts"
 import type { PendingOutboxMessage } from "../stores/model.ts"
 import { Outbox } from "../stores/services.ts"
+import { outboxChannel } from "../stores/sql/index.ts"
 import { Consumption } from "./activity.ts"
 import { type OutgoingMessage, Publisher } from "./publisher.ts"
 
@@ -24,7 +25,8 @@ export interface RelayRound {
  * once (a crash between confirm and `markSent` republishes; `messageId` = `event_id` lets
  * consumers deduplicate).
  *
- * It polls; `nudge` wakes it right after a commit, but nothing depends on the nudge.
+ * It polls; `nudge` wakes it right after a commit in this process, and on PostgreSQL a commit
+ * on any replica wakes it (`wakeOnCommits`); nothing depends on either.
  *
  * With several replicas on one database, one relay is active and the others stand by (issue
  * 17), so each row is published once and an aggregate's rows keep their order: see `elect`.
@@ -140,11 +142,16 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
       } else {
         yield* setActive(false)
         const consumption = yield* Effect.serviceOption(Consumption)
+        const listening = yield* FiberHandle.make<never>()
+        const listen = wakeOnCommits(pg.value, Queue.offer(wake, undefined), config.relay.electionInterval)
         // Forked before the loop and the shutdown drain, so it is interrupted after them: the
         // last drain still runs under the lock.
         yield* elect(pg.value, config.relay.electionInterval, {
-          onActive: setActive(true).pipe(Effect.andThen(Queue.offer(wake, undefined))),
-          onStandby: setActive(false),
+          onActive: setActive(true).pipe(
+            Effect.andThen(Queue.offer(wake, undefined)),
+            Effect.andThen(FiberHandle.run(listening, listen, { onlyIfMissing: true }))
+          ),
+          onStandby: setActive(false).pipe(Effect.andThen(FiberHandle.clear(listening))),
           consuming: () => Option.isSome(consumption) && consumption.value.consuming(),
           // Told nothing (no consumers in this runtime), a relay stands as before.
           standingBy: () => Option.isNone(consumption) || consumption.value.standingBy(),
@@ -216,6 +223,39 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
     })
   )
 }
+
+/**
+ * Wakes the relay (`wake`) whenever a commit wrote outbox rows in this deployment's schema, on
+ * any replica (issue 18): the outbox's trigger notifies `outboxChannel` at commit. Under single
+ * active consumer the relay runs on a replica that stands by (see `elect`), which no nudge from
+ * the consuming one reaches: its rows waited for the poll, half of `OUTBOX_POLL_INTERVAL_MS` on
+ * average. It listens on a connection of its own while active; a lost connection is listened
+ * on again after `retry`, the poll covering the gap, so a missed notification only delays rows.
+ */
+const wakeOnCommits = (pg: PgClient.PgClient, wake: Effect.Effect<unknown>, retry: Duration.Duration): Effect.Effect<never> =>
+  Effect.scoped(Effect.gen(function*() {
+    const session = yield* PgClient.makeClient(pg.config)
+    // A listening session never sends a statement, so it cannot end itself when idle as the lock
+    // session does; the server's keepalive ends it once this process is gone without closing it,
+    // rather than keep it (and the notifications it holds back) until the operating system's
+    // default, hours. (Over TCP; a Unix socket needs none.)
+    const seconds = String(Math.max(1, Math.round(Duration.toSeconds(retry))))
+    const [row] = yield* session<{ readonly schema: string }>`SELECT current_schema() AS schema,
+      set_config('tcp_keepalives_idle', ${String(Number(seconds) * 10)}, false), set_config('tcp_keepalives_interval', ${seconds}, false),
+      set_config('tcp_keepalives_count', '3', false)`
+    const notifications = yield* session.listen(outboxChannel)
+    return yield* Effect.forever(Effect.flatMap(Queue.takeAll(notifications), (batch) =>
+      batch.some((n) => n.payload === row?.schema) ? wake : Effect.void))
+  })).pipe(
+    Effect.provide(Reactivity.layer),
+    Effect.catchCause((cause) =>
+      Effect.logWarning("outbox relay not listening for commits; it polls until it listens again").pipe(
+        Effect.annotateLogs({ cause: Cause.pretty(cause) })
+      )),
+    Effect.andThen(Effect.sleep(retry)),
+    Effect.forever,
+    Effect.withTracerEnabled(false)
+  )
 
 /** The relay lock: one per database and `search_path`, so deployments in other schemas elect their own. */
 const relayKey = "hashtext('inventory_outbox_relay'), hashtext(current_setting('search_path'))"

@@ -13,6 +13,7 @@ import { WorkingSetSql } from "./workingSet.ts"
 
 export type { DatabaseOptions } from "./client.ts"
 export { fromSqlError, UnexpectedDatabaseError } from "./errors.ts"
+export { outboxChannel } from "./migrations.ts"
 
 /** Every store service on PostgreSQL, given a migrated `SqlClient` (and `PgClient`). */
 export const storesLayer = Layer.mergeAll(

@@ -3,6 +3,9 @@ import * as Migrator from "effect/sql/Migrator"
 import { SqlClient } from "effect/sql/SqlClient"
 import { liveReservationIndex } from "./errors.ts"
 
+/** The channel a commit that wrote outbox rows notifies, with the outbox's schema as payload (`0006_outbox_notify`). */
+export const outboxChannel = "inventory_outbox"
+
 /*
  * Types. Ids are `text COLLATE "C"` so that ORDER BY sorts them the way `compareStockKeys`
  * does (code-unit order), whatever the database's locale: rows are locked in that order.
@@ -180,13 +183,33 @@ const failedEventsByOrganization = statements(
  */
 const outboxFillfactor = statements(`ALTER TABLE outbox SET (fillfactor = 50)`)
 
+/**
+ * A commit that wrote outbox rows wakes the active relay wherever it runs (issue 18): with
+ * several replicas the relay moves to one that stands by, which no in-process nudge reaches, and
+ * its rows would otherwise wait for its poll. A statement trigger notifies at most once per
+ * statement that inserted rows, with the outbox's schema as the payload (deployments in other
+ * schemas share the channel); PostgreSQL delivers it at commit, and not at all on rollback.
+ */
+const outboxNotify = statements(
+  `CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN
+    IF EXISTS (SELECT 1 FROM inserted) THEN
+      PERFORM pg_notify('${outboxChannel}', TG_TABLE_SCHEMA);
+    END IF;
+    RETURN NULL;
+  END $$`,
+  `CREATE TRIGGER outbox_notify AFTER INSERT ON outbox REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()`
+)
+
 /** Every migration, in code: nothing is read from disk at run time. */
 export const loader = Migrator.fromRecord({
   "0001_create_inventory_tables": createTables,
   "0002_failed_event_headers": failedEventHeaders,
   "0003_failed_event_copies": failedEventCopies,
   "0004_failed_events_by_organization": failedEventsByOrganization,
-  "0005_outbox_fillfactor": outboxFillfactor
+  "0005_outbox_fillfactor": outboxFillfactor,
+  "0006_outbox_notify": outboxNotify
 })
 
 const run = Migrator.make({})
