@@ -104,6 +104,8 @@ export interface DlqMonitorSettings {
 export interface ReservationSettings {
   readonly sweepInterval: Duration.Duration
   readonly sweepBatch: number
+  /** Timers are held for reservations due within this; a refill every half of it arms the rest. */
+  readonly horizon: Duration.Duration
 }
 
 export interface RuntimeSettings {
@@ -246,7 +248,8 @@ const failedEventSettings: Config.Config<FailedEventRetentionSettings> = Config.
 
 const reservationSettings: Config.Config<ReservationSettings> = Config.all({
   sweepInterval: duration("RESERVATION_SWEEP_INTERVAL", Duration.seconds(60)),
-  sweepBatch: int("RESERVATION_SWEEP_BATCH", 500)
+  sweepBatch: int("RESERVATION_SWEEP_BATCH", 500),
+  horizon: duration("RESERVATION_TIMER_HORIZON", Duration.minutes(2))
 })
 
 /**

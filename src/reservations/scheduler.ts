@@ -11,8 +11,15 @@ export interface SchedulerOptions {
   readonly sweepBatch: number
   /** Expiries run at once when many timers fire together (default 4). */
   readonly expiryConcurrency?: number
-  /** Active reservations read per page by start-up recovery (default 1000). */
+  /** Active reservations read per page by start-up recovery and the refill (default 1000). */
   readonly recoveryPageSize?: number
+  /**
+   * Hold timers only for reservations due within this much of now; a refill every half of it
+   * arms those that came within reach. None (the default here): every live reservation's timer
+   * is held. The consumer sets it (`RESERVATION_TIMER_HORIZON`), so its memory does not grow
+   * with the live reservations (issue 18).
+   */
+  readonly horizon?: Duration.Input | undefined
 }
 
 const transientRetry = Schedule.max([Schedule.exponential("200 millis", 2), Schedule.recurs(4)])
@@ -143,17 +150,19 @@ class TimerIndex {
 }
 
 /**
- * The TTL scheduler (issue 5): keyed, cancellable timers, one per live reservation, driven by
- * one fiber on the Effect clock (so `TestClock` drives it). It is the FiberMap pattern with
- * the fibers folded into a deadline heap: a sleeping fiber costs ~2.4 KB, a heap entry well
- * under 200 B, which is what keeps 100,000 pending reservations inside the memory budget.
- * A cancelled timer leaves the heap at once and recovery reads the table in pages, so memory
- * stays bounded by live reservations whatever their TTL (issue 15).
+ * The TTL scheduler (issue 5): keyed, cancellable timers, driven by one fiber on the Effect
+ * clock (so `TestClock` drives it). It is the FiberMap pattern with the fibers folded into a
+ * deadline heap: a sleeping fiber costs ~2.4 KB, a heap entry well under 200 B. A cancelled timer
+ * leaves the heap at once and the table is read in pages (issue 15). With a `horizon`, only the
+ * reservations due within it have a timer in memory, so memory no longer follows the live
+ * reservations (at 230 B a timer, a million of them would not fit the heap; issue 18): a
+ * reservation due later is armed by the refill that reaches it, on every replica, so a standby
+ * holds the timers the consuming replica would have if it died.
  *
  * When a timer fires, the expiry runs in its own unit of work. Expiry is idempotent (row lock
  * and conditional transition), so a timer that fires late, twice, or on two replicas releases
- * stock once. At start-up every active reservation gets its timer back (overdue ones fire at
- * once), and a periodic sweep expires what a dead replica's timers would have.
+ * stock once. At start-up every active reservation due within the horizon gets its timer back
+ * (overdue ones fire at once), and a periodic sweep expires what a dead replica's timers would have.
  */
 export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers, never, Stores> =>
   Layer.effect(
@@ -169,27 +178,38 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       let wake = Deferred.makeUnsafe<void>()
       const due = yield* Queue.unbounded<Timer>()
 
+      const horizon = options.horizon === undefined ? undefined : Duration.toMillis(Duration.fromInputUnsafe(options.horizon))
+
+      const drop = (organizationId: string, reservationId: string) => {
+        const timer = timers.get(organizationId, reservationId)
+        if (timer === undefined) return
+        timers.delete(organizationId, reservationId)
+        heap.remove(timer)
+      }
+
+      /** Holds the reservation's timer, unless it is due beyond the horizon (the refill arms it then). */
+      const hold = (reservation: ReservationSchedule, now: number) => {
+        const at = reservation.expires_at.getTime()
+        if (horizon !== undefined && at > now + horizon) return drop(reservation.organization_id, reservation.reservation_id)
+        if (timers.get(reservation.organization_id, reservation.reservation_id)?.at === at) return
+        const { timer, replaced } = timers.set(reservation.organization_id, reservation.reservation_id, (organization_id) => ({
+          organization_id,
+          reservation_id: reservation.reservation_id,
+          at,
+          seq: ++seq,
+          index: -1
+        }))
+        if (replaced !== undefined) heap.remove(replaced)
+        heap.push(timer)
+        if (heap.top === timer) Deferred.doneUnsafe(wake, Effect.void)
+      }
+
       const service: ReservationTimers["Service"] = ReservationTimers.of({
         schedule: (reservation: ReservationSchedule) =>
-          Effect.sync(() => {
-            const { timer, replaced } = timers.set(reservation.organization_id, reservation.reservation_id, (organization_id) => ({
-              organization_id,
-              reservation_id: reservation.reservation_id,
-              at: reservation.expires_at.getTime(),
-              seq: ++seq,
-              index: -1
-            }))
-            if (replaced !== undefined) heap.remove(replaced)
-            heap.push(timer)
-            if (heap.top === timer) Deferred.doneUnsafe(wake, Effect.void)
-          }),
-        cancel: (organizationId, reservationId) =>
-          Effect.sync(() => {
-            const timer = timers.get(organizationId, reservationId)
-            if (timer === undefined) return
-            timers.delete(organizationId, reservationId)
-            heap.remove(timer)
-          }),
+          horizon === undefined
+            ? Effect.sync(() => hold(reservation, 0))
+            : Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => hold(reservation, now))),
+        cancel: (organizationId, reservationId) => Effect.sync(() => drop(organizationId, reservationId)),
         pending: Effect.sync(() => heap.size),
         settled: Effect.gen(function*() {
           for (;;) {
@@ -275,24 +295,50 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         heap.clear()
       }))
 
-      // Recovery: every active reservation gets its timer back; those past due fire at once.
-      // Read a page at a time (keyset), so start-up holds one page of rows, not the whole table.
+      // Timers from the table, a page at a time (keyset), so this holds one page of rows, not the
+      // whole table: at start-up every active reservation due within the horizon (every one
+      // without a horizon; those past due fire at once), then, every half horizon, those that came
+      // within reach since (`reached`: how far the last refill loaded). A reservation the refill
+      // has not reached yet was due beyond the horizon when it was scheduled, so `hold` left it to
+      // the refill; a refill that fails is covered by the next one, and by the sweep.
       const reservations = yield* Reservations
       const pageSize = options.recoveryPageSize ?? 1000
-      let recovered = 0
-      let after: ReservationRef | null = null
-      for (;;) {
-        const page: ReadonlyArray<ReservationSchedule> = yield* reservations.activeSchedules(after, pageSize).pipe(
-          Effect.retry(transientRetry),
-          Effect.orDie
-        )
-        for (const reservation of page) yield* service.schedule(reservation)
-        recovered += page.length
-        const last = page[page.length - 1]
-        if (page.length < pageSize || last === undefined) break
-        after = { organization_id: last.organization_id, reservation_id: last.reservation_id }
-      }
+      let reached: Date | null = null
+      const load = Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const upTo = horizon === undefined ? undefined : new Date(now + horizon)
+        let loaded = 0
+        let after: ReservationRef | null = null
+        for (;;) {
+          const page: ReadonlyArray<ReservationSchedule> = yield* reservations.activeSchedules(
+            after,
+            pageSize,
+            upTo === undefined ? undefined : { after: reached, upTo }
+          ).pipe(Effect.retry(transientRetry))
+          for (const reservation of page) hold(reservation, now)
+          loaded += page.length
+          const last = page[page.length - 1]
+          if (page.length < pageSize || last === undefined) break
+          after = { organization_id: last.organization_id, reservation_id: last.reservation_id }
+        }
+        if (upTo !== undefined) reached = upTo
+        return loaded
+      })
+      const recovered = yield* Effect.orDie(load)
       yield* Effect.logInfo("reservation timers recovered").pipe(Effect.annotateLogs({ count: recovered }))
+      if (horizon !== undefined) {
+        yield* Effect.sleep(Duration.millis(horizon / 2)).pipe(
+          Effect.andThen(load),
+          Effect.catchCause((cause) =>
+            Effect.logWarning("reservation timer refill failed; the next one retries").pipe(
+              Effect.annotateLogs({ cause: Cause.pretty(cause) })
+            )
+          ),
+          Effect.forever,
+          Effect.provideContext(context),
+          Effect.forkScoped
+        )
+      }
 
       yield* Effect.forkScoped(driver)
       for (let i = 0; i < (options.expiryConcurrency ?? 4); i++) yield* Effect.forkScoped(worker)

@@ -123,10 +123,15 @@ export class Reservations extends Context.Service<Reservations, {
   /** Active reservations past due, locked, skipping any another process holds. */
   lockDue(now: Date, limit: number): Db<ReadonlyArray<Reservation>>
   /**
-   * Active reservations' expiries, for rescheduling timers at start-up: at most `limit`, in
-   * (organization, reservation id) order, after the cursor (keyset pagination; null: from the start).
+   * Active reservations' expiries, for the timers: at most `limit`, in (organization, reservation
+   * id) order, after the cursor (keyset pagination; null: from the start); with `due`, only those
+   * expiring after `due.after` (null: any time before) and at `due.upTo` or earlier.
    */
-  activeSchedules(after: ReservationRef | null, limit: number): Db<ReadonlyArray<ReservationSchedule>>
+  activeSchedules(
+    after: ReservationRef | null,
+    limit: number,
+    due?: { readonly after: Date | null; readonly upTo: Date }
+  ): Db<ReadonlyArray<ReservationSchedule>>
   list(filter: { readonly organization_id: string; readonly order_id?: string; readonly status?: ReservationStatus }): Db<ReadonlyArray<Reservation>>
 }>()("inventory/stores/Reservations") {}
 

@@ -162,6 +162,23 @@ const recoverySuite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         for (const s of mine) assert.strictEqual(s.expires_at.getTime(), at.getTime())
       }))
 
+    it.effect("activeSchedules with `due` reads only the active reservations expiring in the slice (after, upTo]", () =>
+      Effect.gen(function*() {
+        const org = freshOrg()
+        const t0 = Date.now() + 3_600_000
+        const at = (minutes: number) => new Date(t0 + minutes * 60_000)
+        for (const m of [10, 20, 30]) yield* reservationRow(org, `r${m}`, "active", at(m))
+        yield* reservationRow(org, "r15-confirmed", "confirmed", at(15))
+        const slice = (after: Date | null, upTo: Date) =>
+          Effect.map(
+            Effect.flatMap(Reservations, (r) => r.activeSchedules(null, 1000, { after, upTo })),
+            (rows) => rows.filter((x) => x.organization_id === org).map((x) => x.reservation_id).sort()
+          ).pipe(Effect.orDie)
+        assert.deepStrictEqual(yield* slice(at(10), at(20)), ["r20"], "after is exclusive, upTo inclusive")
+        assert.deepStrictEqual(yield* slice(null, at(20)), ["r10", "r20"])
+        assert.deepStrictEqual(yield* slice(at(30), at(90)), [])
+      }))
+
     it.effect("start-up recovery reads pages of recoveryPageSize and schedules every active reservation", () =>
       Effect.gen(function*() {
         const org = freshOrg()

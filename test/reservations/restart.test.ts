@@ -114,8 +114,9 @@ describe("reservation timers across a restart", () => {
 
     const second = consumer()
     await eventually("second consumer started", () => second.output().includes("consumer started"), 60_000)
-    // Every live reservation got its timer back, the anchor's included.
-    expect(recoveredCount(second.output()), second.output()).toBe(orders.length + 1)
+    // Every live reservation due within the timer horizon (RESERVATION_TIMER_HORIZON, 2 minutes)
+    // got its timer back; the anchor's, due in an hour, is left to a later refill.
+    expect(recoveredCount(second.output()), second.output()).toBe(orders.length)
 
     await eventually("every short reservation expired", async () => {
       const s = await statuses()

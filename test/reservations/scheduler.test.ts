@@ -7,7 +7,10 @@ import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import { addWarehouse, freshOrg, noRetries, outboxOf, putStock, quantities, reservationsOf, send } from "../support/events.ts"
 
 /** Timers only: a sweep interval far beyond any test, so every release proves a timer fired. */
-const timersOnly = Scheduler.layer({ sweepInterval: "1000 days", sweepBatch: 100 }).pipe(Layer.provideMerge(MemoryStores.layer))
+const timersOnlyOptions = { sweepInterval: "1000 days", sweepBatch: 100 } as const
+const timersOnly = Scheduler.layer(timersOnlyOptions).pipe(Layer.provideMerge(MemoryStores.layer))
+/** The same, holding timers only for reservations due within 2 minutes (as the consumer does). */
+const withHorizon = Scheduler.layer({ ...timersOnlyOptions, horizon: "2 minutes" }).pipe(Layer.provideMerge(MemoryStores.layer))
 
 const place = (org: string, order: string, quantity: number, ttl: number) =>
   send(org, "order.placed", { order_id: order, items: [{ variant_id: "v1", quantity }], reservation_ttl_minutes: ttl })
@@ -135,6 +138,50 @@ describe("reservation TTL timers", () => {
       assert.strictEqual(yield* fresh.pending, 1)
       yield* TestClock.adjust("1 hour")
       assert.strictEqual(yield* status(org, "later"), "expired")
+    })).pipe(Effect.provide(timersOnly)))
+
+  it.effect("with a horizon, a timer is held only once its reservation is due within it, and still fires at expires_at", () =>
+    noRetries(Effect.gen(function*() {
+      const org = yield* setup
+      const timers = yield* ReservationTimers
+      yield* place(org, "near", 1, 1)
+      yield* place(org, "far", 1, 15)
+      assert.strictEqual(yield* timers.pending, 1, "the reservation due in 15 minutes has no timer yet")
+      // Refills every minute, each reaching 2 minutes ahead: the one at 13 minutes reaches 15.
+      yield* TestClock.adjust("12 minutes")
+      assert.strictEqual(yield* status(org, "near"), "expired")
+      assert.strictEqual(yield* timers.pending, 0)
+      yield* TestClock.adjust("1 minute")
+      assert.strictEqual(yield* timers.pending, 1, "armed by the refill")
+      yield* TestClock.adjust("119999 millis")
+      assert.strictEqual(yield* status(org, "far"), "active", "not before expires_at")
+      yield* TestClock.adjust("1 millis")
+      yield* timers.settled
+      assert.strictEqual(yield* status(org, "far"), "expired")
+    })).pipe(Effect.provide(withHorizon)))
+
+  it.effect("with a horizon, start-up arms what is due within it and the refills the rest; a confirm still cancels", () =>
+    noRetries(Effect.gen(function*() {
+      const org = yield* setup
+      // Written under a scheduler without a horizon, whose timers die with it (a restart).
+      const before = yield* ReservationTimers
+      for (const [order, ttl] of [["soon", 1], ["later", 60], ["confirmed", 60]] as const) {
+        yield* place(org, order, 1, ttl)
+        yield* before.cancel(org, (yield* reservationsOf(org, order))[0]!.reservation_id)
+      }
+      const timers = Context.get(yield* Layer.build(Scheduler.layer({ ...timersOnlyOptions, horizon: "2 minutes" })), ReservationTimers)
+      assert.strictEqual(yield* timers.pending, 1, "only the reservation due within the horizon")
+      yield* TestClock.adjust("1 minute")
+      yield* timers.settled
+      assert.strictEqual(yield* status(org, "soon"), "expired")
+      yield* send(org, "order.confirmed", { order_id: "confirmed" })
+      yield* TestClock.adjust("58 minutes")
+      assert.strictEqual(yield* timers.pending, 1, "the confirmed reservation is not armed")
+      assert.strictEqual(yield* status(org, "later"), "active")
+      yield* TestClock.adjust("1 minute")
+      yield* timers.settled
+      assert.strictEqual(yield* status(org, "later"), "expired")
+      assert.strictEqual(yield* status(org, "confirmed"), "confirmed")
     })).pipe(Effect.provide(timersOnly)))
 
   it.effect("the periodic sweep expires what no timer holds", () =>

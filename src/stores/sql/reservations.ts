@@ -157,11 +157,14 @@ export const ReservationsSql = Layer.effect(
           ORDER BY c.expires_at, c.seq`),
 
       // Keyset on the primary key: each page continues from the last one's key, whatever changed since.
-      activeSchedules: (after, limit) =>
+      // With `due`, a slice of `reservations_due` (status, expires_at), however large the table.
+      activeSchedules: (after, limit, due) =>
         Effect.map(
           orDatabaseError(sql<{ readonly organization_id: string; readonly reservation_id: string; readonly expires_at: Date }>`
             SELECT organization_id, reservation_id, expires_at FROM reservations
             WHERE status = 'active' AND expires_at IS NOT NULL
+              ${due === undefined ? sql`` : sql`AND expires_at <= ${due.upTo}`}
+              ${due?.after == null ? sql`` : sql`AND expires_at > ${due.after}`}
               ${after === null ? sql`` : sql`AND (organization_id, reservation_id) > (${after.organization_id}, ${after.reservation_id})`}
             ORDER BY organization_id, reservation_id
             LIMIT ${limit}`),
