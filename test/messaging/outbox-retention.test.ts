@@ -2,23 +2,15 @@ import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import * as TestClock from "effect/testing/TestClock"
 import { RuntimeConfig } from "../../src/config.ts"
-import type { OutboundEvent } from "../../src/domain/published.ts"
 import { type OutgoingMessage, Publisher, PublishError } from "../../src/messaging/publisher.ts"
 import { OutboxRelay } from "../../src/messaging/relay.ts"
 import { MemoryDatabase } from "../../src/stores/memory/MemoryDatabase.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import { Outbox, type Stores } from "../../src/stores/services.ts"
+import { outboxRow } from "../support/relays.ts"
 import { sqlStoresLayer } from "../support/sql.ts"
 
-const row = (id: string) => ({
-  event_id: id,
-  organization_id: "org",
-  event_type: "inventory.stock.released" as const,
-  aggregate_key: `org/order/${id}`,
-  payload: { event: "inventory.stock.released", event_id: id } as unknown as OutboundEvent,
-  traceparent: null,
-  created_at: new Date(0)
-})
+const row = (id: string) => outboxRow(id)
 
 const ids = Effect.flatMap(Outbox, (o) => o.pending(100)).pipe(Effect.map((rows) => rows.map((r) => r.event_id)))
 

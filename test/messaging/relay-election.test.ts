@@ -1,17 +1,13 @@
-import { Context, Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
+import { Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { RuntimeConfig } from "../../src/config.ts"
-import type { OutboundEvent } from "../../src/domain/published.ts"
-import { Consumption } from "../../src/messaging/activity.ts"
-import { Broker } from "../../src/messaging/connection.ts"
-import { Publisher } from "../../src/messaging/publisher.ts"
-import { OutboxRelay } from "../../src/messaging/relay.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Outbox } from "../../src/stores/services.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
-import { createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { createVhost, deleteVhost, eventually, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { captureAnnouncements, type Consumers, outboxRow, type Replica, startRelay as startRelayOn } from "../support/relays.ts"
 
 /**
  * Two relays on one database (two replicas): one holds the PostgreSQL advisory lock and
@@ -23,7 +19,7 @@ import { createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost 
 const vhost = uniqueVhost("relay_election")
 const schema = uniqueSchema("mq_relay_election")
 const env = testEnv(vhost, { OUTBOX_POLL_INTERVAL_MS: "50", OUTBOX_BATCH_SIZE: "20", OUTBOX_RELAY_LOCK_INTERVAL: "100" })
-const capture = "relay_election_capture"
+const capture = captureAnnouncements(vhost, "relay_election_capture")
 
 // One pool for both relays, as in one process: each relay still takes the lock on a dedicated
 // connection of its own, so the two are as separate as two replicas' sessions.
@@ -32,56 +28,18 @@ const database = ManagedRuntime.make(
 )
 const run = <A, E>(effect: Effect.Effect<A, E, any>) => database.runPromise(effect)
 
-const relayLayer = OutboxRelay.layer.pipe(Layer.provideMerge(Publisher.layer), Layer.provideMerge(Broker.layer))
-
-interface Replica {
-  readonly relay: OutboxRelay["Service"]
-  readonly stop: () => Promise<void>
-}
-
-/** What a replica's consumers are doing (`Consumption`), changed by the test as it goes. */
-interface Consumers {
-  consuming: boolean
-  standingBy: boolean
-}
 const consumingReplica = (): Consumers => ({ consuming: true, standingBy: false })
 const standbyReplica = (): Consumers => ({ consuming: false, standingBy: true })
 
 /** A replica's relay; `consumers` stands for its consumers' state, none: not known. */
-const startRelay = (consumers?: Consumers): Promise<Replica> =>
-  run(Effect.gen(function*() {
-    const scope = yield* Scope.make()
-    const layer = consumers === undefined
-      ? relayLayer
-      : relayLayer.pipe(Layer.provide(Layer.succeed(Consumption, Consumption.of({
-        consuming: () => consumers.consuming,
-        standingBy: () => consumers.standingBy,
-        register: () => Effect.void
-      }))))
-    const context = yield* Layer.buildWithScope(layer, scope)
-    let stopping: Promise<void> | undefined
-    return {
-      relay: Context.get(context, OutboxRelay),
-      stop: () => (stopping ??= run(Scope.close(scope, Exit.void)))
-    }
-  }))
-
-const row = (aggregate: string, n: number) => ({
-  event_id: `${aggregate}-${n}`,
-  organization_id: "org",
-  event_type: "inventory.stock.released" as const,
-  aggregate_key: `org/order/${aggregate}`,
-  payload: { event: "inventory.stock.released", event_id: `${aggregate}-${n}` } as unknown as OutboundEvent,
-  traceparent: null,
-  created_at: new Date(0)
-})
+const startRelay = (consumers?: Consumers) => startRelayOn(run, consumers)
 
 /** `count` rows for each of `aggregates`, appended in several commits as units of work would. */
 const appendRows = (prefix: string, aggregates: number, count: number) =>
   run(Effect.gen(function*() {
     const outbox = yield* Outbox
     for (let n = 0; n < count; n++) {
-      yield* outbox.append(Array.from({ length: aggregates }, (_, a) => row(`${prefix}${a}`, n)))
+      yield* outbox.append(Array.from({ length: aggregates }, (_, a) => outboxRow(`${prefix}${a}-${n}`, `${prefix}${a}`)))
     }
   }))
 
@@ -90,14 +48,7 @@ const pending = () => run(Effect.flatMap(Outbox, (o) => o.pendingCount()))
 const allSent = (label: string) => eventually(label, async () => (await pending()) === 0)
 
 /** Every message in the capture queue, in queue order, by event id. */
-const drainCapture = async () => {
-  const client = await TestClient.connect(vhost)
-  try {
-    return (await client.drain(capture)).map((m) => String(m.properties.messageId))
-  } finally {
-    await client.close()
-  }
-}
+const drainCapture = capture.drain
 
 const activeOf = (replicas: ReadonlyArray<Replica>) => Promise.all(replicas.map((r) => run(r.relay.active)))
 
@@ -120,11 +71,7 @@ const sampled = async <A>(read: () => Promise<A>): Promise<Array<A>> => {
 
 beforeAll(async () => {
   await createVhost(vhost)
-  const client = await TestClient.connect(vhost)
-  await client.channel.assertExchange("inventory_events", "topic", { durable: true })
-  await client.channel.assertQueue(capture, { durable: true })
-  await client.channel.bindQueue(capture, "inventory_events", "#")
-  await client.close()
+  await capture.declare()
 })
 
 afterAll(async () => {
