@@ -14,8 +14,8 @@ export interface SchedulerOptions {
   /** Active reservations read per page by start-up recovery and the refill (default 1000). */
   readonly recoveryPageSize?: number
   /**
-   * Hold timers only for reservations due within this much of now; a refill every half of it
-   * arms those that came within reach. None (the default here): every live reservation's timer
+   * Hold timers only for reservations due within this much of now (at least 2 s); a refill every
+   * half of it arms those that came within reach. None (the default here): every live reservation's timer
    * is held. The consumer sets it (`RESERVATION_TIMER_HORIZON`), so its memory does not grow
    * with the live reservations (issue 18).
    */
@@ -178,7 +178,8 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       let wake = Deferred.makeUnsafe<void>()
       const due = yield* Queue.unbounded<Timer>()
 
-      const horizon = options.horizon === undefined ? undefined : Duration.toMillis(Duration.fromInputUnsafe(options.horizon))
+      // At least 2 s, so the refill reads the table at most once a second.
+      const horizon = options.horizon === undefined ? undefined : Math.max(2_000, Duration.toMillis(Duration.fromInputUnsafe(options.horizon)))
 
       const drop = (organizationId: string, reservationId: string) => {
         const timer = timers.get(organizationId, reservationId)
