@@ -25,14 +25,19 @@ export interface RelayRound {
  * once (a crash between confirm and `markSent` republishes; `messageId` = `event_id` lets
  * consumers deduplicate).
  *
- * It polls; `nudge` wakes it right after a commit in this process, and on PostgreSQL a commit
- * on any replica wakes it (`wakeOnCommits`); nothing depends on either.
+ * It polls, and is woken after each commit: on PostgreSQL by the commit's notification, from
+ * any replica (`wakeOnCommits`); over the memory outbox, which lives in this process, by `nudge`.
+ * Nothing depends on either.
  *
  * With several replicas on one database, one relay is active and the others stand by (issue
  * 17), so each row is published once and an aggregate's rows keep their order: see `elect`.
  */
 export class OutboxRelay extends Context.Service<OutboxRelay, {
-  /** Wake the relay now (cheap, never blocks). */
+  /**
+   * Told after a commit in this process (cheap, never blocks): wakes a relay over the memory
+   * outbox; on PostgreSQL the commit's own notification wakes the active relay, so this does
+   * nothing (it would only add an empty round, issue 18).
+   */
   readonly nudge: Effect.Effect<void>
   /** One publish round, as the loop runs it (nothing on a standby). */
   readonly publishPending: Effect.Effect<RelayRound>
@@ -216,7 +221,7 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
       )
 
       return OutboxRelay.of({
-        nudge: Queue.offer(wake, undefined).pipe(Effect.asVoid),
+        nudge: Option.isNone(pg) ? Queue.offer(wake, undefined).pipe(Effect.asVoid) : Effect.void,
         publishPending: round,
         active: Effect.sync(() => active)
       })

@@ -336,7 +336,6 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
             )
           ),
           Effect.forever,
-          Effect.provideContext(context),
           Effect.forkScoped
         )
       }

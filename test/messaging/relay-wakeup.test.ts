@@ -47,7 +47,12 @@ const saveInGroup = (ids: ReadonlyArray<string>) =>
         forget: []
       })))))
 
-/** Waits until the relay holds the lock and has listened for a while (its first round done). */
+/**
+ * Waits until the relay holds the lock, then half a second more: its first round (woken on
+ * taking the lock) is over, so it cannot be what publishes the rows written next, and its
+ * listener is registered, so their notification is not missed (that would fail the test, not
+ * pass it).
+ */
 const settledActive = async (replica: Replica) => {
   await eventually("the relay active", () => run(replica.relay.active))
   await new Promise((r) => setTimeout(r, 500))

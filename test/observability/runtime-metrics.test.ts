@@ -104,9 +104,9 @@ it.live("reports the event loop's delay over the last interval only", () =>
     yield* Layer.build(RuntimeMetrics.layer("500 millis"))
     yield* Effect.sleep("50 millis")
     const until = Date.now() + 80
-    let spins = 0
-    while (Date.now() < until) spins++
-    assert.isAbove(spins, 0)
+    while (Date.now() < until) {
+      // held on purpose
+    }
     // Seen at a scrape once the interval it fell in is sampled...
     let seen = false
     for (let waited = 0; waited < 5_000 && !seen; waited += 100) {
