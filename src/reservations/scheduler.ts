@@ -1,8 +1,8 @@
-import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedule } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedule, Stream } from "effect"
 import { expireOverdue, expireReservation } from "../handlers/expiry.ts"
 import { reservationsExpired } from "../observability/metrics.ts"
 import type { ReservationSchedule } from "../stores/model.ts"
-import { type ReservationRef, Reservations, ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
+import { Reservations, ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
 
 export interface SchedulerOptions {
   /** How often overdue reservations are swept (default 60 s). */
@@ -11,8 +11,6 @@ export interface SchedulerOptions {
   readonly sweepBatch: number
   /** Expiries run at once when many timers fire together (default 4). */
   readonly expiryConcurrency?: number
-  /** Active reservations read per page by start-up recovery and the refill (default 1000). */
-  readonly recoveryPageSize?: number
   /**
    * Hold timers only for reservations due within this much of now (at least 2 s); a refill every
    * half of it arms those that came within reach. None (the default here): every live reservation's timer
@@ -153,7 +151,7 @@ class TimerIndex {
  * The TTL scheduler (issue 5): keyed, cancellable timers, driven by one fiber on the Effect
  * clock (so `TestClock` drives it). It is the FiberMap pattern with the fibers folded into a
  * deadline heap: a sleeping fiber costs ~2.4 KB, a heap entry well under 200 B. A cancelled timer
- * leaves the heap at once and the table is read in pages (issue 15). With a `horizon`, only the
+ * leaves the heap at once and the table is streamed, never held whole (issue 15). With a `horizon`, only the
  * reservations due within it have a timer in memory, so memory no longer follows the live
  * reservations (at 230 B a timer, a million of them would not fit the heap; issue 18): a
  * reservation due later is armed by the refill that reaches it, on every replica, so a standby
@@ -296,32 +294,30 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         heap.clear()
       }))
 
-      // Timers from the table, a page at a time (keyset), so this holds one page of rows, not the
-      // whole table: at start-up every active reservation due within the horizon (every one
-      // without a horizon; those past due fire at once), then, every half horizon, those that came
-      // within reach since (`reached`: how far the last refill loaded). A reservation the refill
-      // has not reached yet was due beyond the horizon when it was scheduled, so `hold` left it to
-      // the refill; a refill that fails is covered by the next one, and by the sweep.
+      // Timers from the table, streamed, so this holds what one read brings, not the whole table:
+      // at start-up every active reservation due within the horizon (every one without a horizon;
+      // those past due fire at once), then, every half horizon, those that came within reach since
+      // (`reached`: how far the last refill loaded). A reservation the refill has not reached yet
+      // was due beyond the horizon when it was scheduled, so `hold` left it to the refill; a refill
+      // that fails is covered by the next one, and by the sweep. A retry reads the slice again:
+      // holding a reservation twice keeps one timer.
       const reservations = yield* Reservations
-      const pageSize = options.recoveryPageSize ?? 1000
       let reached: Date | null = null
       const load = Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const upTo = horizon === undefined ? undefined : new Date(now + horizon)
-        let loaded = 0
-        let after: ReservationRef | null = null
-        for (;;) {
-          const page: ReadonlyArray<ReservationSchedule> = yield* reservations.activeSchedules(
-            after,
-            pageSize,
-            upTo === undefined ? undefined : { after: reached, upTo }
-          ).pipe(Effect.retry(transientRetry))
-          for (const reservation of page) hold(reservation, now)
-          loaded += page.length
-          const last = page[page.length - 1]
-          if (page.length < pageSize || last === undefined) break
-          after = { organization_id: last.organization_id, reservation_id: last.reservation_id }
-        }
+        const loaded = yield* Effect.suspend(() => {
+          let count = 0
+          return reservations.activeSchedules(upTo === undefined ? undefined : { after: reached, upTo }).pipe(
+            Stream.runForEachArray((page) =>
+              Effect.sync(() => {
+                for (const reservation of page) hold(reservation, now)
+                count += page.length
+              })
+            ),
+            Effect.map(() => count)
+          )
+        }).pipe(Effect.retry(transientRetry))
         if (upTo !== undefined) reached = upTo
         return loaded
       })

@@ -1,4 +1,4 @@
-import { Context, type Effect, type Option } from "effect"
+import { Context, type Effect, type Option, type Stream } from "effect"
 import type { DatabaseError } from "../domain/errors.ts"
 import type {
   EventLogEntry,
@@ -52,7 +52,7 @@ export interface OrderRef {
   readonly order_id: string
 }
 
-/** One reservation of one organization: also the keyset cursor of `activeSchedules`. */
+/** One reservation of one organization. */
 export interface ReservationRef {
   readonly organization_id: string
   readonly reservation_id: string
@@ -123,15 +123,12 @@ export class Reservations extends Context.Service<Reservations, {
   /** Active reservations past due, locked, skipping any another process holds. */
   lockDue(now: Date, limit: number): Db<ReadonlyArray<Reservation>>
   /**
-   * Active reservations' expiries, for the timers: at most `limit`, in (organization, reservation
-   * id) order, after the cursor (keyset pagination; null: from the start); with `due`, only those
-   * expiring after `due.after` (null: any time before) and at `due.upTo` or earlier.
+   * Active reservations' expiries, for the timers, as a stream: one statement and one pass over
+   * the rows, in no particular order, so the reader holds what one read brings, not the table
+   * (the SQL store's driver pauses the socket when the reader falls behind). With `due`, only
+   * those expiring after `due.after` (null: any time before) and at `due.upTo` or earlier.
    */
-  activeSchedules(
-    after: ReservationRef | null,
-    limit: number,
-    due?: { readonly after: Date | null; readonly upTo: Date }
-  ): Db<ReadonlyArray<ReservationSchedule>>
+  activeSchedules(due?: { readonly after: Date | null; readonly upTo: Date }): Stream.Stream<ReservationSchedule, DatabaseError>
   list(filter: { readonly organization_id: string; readonly order_id?: string; readonly status?: ReservationStatus }): Db<ReadonlyArray<Reservation>>
 }>()("inventory/stores/Reservations") {}
 

@@ -1,17 +1,19 @@
 import { assert, describe, it, layer } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Stream } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
 import { TestClock } from "effect/testing"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as MemoryStores from "../../src/stores/memory/stores.ts"
 import type { ReservationSchedule, ReservationStatus } from "../../src/stores/model.ts"
-import { type ReservationRef, Reservations, ReservationTimers, type Stores } from "../../src/stores/services.ts"
+import { Reservations, ReservationTimers, type Stores } from "../../src/stores/services.ts"
 import { sqlStoresLayer } from "../support/sql.ts"
 import { freshOrg } from "../support/events.ts"
 
 /**
  * Issue 15, "Bounds" and timer keys: timers are keyed by (organization, reservation id); a
  * cancelled timer leaves the scheduler at once, so what it holds is bounded by live
- * reservations whatever their TTL; start-up recovery reads active reservations page by page.
+ * reservations whatever their TTL; start-up recovery streams the active reservations, never
+ * holding the table.
  */
 
 /** Timers only: a sweep far beyond any test, so every expiry here is a timer's. */
@@ -107,38 +109,37 @@ describe("reservation timers on the memory stores", () => {
     }).pipe(Effect.provide(MemoryStores.layer)), 60_000)
 })
 
-/** Reservations as a proxy that records every page recovery asks for. */
-const recordingPages = (pages: Array<{ readonly limit: number; readonly rows: number }>) =>
+/** Reservations as a proxy that counts the rows recovery streams and the chunks they come in. */
+const countingStream = (read: { rows: number; chunks: number }) =>
   Layer.effect(
     Reservations,
     Effect.map(Reservations, (r) =>
       Reservations.of({
         ...r,
-        activeSchedules: (after, limit) =>
-          Effect.tap(r.activeSchedules(after, limit), (rows) => Effect.sync(() => pages.push({ limit, rows: rows.length })))
+        activeSchedules: (due) =>
+          r.activeSchedules(due).pipe(Stream.mapArray((rows) => {
+            read.rows += rows.length
+            read.chunks++
+            return rows
+          }))
       }))
   )
 
-/** Every active schedule, page by page through the store, and the page sizes seen. */
-const pageThrough = (limit: number) =>
-  Effect.gen(function*() {
-    const reservations = yield* Reservations
-    const all: Array<ReservationSchedule> = []
-    const sizes: Array<number> = []
-    let after: ReservationRef | null = null
-    for (;;) {
-      const page: ReadonlyArray<ReservationSchedule> = yield* reservations.activeSchedules(after, limit).pipe(Effect.orDie)
-      sizes.push(page.length)
-      all.push(...page)
-      const last = page[page.length - 1]
-      if (last === undefined) return { all, sizes }
-      after = { organization_id: last.organization_id, reservation_id: last.reservation_id }
-    }
-  })
+/** Every active schedule the store streams, and the size of each chunk it came in. */
+const streamAll = Effect.gen(function*() {
+  const reservations = yield* Reservations
+  const chunks: Array<number> = []
+  const all: Array<ReservationSchedule> = []
+  yield* reservations.activeSchedules().pipe(
+    Stream.runForEachArray((rows) => Effect.sync(() => { chunks.push(rows.length); all.push(...rows) })),
+    Effect.orDie
+  )
+  return { all, chunks }
+})
 
 const recoverySuite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
   layer(stores, { timeout: "60 seconds" })(name, (it) => {
-    it.effect("activeSchedules pages through every active reservation once, in key order, and nothing else", () =>
+    it.effect("activeSchedules streams every active reservation once, and nothing else", () =>
       Effect.gen(function*() {
         // Orgs whose names are prefixes of each other, and ids that interleave across them.
         const base = freshOrg()
@@ -153,12 +154,10 @@ const recoverySuite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
           yield* reservationRow(org, "r-confirmed", "confirmed", at)
           yield* reservationRow(org, "r-cancelled", "cancelled", at)
         }
-        const { all, sizes } = yield* pageThrough(3)
+        const { all } = yield* streamAll
         const mine = all.filter((s) => s.organization_id === a || s.organization_id === b)
         assert.deepStrictEqual(mine.map((s) => `${s.organization_id}/${s.reservation_id}`).sort(), active.sort())
         assert.strictEqual(new Set(all.map((s) => `${s.organization_id}\u0000${s.reservation_id}`)).size, all.length, "no row twice")
-        assert.ok(sizes.every((n) => n <= 3), `pages of at most 3: ${sizes}`)
-        assert.ok(sizes.length >= 3, `8 rows of mine take at least 3 pages: ${sizes}`)
         for (const s of mine) assert.strictEqual(s.expires_at.getTime(), at.getTime())
       }))
 
@@ -170,33 +169,47 @@ const recoverySuite = <E>(name: string, stores: Layer.Layer<Stores, E>) =>
         for (const m of [10, 20, 30]) yield* reservationRow(org, `r${m}`, "active", at(m))
         yield* reservationRow(org, "r15-confirmed", "confirmed", at(15))
         const slice = (after: Date | null, upTo: Date) =>
-          Effect.map(
-            Effect.flatMap(Reservations, (r) => r.activeSchedules(null, 1000, { after, upTo })),
-            (rows) => rows.filter((x) => x.organization_id === org).map((x) => x.reservation_id).sort()
-          ).pipe(Effect.orDie)
+          Effect.flatMap(Reservations, (r) => Stream.runCollect(r.activeSchedules({ after, upTo }))).pipe(
+            Effect.map((rows) => rows.filter((x) => x.organization_id === org).map((x) => x.reservation_id).sort()),
+            Effect.orDie
+          )
         assert.deepStrictEqual(yield* slice(at(10), at(20)), ["r20"], "after is exclusive, upTo inclusive")
         assert.deepStrictEqual(yield* slice(null, at(20)), ["r10", "r20"])
         assert.deepStrictEqual(yield* slice(at(30), at(90)), [])
       }))
 
-    it.effect("start-up recovery reads pages of recoveryPageSize and schedules every active reservation", () =>
+    it.effect("start-up recovery schedules every active reservation from one read of the stream", () =>
       Effect.gen(function*() {
         const org = freshOrg()
         const at = new Date(Date.now() + 3_600_000)
         for (let i = 0; i < 7; i++) yield* reservationRow(org, `r${i}`, "active", at)
         yield* reservationRow(org, "r-expired", "expired", at)
-        const total = (yield* pageThrough(1000)).all.length
+        const total = (yield* streamAll).all.length
         assert.ok(total >= 7)
-        const pages: Array<{ readonly limit: number; readonly rows: number }> = []
-        const context = yield* Layer.build(
-          Scheduler.layer({ ...timersOnly, recoveryPageSize: 2 }).pipe(Layer.provide(recordingPages(pages)))
-        )
+        const read = { rows: 0, chunks: 0 }
+        const context = yield* Layer.build(Scheduler.layer(timersOnly).pipe(Layer.provide(countingStream(read))))
         assert.strictEqual(yield* Context.get(context, ReservationTimers).pending, total, "every active reservation has its timer")
-        assert.ok(pages.every((p) => p.limit === 2 && p.rows <= 2), JSON.stringify(pages))
-        assert.strictEqual(pages.reduce((n, p) => n + p.rows, 0), total)
-        assert.ok(pages.length >= Math.ceil(total / 2), JSON.stringify(pages))
+        assert.strictEqual(read.rows, total, "each row read once")
       }))
   })
 
-recoverySuite("recovery pages on the memory stores", MemoryStores.layer)
-recoverySuite("recovery pages on the PostgreSQL stores", sqlStoresLayer("recovery_pages", { poolSize: 3 }))
+recoverySuite("recovery on the memory stores", MemoryStores.layer)
+recoverySuite("recovery on the PostgreSQL stores", sqlStoresLayer("recovery_pages", { poolSize: 3 }))
+
+layer(sqlStoresLayer("recovery_stream", { poolSize: 2 }), { timeout: "60 seconds" })("recovery's read on PostgreSQL", (it) => {
+  it.effect("streams the rows in chunks, so a reader never holds the whole table", () =>
+    Effect.gen(function*() {
+      const org = freshOrg()
+      const at = new Date(Date.now() + 3_600_000)
+      const n = 5_000
+      const sql = yield* SqlClient
+      yield* sql`
+        INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by)
+        SELECT ${org}, 'r' || i, 'order-' || i, 'active', ${at}, now(), 'evt-' || i FROM generate_series(1, ${n}) AS i`.pipe(Effect.orDie)
+      const { all, chunks } = yield* streamAll
+      assert.strictEqual(all.filter((s) => s.organization_id === org).length, n)
+      // The driver pauses the socket once 512 rows wait, and one read of the socket holds fewer than
+      // 1,500 of these rows: a chunk is bounded by that, not by the table.
+      assert.ok(Math.max(...chunks) < 2_000, `chunks of ${Math.max(...chunks)} rows at most, ${chunks.length} chunks`)
+    }))
+})

@@ -1,5 +1,5 @@
 import { PgClient } from "@effect/sql-pg"
-import { Context, Duration, Effect, Layer, ManagedRuntime, Redacted } from "effect"
+import { Context, Duration, Effect, Layer, ManagedRuntime, Redacted, Stream } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { ProcessingPolicy } from "../../src/pipeline/policy.ts"
@@ -192,7 +192,7 @@ describe("two scheduler instances on one database", () => {
     await withInstances({ sweepInterval: "10 millis", sweepBatch: 2 }, async (a, b) => {
       // Cancel every recovered timer on both, before any is due: only the sweeps are left.
       // (Every active reservation of the schema: the earlier tests' anchors were recovered too.)
-      const live = await look(Effect.flatMap(Reservations, (r) => r.activeSchedules(null, 1_000_000)))
+      const live = await look(Effect.flatMap(Reservations, (r) => Stream.runCollect(r.activeSchedules())))
       expect(live.filter((r) => r.organization_id === org)).toHaveLength(N + 1)
       for (const i of [a, b]) {
         const t = await timers(i)

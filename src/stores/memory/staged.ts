@@ -1,4 +1,4 @@
-import { Context, Effect, Exit, Layer } from "effect"
+import { Context, Effect, Exit, Layer, Stream } from "effect"
 import { compareStockKeys, liveStatuses, type Reservation, stockKeyString, type StockRow, type Variant } from "../model.ts"
 import {
   EventLog,
@@ -237,7 +237,7 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
       insert,
       transition: (org, id, from, to, reason) => guard("a reservation", reservation(org, id), () => reservations.transition(org, id, from, to, reason)),
       lockDue: () => outside("due reservations"),
-      activeSchedules: () => outside("reservation schedules"),
+      activeSchedules: () => Stream.fromEffect(outside("reservation schedules")),
       list: () => outside("listing reservations")
     })),
     Context.add(Variants, Variants.of({

@@ -1,4 +1,4 @@
-import { Clock, Effect, Layer, Option } from "effect"
+import { Clock, Effect, Layer, Option, Stream } from "effect"
 import {
   compareStockKeys,
   type EventLogEntry,
@@ -237,18 +237,15 @@ const ReservationsMemory = Layer.effect(
             .sort((a, b) => a.expires_at!.getTime() - b.expires_at!.getTime())
             .slice(0, limit)
         ),
-      activeSchedules: (after, limit, due) =>
-        atomically((t) => {
-          const cursor = after === null ? null : pair(after.organization_id, after.reservation_id)
-          const inSlice = (at: Date) =>
-            due === undefined || (at <= due.upTo && (due.after === null || at > due.after))
-          // Keys compare as the SQL store's (organization, reservation id) order: NUL sorts below every character.
-          return [...t.reservations.entries()]
-            .filter(([k, r]) => r.status === "active" && r.expires_at !== null && inSlice(r.expires_at) && (cursor === null || k > cursor))
-            .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-            .slice(0, limit)
-            .map(([, r]) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at! }))
-        }),
+      activeSchedules: (due) =>
+        Stream.unwrap(atomically((t) => {
+          const inSlice = (at: Date) => due === undefined || (at <= due.upTo && (due.after === null || at > due.after))
+          return Stream.fromIterable(
+            [...t.reservations.values()]
+              .filter((r) => r.status === "active" && r.expires_at !== null && inSlice(r.expires_at))
+              .map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at! }))
+          )
+        })),
       list: (filter) =>
         atomically((t) =>
           [...t.reservations.values()]

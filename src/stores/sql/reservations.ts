@@ -1,10 +1,10 @@
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option, Stream } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import type { DatabaseError } from "../../domain/errors.ts"
 import type { Reservation, ReservationItem, ReservationStatus } from "../model.ts"
 import { type OrderRef, Reservations } from "../services.ts"
-import { orDatabaseError } from "./errors.ts"
+import { fromSqlError, orDatabaseError } from "./errors.ts"
 
 export interface ReservationRecord {
   readonly organization_id: string
@@ -156,19 +156,16 @@ export const ReservationsSql = Layer.effect(
           FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
           ORDER BY c.expires_at, c.seq`),
 
-      // Keyset on the primary key: each page continues from the last one's key, whatever changed since.
-      // With `due`, a slice of `reservations_due` (status, expires_at), however large the table.
-      activeSchedules: (after, limit, due) =>
-        Effect.map(
-          orDatabaseError(sql<{ readonly organization_id: string; readonly reservation_id: string; readonly expires_at: Date }>`
-            SELECT organization_id, reservation_id, expires_at FROM reservations
-            WHERE status = 'active' AND expires_at IS NOT NULL
-              ${due === undefined ? sql`` : sql`AND expires_at <= ${due.upTo}`}
-              ${due?.after == null ? sql`` : sql`AND expires_at > ${due.after}`}
-              ${after === null ? sql`` : sql`AND (organization_id, reservation_id) > (${after.organization_id}, ${after.reservation_id})`}
-            ORDER BY organization_id, reservation_id
-            LIMIT ${limit}`),
-          (rows) => rows.map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at }))
+      // One statement streamed, in no order: no page re-reads or re-sorts what came before, so a
+      // slice of `reservations_due` (status, expires_at) costs its own rows, however large it is.
+      activeSchedules: (due) =>
+        sql<{ readonly organization_id: string; readonly reservation_id: string; readonly expires_at: Date }>`
+          SELECT organization_id, reservation_id, expires_at FROM reservations
+          WHERE status = 'active' AND expires_at IS NOT NULL
+            ${due === undefined ? sql`` : sql`AND expires_at <= ${due.upTo}`}
+            ${due?.after == null ? sql`` : sql`AND expires_at > ${due.after}`}`.stream.pipe(
+          Stream.map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id, expires_at: r.expires_at })),
+          Stream.catchTag("SqlError", (error) => Stream.fromEffect(fromSqlError(error)))
         ),
 
       list: (filter) =>
