@@ -17,7 +17,8 @@ import { installAudit, noTimers, outboxRowsOf, stockChangesOf, transitionsOf } f
  * `application_name`), over one schema. Every reservation is held by both: by their timers
  * (both recover every active reservation at start-up, all due at the same instant), by their
  * sweeps only, or by both at once. Each reservation must leave `active` once: counted in
- * committed rows (audit triggers, outbox), not read off the final state.
+ * committed rows (audit triggers, outbox), not read off the final state. With a timer horizon,
+ * neither holds them at first and the one left after the other stops arms them by its refill.
  */
 
 const schema = uniqueSchema("res_two")
@@ -85,7 +86,8 @@ type Instance = ReturnType<typeof instance>
 const timers = (i: Instance) => i.runtime.runPromise(Effect.service(ReservationTimers))
 const pending = (i: Instance) => i.runtime.runPromise(Effect.flatMap(ReservationTimers, (t) => t.pending))
 
-const placeOrders = async (org: string) => {
+/** N orders of `org`, every reservation due `dueInMs` from now (returned); an anchor due in 10 hours. */
+const placeOrders = async (org: string, dueInMs = 6_000) => {
   await look(addWarehouse(org, "wh"))
   await look(putStock(org, "v1", "wh", 100))
   await look(putStock(org, "v2", "wh", 100))
@@ -109,10 +111,11 @@ const placeOrders = async (org: string) => {
   // A hold that never expires here: a double release would not trip reserved >= 0, it would show.
   await look(send(org, "order.placed", { order_id: "anchor", items: [{ variant_id: "v1", quantity: 7 }, { variant_id: "v2", quantity: 3 }], reservation_ttl_minutes: 600 }))
   // All N due at one instant, a few seconds ahead: both instances' timers fire together.
-  const dueAt = new Date(Date.now() + 6_000)
+  const dueAt = new Date(Date.now() + dueInMs)
   await look(Effect.flatMap(SqlClient, (sql) =>
     sql`UPDATE reservations SET expires_at = ${dueAt} WHERE organization_id = ${org} AND order_id <> 'anchor'`))
   expect(await look(quantities(org, "v1", "wh"))).toEqual({ total: 100, available: 100 - N - 7, reserved: N + 7, damaged: 0 })
+  return dueAt
 }
 
 /** Every reservation expired once, by someone; the anchor untouched; the books balance. */
@@ -218,6 +221,27 @@ describe("two scheduler instances on one database", () => {
       await Promise.all([settle(a), settle(b)])
       const { byClient } = await assertExpiredOnce(org)
       console.info(`timers + sweeps: expiries committed per instance ${JSON.stringify(byClient)}`)
+    })
+  }, 180_000)
+
+  it("with a horizon, a replica arms by its refill what another scheduled, and expires it at its deadline once that one is gone", async () => {
+    const org = freshOrg()
+    // Due well beyond the 2 s horizon when both start: neither holds a timer for them yet.
+    const dueAt = await placeOrders(org, 9_000)
+    await withInstances({ sweepInterval: "1 hour", sweepBatch: 100, horizon: "2 seconds" }, async (a, b) => {
+      for (const i of [a, b]) expect(await pending(i), i.label).toBe(0)
+      // The replica that would have expired them stops before any is due; its sweep never runs again.
+      await a.runtime.dispose()
+      await eventually("every reservation expired", async () => (await expiredCount(org)) === N, 90_000)
+      await settle(b)
+      const { ids, byClient } = await assertExpiredOnce(org)
+      // By b's timers, armed by its refill: its one sweep ran at start-up, before anything was due.
+      expect(byClient).toEqual({ "scheduler-b": N })
+      expect([...b.probe.timerAttempts].filter((id) => ids.has(id)).sort()).toEqual([...ids.keys()].sort())
+      expect(b.probe.sweeps).toBe(1)
+      // Not released before the deadline.
+      const releases = (await look(outboxRowsOf(org))).filter((m) => m.event_type === "inventory.stock.released")
+      for (const m of releases) expect(new Date(m.payload.timestamp).getTime()).toBeGreaterThanOrEqual(dueAt.getTime())
     })
   }, 180_000)
 })
