@@ -2,7 +2,10 @@
  * npm run bench:ttl — what the fiber-based TTL scheduler costs at scale (issue 5):
  *  1. 100,000 pending timers: time to schedule them and the resident memory they hold;
  *  2. start-up recovery of 100,000 active reservations from PostgreSQL: the time from building
- *     the scheduler (query + one timer each) to every timer pending.
+ *     the scheduler (query + one timer each) to every timer pending;
+ *  3. the same as the consumer runs it, with a timer horizon of 2 minutes (`RESERVATION_TIMER_HORIZON`)
+ *     over 100,000 active reservations due across 15 minutes: only the slice due within the horizon
+ *     is read and held, as each refill reads the next (the same read).
  * Prints figures; asserts nothing. `--count N` changes the size.
  */
 import { Context, Effect, Layer } from "effect"
@@ -39,28 +42,42 @@ const timers = Effect.scoped(Effect.gen(function*() {
   console.log(`timers: resident memory ${mb(after)} (+${mb(after - before)} for ${count} timers, ${((after - before) / count).toFixed(0)} B each)`)
 }))
 
-const recovery = Effect.scoped(Effect.gen(function*() {
-  const stores = yield* Layer.build(SqlStores.layerWithClient({ url, schema, poolSize: 4 }))
-  const sql = Context.get(stores, SqlClient)
-  yield* Effect.addFinalizer(() => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).pipe(Effect.ignore))
-  const seeded = performance.now()
-  yield* sql.unsafe(`
-    INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by)
-    SELECT 'bench', 'r' || g, 'o' || g, 'active', now() + interval '1 hour', now(), 'bench'
-    FROM generate_series(1, ${count}) AS g`)
-  console.log(`recovery: seeded ${count} active reservations in ${(performance.now() - seeded).toFixed(0)} ms`)
-  const before = rss()
-  const start = performance.now()
-  const context = yield* Layer.build(Scheduler.layer(schedulerOptions).pipe(Layer.provide(Layer.succeedContext(stores))))
-  const elapsed = performance.now() - start
-  const pending = yield* Context.get(context, ReservationTimers).pending
-  console.log(`recovery: ${pending} timers rescheduled in ${elapsed.toFixed(0)} ms; resident memory ${mb(rss())} (+${mb(process.memoryUsage().rss - before)})`)
-}))
+/** `count` active reservations in a schema of their own, due `spreadMinutes` from now at most. */
+const seededStores = (spreadMinutes: number) =>
+  Effect.gen(function*() {
+    const stores = yield* Layer.build(SqlStores.layerWithClient({ url, schema, poolSize: 4 }))
+    const sql = Context.get(stores, SqlClient)
+    yield* Effect.addFinalizer(() => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).pipe(Effect.ignore))
+    const seeded = performance.now()
+    yield* sql.unsafe(`
+      INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by)
+      SELECT 'bench', 'r' || g, 'o' || g, 'active', now() + interval '1 minute' * ${spreadMinutes} * g / ${count}, now(), 'bench'
+      FROM generate_series(1, ${count}) AS g`)
+    yield* sql.unsafe("ANALYZE reservations")
+    console.log(`recovery: seeded ${count} active reservations due within ${spreadMinutes} minutes in ${(performance.now() - seeded).toFixed(0)} ms`)
+    return stores
+  })
+
+const recoveryWith = (options: Scheduler.SchedulerOptions, spreadMinutes: number, label: string) =>
+  Effect.scoped(Effect.gen(function*() {
+    const stores = yield* seededStores(spreadMinutes)
+    const before = rss()
+    const start = performance.now()
+    const context = yield* Layer.build(Scheduler.layer(options).pipe(Layer.provide(Layer.succeedContext(stores))))
+    const elapsed = performance.now() - start
+    const pending = yield* Context.get(context, ReservationTimers).pending
+    console.log(`${label}: ${pending} timers rescheduled in ${elapsed.toFixed(0)} ms; resident memory ${mb(rss())} (+${mb(process.memoryUsage().rss - before)})`)
+  }))
+
+const recovery = recoveryWith(schedulerOptions, 60, "recovery")
+const horizon = recoveryWith({ ...schedulerOptions, horizon: "2 minutes" }, 15, "horizon")
 
 const phase = process.argv[process.argv.indexOf("--phase") + 1]
 
-if (phase === "timers" || phase === "recovery") {
-  Effect.runPromise(phase === "timers" ? timers : recovery).then(
+const phases = { timers, recovery, horizon } as const
+
+if (phase === "timers" || phase === "recovery" || phase === "horizon") {
+  Effect.runPromise(phases[phase]).then(
     () => console.log(`${phase}: peak resident memory of the process ${mb(process.resourceUsage().maxRSS * 1024)}`),
     (error) => {
       console.error(error)
@@ -70,7 +87,7 @@ if (phase === "timers" || phase === "recovery") {
 } else {
   // Each phase in its own process, so each memory figure is its own.
   console.log(`bench:ttl  count=${count}  node ${process.version}`)
-  for (const p of ["timers", "recovery"]) {
+  for (const p of ["timers", "recovery", "horizon"]) {
     const child = spawnSync(process.execPath, ["--expose-gc", import.meta.filename, "--phase", p, "--count", String(count)], {
       stdio: ["ignore", "pipe", "inherit"],
       encoding: "utf8"
