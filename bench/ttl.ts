@@ -6,12 +6,15 @@
  *  3. the same as the consumer runs it, with a timer horizon of 2 minutes (`RESERVATION_TIMER_HORIZON`)
  *     over 100,000 active reservations due across 15 minutes: only the slice due within the horizon
  *     is read and held, as each refill reads the next (the same read).
+ *  4. `--phase expiry` (not in the default run): 2,000 reservations due at one instant, expired by 1
+ *     and then by 3 scheduler instances (replicas, each with its own pool and the horizon), every
+ *     one of which holds every timer: expiry attempts (each its own transaction) and the time to the last expiry.
  * Prints figures; asserts nothing. `--count N` changes the size.
  */
 import { Context, Effect, Layer } from "effect"
 import { spawnSync } from "node:child_process"
 import { SqlClient } from "effect/sql/SqlClient"
-import { ReservationTimers } from "../src/stores/services.ts"
+import { Reservations, ReservationTimers, type Stores } from "../src/stores/services.ts"
 import * as Scheduler from "../src/reservations/scheduler.ts"
 import * as MemoryStores from "../src/stores/memory/stores.ts"
 import * as SqlStores from "../src/stores/sql/index.ts"
@@ -74,9 +77,54 @@ const horizon = recoveryWith({ ...schedulerOptions, horizon: "2 minutes" }, 15, 
 
 const phase = process.argv[process.argv.indexOf("--phase") + 1]
 
-const phases = { timers, recovery, horizon } as const
+/** The SQL stores on a pool of their own, with `Reservations.lockById` (one per expiry attempt) counted. */
+const countedStores = (attempts: { n: number }) =>
+  Layer.effectContext(Effect.gen(function*() {
+    const context = yield* Effect.context<Stores>()
+    const reservations = Context.get(context, Reservations)
+    return Context.add(context, Reservations, Reservations.of({
+      ...reservations,
+      lockById: (org, id) => Effect.suspend(() => {
+        attempts.n++
+        return reservations.lockById(org, id)
+      })
+    }))
+  })).pipe(Layer.provide(SqlStores.layerWith({ url, schema, poolSize: 6 })))
 
-if (phase === "timers" || phase === "recovery" || phase === "horizon") {
+const expiryBy = (replicas: number, due: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    const stores = yield* Layer.build(SqlStores.layerWithClient({ url, schema, poolSize: 2 }))
+    const sql = Context.get(stores, SqlClient)
+    yield* Effect.addFinalizer(() => sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).pipe(Effect.ignore))
+    const dueAt = new Date(Date.now() + 4_000)
+    yield* sql`
+      INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by)
+      SELECT 'bench', 'r' || g, 'o' || g, 'active', ${dueAt}, now(), 'bench' FROM generate_series(1, ${due}) AS g`
+    const attempts = { n: 0 }
+    const instances = yield* Effect.forEach(Array.from({ length: replicas }), () =>
+      Layer.build(Scheduler.layer({ ...schedulerOptions, horizon: "2 minutes" }).pipe(Layer.provide(countedStores(attempts)))))
+    for (const context of instances) {
+      const held = yield* Context.get(context, ReservationTimers).pending
+      if (held !== due) throw new Error(`a replica holds ${held} timers, not ${due}`)
+    }
+    for (;;) {
+      const [row] = yield* sql<{ readonly n: number }>`SELECT count(*)::int AS n FROM reservations WHERE status = 'active'`
+      if (row!.n === 0) break
+      yield* Effect.sleep("10 millis")
+    }
+    const lastExpiry = Date.now() - dueAt.getTime()
+    for (const context of instances) yield* Context.get(context, ReservationTimers).settled
+    console.log(`expiry: ${replicas} replica${replicas === 1 ? "" : "s"}: ${due} reservations expired, the last ${lastExpiry} ms after their deadline; ${attempts.n} attempts, each its own transaction (${(attempts.n / due).toFixed(2)} per reservation)`)
+  }))
+
+const expiry = Effect.gen(function*() {
+  const due = process.argv.includes("--count") ? count : 2_000
+  for (const replicas of [1, 3, 1, 3]) yield* expiryBy(replicas, due)
+})
+
+const phases = { timers, recovery, horizon, expiry } as const
+
+if (phase === "timers" || phase === "recovery" || phase === "horizon" || phase === "expiry") {
   Effect.runPromise(phases[phase]).then(
     () => console.log(`${phase}: peak resident memory of the process ${mb(process.resourceUsage().maxRSS * 1024)}`),
     (error) => {
