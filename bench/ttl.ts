@@ -75,8 +75,6 @@ const recoveryWith = (options: Scheduler.SchedulerOptions, spreadMinutes: number
 const recovery = recoveryWith(schedulerOptions, 60, "recovery")
 const horizon = recoveryWith({ ...schedulerOptions, horizon: "2 minutes" }, 15, "horizon")
 
-const phase = process.argv[process.argv.indexOf("--phase") + 1]
-
 /** The SQL stores on a pool of their own, with `Reservations.lockById` (one per expiry attempt) counted. */
 const countedStores = (attempts: { n: number }) =>
   Layer.effectContext(Effect.gen(function*() {
@@ -123,6 +121,7 @@ const expiry = Effect.gen(function*() {
 })
 
 const phases = { timers, recovery, horizon, expiry } as const
+const phase = process.argv[process.argv.indexOf("--phase") + 1]
 
 if (phase === "timers" || phase === "recovery" || phase === "horizon" || phase === "expiry") {
   Effect.runPromise(phases[phase]).then(
