@@ -8,7 +8,8 @@
  *     is read and held, as each refill reads the next (the same read).
  *  4. `--phase expiry` (not in the default run): 2,000 reservations due at one instant, expired by 1
  *     and then by 3 scheduler instances (replicas, each with its own pool and the horizon), every
- *     one of which holds every timer: expiry attempts (each its own transaction) and the time to the last expiry.
+ *     one of which holds every timer: the timers' expiry transactions, the reservations they asked
+ *     for, and the time to the last expiry.
  * Prints figures; asserts nothing. `--count N` changes the size.
  */
 import { Context, Effect, Layer } from "effect"
@@ -75,16 +76,17 @@ const recoveryWith = (options: Scheduler.SchedulerOptions, spreadMinutes: number
 const recovery = recoveryWith(schedulerOptions, 60, "recovery")
 const horizon = recoveryWith({ ...schedulerOptions, horizon: "2 minutes" }, 15, "horizon")
 
-/** The SQL stores on a pool of their own, with `Reservations.lockById` (one per expiry attempt) counted. */
-const countedStores = (attempts: { n: number }) =>
+/** The SQL stores on a pool of their own, counting the timers' expiry transactions and the reservations they asked for. */
+const countedStores = (counted: { transactions: number; asked: number }) =>
   Layer.effectContext(Effect.gen(function*() {
     const context = yield* Effect.context<Stores>()
     const reservations = Context.get(context, Reservations)
     return Context.add(context, Reservations, Reservations.of({
       ...reservations,
-      lockById: (org, id) => Effect.suspend(() => {
-        attempts.n++
-        return reservations.lockById(org, id)
+      lockDueAmong: (refs, now) => Effect.suspend(() => {
+        counted.transactions++
+        counted.asked += refs.length
+        return reservations.lockDueAmong(refs, now)
       })
     }))
   })).pipe(Layer.provide(SqlStores.layerWith({ url, schema, poolSize: 6 })))
@@ -98,9 +100,9 @@ const expiryBy = (replicas: number, due: number) =>
     yield* sql`
       INSERT INTO reservations (organization_id, reservation_id, order_id, status, expires_at, created_at, caused_by)
       SELECT 'bench', 'r' || g, 'o' || g, 'active', ${dueAt}, now(), 'bench' FROM generate_series(1, ${due}) AS g`
-    const attempts = { n: 0 }
+    const counted = { transactions: 0, asked: 0 }
     const instances = yield* Effect.forEach(Array.from({ length: replicas }), () =>
-      Layer.build(Scheduler.layer({ ...schedulerOptions, horizon: "2 minutes" }).pipe(Layer.provide(countedStores(attempts)))))
+      Layer.build(Scheduler.layer({ ...schedulerOptions, horizon: "2 minutes" }).pipe(Layer.provide(countedStores(counted)))))
     for (const context of instances) {
       const held = yield* Context.get(context, ReservationTimers).pending
       if (held !== due) throw new Error(`a replica holds ${held} timers, not ${due}`)
@@ -112,7 +114,7 @@ const expiryBy = (replicas: number, due: number) =>
     }
     const lastExpiry = Date.now() - dueAt.getTime()
     for (const context of instances) yield* Context.get(context, ReservationTimers).settled
-    console.log(`expiry: ${replicas} replica${replicas === 1 ? "" : "s"}: ${due} reservations expired, the last ${lastExpiry} ms after their deadline; ${attempts.n} attempts, each its own transaction (${(attempts.n / due).toFixed(2)} per reservation)`)
+    console.log(`expiry: ${replicas} replica${replicas === 1 ? "" : "s"}: ${due} reservations expired, the last ${lastExpiry} ms after their deadline; ${counted.transactions} expiry transactions asking for ${counted.asked} reservations (${(counted.asked / due).toFixed(2)} per reservation)`)
   }))
 
 const expiry = Effect.gen(function*() {

@@ -2,7 +2,7 @@ import { Effect, Option } from "effect"
 import { spanned } from "../observability/spans.ts"
 import { deriveId } from "../domain/ids.ts"
 import type { Reservation } from "../stores/model.ts"
-import { Reservations, Stock } from "../stores/services.ts"
+import { type ReservationRef, Reservations, Stock } from "../stores/services.ts"
 import { nowDate } from "./outbound.ts"
 import { releaseReservation } from "./orders/lifecycle.ts"
 
@@ -28,13 +28,11 @@ export const expireReservation = Effect.fnUntraced(function*(organizationId: str
 }, spanned("reservation.expire"))
 
 /**
- * Expires up to `limit` overdue reservations that no other process holds: what a dead
- * replica's timers would have done. Returns how many it expired.
+ * Releases reservations this unit of work has locked: every stock row they touch is locked first,
+ * up front and in key order, as every other unit of work does (releasing reservation by
+ * reservation would take them out of order). Returns the ones it expired.
  */
-export const expireOverdue = Effect.fnUntraced(function*(limit: number) {
-  const due = yield* (yield* Reservations).lockDue(yield* nowDate, limit)
-  // Lock every stock row the batch will touch up front, in key order, as every other unit of
-  // work does: releasing reservation by reservation would take them out of order.
+const expireLocked = Effect.fnUntraced(function*(due: ReadonlyArray<Reservation>) {
   const variantsByOrg = new Map<string, Set<string>>()
   for (const r of due) {
     const set = variantsByOrg.get(r.organization_id) ?? new Set<string>()
@@ -45,9 +43,29 @@ export const expireOverdue = Effect.fnUntraced(function*(limit: number) {
   for (const org of [...variantsByOrg.keys()].sort()) {
     yield* stock.forVariants(org, [...variantsByOrg.get(org)!].sort(), { lock: true })
   }
-  let expired = 0
+  const expired: Array<Reservation> = []
   for (const reservation of due) {
-    if (yield* expire(reservation)) expired++
+    if (yield* expire(reservation)) expired.push(reservation)
   }
   return expired
+})
+
+/**
+ * Expires up to `limit` overdue reservations that no other process holds: what a dead
+ * replica's timers would have done. Returns how many it expired.
+ */
+export const expireOverdue = Effect.fnUntraced(function*(limit: number) {
+  const due = yield* (yield* Reservations).lockDue(yield* nowDate, limit)
+  return (yield* expireLocked(due)).length
 }, spanned("reservation.expire_overdue"))
+
+/**
+ * The timers' expiry: of `refs`, releases in one unit of work those still active and past due
+ * that no other transaction holds, without waiting for any. Returns the ones it expired and the
+ * ones it found held (`busy`: another replica expiring them, a group working on the order), for
+ * the timer to try again; the rest were expired, confirmed or cancelled already.
+ */
+export const expireDue = Effect.fnUntraced(function*(refs: ReadonlyArray<ReservationRef>) {
+  const { busy, claimed } = yield* (yield* Reservations).lockDueAmong(refs, yield* nowDate)
+  return { expired: yield* expireLocked(claimed), busy }
+}, spanned("reservation.expire_due"))

@@ -1,5 +1,5 @@
 import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedule, Stream } from "effect"
-import { expireOverdue, expireReservation } from "../handlers/expiry.ts"
+import { expireDue, expireOverdue } from "../handlers/expiry.ts"
 import { reservationsExpired } from "../observability/metrics.ts"
 import type { ReservationSchedule } from "../stores/model.ts"
 import { Reservations, ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
@@ -9,8 +9,10 @@ export interface SchedulerOptions {
   readonly sweepInterval: Duration.Input
   /** Reservations expired per sweep transaction. */
   readonly sweepBatch: number
-  /** Expiries run at once when many timers fire together (default 4). */
+  /** Expiry transactions run at once when many timers fire together (default 4). */
   readonly expiryConcurrency?: number
+  /** Timers due together expired in one transaction, at most (default 100). */
+  readonly expiryBatch?: number
   /**
    * Hold timers only for reservations due within this much of now (at least 2 s); a refill every
    * half of it arms those that came within reach. None (the default here): every live reservation's timer
@@ -21,6 +23,9 @@ export interface SchedulerOptions {
 }
 
 const transientRetry = Schedule.max([Schedule.exponential("200 millis", 2), Schedule.recurs(4)])
+
+/** How soon a timer tries again when another transaction held its reservation. */
+const busyRetryMillis = 250
 
 interface Timer {
   /** The one copy of its organization's id that every timer of the organization shares. */
@@ -175,6 +180,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       let inFlight = 0
       let wake = Deferred.makeUnsafe<void>()
       const due = yield* Queue.unbounded<Timer>()
+      const expiryBatch = Math.max(1, options.expiryBatch ?? 100)
 
       // At least 2 s, so the refill reads the table at most once a second.
       const horizon = options.horizon === undefined ? undefined : Math.max(2_000, Duration.toMillis(Duration.fromInputUnsafe(options.horizon)))
@@ -222,27 +228,39 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         })
       })
 
-      const expire = (timer: Timer) =>
-        uow.transaction(expireReservation(timer.organization_id, timer.reservation_id)).pipe(
+      // Timers due together expire together: one transaction for the batch, and a reservation
+      // another transaction holds (another replica's timer expiring it, a group on its order) is
+      // skipped, not waited for, and tried again shortly; by then it is usually expired or settled.
+      const expire = (batch: ReadonlyArray<Timer>) =>
+        uow.transaction(expireDue(batch)).pipe(
           Effect.provideService(ReservationTimers, service),
           Effect.retry(transientRetry),
-          // Logged after the commit, so the line never reports an expiry that rolled back.
-          Effect.tap((expired) =>
-            expired
-              ? Effect.andThen(
-                Metric.update(reservationsExpired, 1),
-                Effect.logInfo("reservation expired").pipe(
-                  Effect.annotateLogs({ organization_id: timer.organization_id, reservation_id: timer.reservation_id, by: "timer" })
+          // Logged after the commit, so a line never reports an expiry that rolled back.
+          Effect.tap(({ busy, expired }) =>
+            Effect.gen(function*() {
+              if (busy.length > 0) {
+                const now = yield* Clock.currentTimeMillis
+                for (const ref of busy) hold({ ...ref, expires_at: new Date(now + busyRetryMillis) }, now)
+              }
+              if (expired.length === 0) return
+              yield* Metric.update(reservationsExpired, expired.length)
+              for (const r of expired) {
+                yield* Effect.logInfo("reservation expired").pipe(
+                  Effect.annotateLogs({ organization_id: r.organization_id, reservation_id: r.reservation_id, by: "timer" })
                 )
-              )
-              : Effect.void),
+              }
+            })),
           Effect.catchCause((cause) =>
-            // The sweep will find it again; nothing is lost by giving up here.
+            // The sweep will find them again; nothing is lost by giving up here.
             Effect.logWarning("reservation expiry failed; the sweep will retry").pipe(
-              Effect.annotateLogs({ reservation_id: timer.reservation_id, cause: Cause.pretty(cause) })
+              Effect.annotateLogs({ reservations: batch.length, reservation_id: batch[0]!.reservation_id, cause: Cause.pretty(cause) })
             )
           ),
-          Effect.withSpan("reservation.timer", { attributes: { "inventory.reservation_id": timer.reservation_id } }),
+          Effect.withSpan("reservation.timer", {
+            attributes: batch.length === 1
+              ? { "inventory.reservation_id": batch[0]!.reservation_id }
+              : { "inventory.reservation_count": batch.length }
+          }),
           Effect.provideContext(context)
         )
 
@@ -270,8 +288,8 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         }
       })
 
-      const worker = Effect.forever(Effect.flatMap(Queue.take(due), (timer) =>
-        expire(timer).pipe(Effect.ensuring(Effect.sync(() => { inFlight-- })))))
+      const worker = Effect.forever(Effect.flatMap(Queue.takeBetween(due, 1, expiryBatch), (batch) =>
+        expire(batch).pipe(Effect.ensuring(Effect.sync(() => { inFlight -= batch.length })))))
 
       const sweep = uow.transaction(expireOverdue(options.sweepBatch)).pipe(
         Effect.provideService(ReservationTimers, service),

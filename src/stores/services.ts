@@ -123,6 +123,15 @@ export class Reservations extends Context.Service<Reservations, {
   /** Active reservations past due, locked, skipping any another process holds. */
   lockDue(now: Date, limit: number): Db<ReadonlyArray<Reservation>>
   /**
+   * Of `refs`, the active reservations past due, locked (`claimed`), skipping without waiting any
+   * whose row or order another transaction holds (another replica expiring it, a group working on
+   * its order): those that still looked active and past due come back as `busy`, to try again.
+   */
+  lockDueAmong(refs: ReadonlyArray<ReservationRef>, now: Date): Db<{
+    readonly claimed: ReadonlyArray<Reservation>
+    readonly busy: ReadonlyArray<ReservationRef>
+  }>
+  /**
    * Active reservations' expiries, for the timers, as a stream: one statement and one pass over
    * the rows, in no particular order, so the reader holds what one read brings, not the table
    * (the SQL store's driver pauses the socket when the reader falls behind). With `due`, only

@@ -279,6 +279,41 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       assert.deepStrictEqual(later.map((r) => r.reservation_id), ["due2", "due1"], "by expires_at")
     }))
 
+  it.effect("lockDueAmong claims the given reservations that are due and free, and names the held ones busy without waiting", () =>
+    Effect.gen(function*() {
+      const reservations = yield* Reservations
+      const uow = yield* UnitOfWork
+      const org = freshOrg()
+      yield* reservations.insert(reservation(org, "o1", "row-held", []))
+      yield* reservations.insert(reservation(org, "o2", "order-held", []))
+      yield* reservations.insert(reservation(org, "o3", "free", []))
+      yield* reservations.insert({ ...reservation(org, "o4", "not-due", []), expires_at: new Date(120_000) })
+      yield* reservations.insert(reservation(org, "o5", "confirmed", [], "confirmed"))
+      yield* reservations.insert(reservation(org, "o6", "not-asked", []))
+      const refs = ["row-held", "order-held", "free", "not-due", "confirmed", "missing"].map((id) => ({ organization_id: org, reservation_id: id }))
+      const rowHeld = yield* Deferred.make<void>()
+      const orderHeld = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      // Two other processes' transactions (on connections of their own, not this process's units):
+      // one holds a reservation's row (an expiry on another replica), the other only its order (a group on it).
+      const sql = yield* SqlClient
+      const holders = yield* Effect.forkChild(Effect.all([
+        sql.withTransaction(Effect.andThen(reservations.lockById(org, "row-held"), Effect.andThen(Deferred.succeed(rowHeld, undefined), Deferred.await(release)))),
+        sql.withTransaction(Effect.andThen(reservations.lockOrder(org, "o2"), Effect.andThen(Deferred.succeed(orderHeld, undefined), Deferred.await(release))))
+      ], { concurrency: 2 }))
+      yield* Deferred.await(rowHeld)
+      yield* Deferred.await(orderHeld)
+      const now = new Date(60_000)
+      const first = yield* uow.transaction(reservations.lockDueAmong(refs, now))
+      assert.deepStrictEqual(first.claimed.map((r) => r.reservation_id), ["free"])
+      assert.deepStrictEqual(first.busy.map((r) => r.reservation_id).sort(), ["order-held", "row-held"])
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holders)
+      const second = yield* uow.transaction(reservations.lockDueAmong(refs, now))
+      assert.deepStrictEqual(second.claimed.map((r) => r.reservation_id).sort(), ["free", "order-held", "row-held"])
+      assert.deepStrictEqual(second.busy, [])
+    }))
+
   it.effect("lockDue holds the order locks of its batch only, not of the whole backlog", () =>
     Effect.gen(function*() {
       const reservations = yield* Reservations

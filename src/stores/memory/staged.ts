@@ -237,6 +237,7 @@ export const makeStaged: Effect.Effect<Staged> = Effect.gen(function*() {
       insert,
       transition: (org, id, from, to, reason) => guard("a reservation", reservation(org, id), () => reservations.transition(org, id, from, to, reason)),
       lockDue: () => outside("due reservations"),
+      lockDueAmong: () => outside("due reservations"),
       activeSchedules: () => Stream.fromEffect(outside("reservation schedules")),
       list: () => outside("listing reservations")
     })),

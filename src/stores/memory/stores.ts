@@ -237,6 +237,15 @@ const ReservationsMemory = Layer.effect(
             .sort((a, b) => a.expires_at!.getTime() - b.expires_at!.getTime())
             .slice(0, limit)
         ),
+      // One process, one unit of work at a time: nothing is ever held by another, so nothing is busy.
+      lockDueAmong: (refs, now) =>
+        atomically((t) => ({
+          claimed: refs.flatMap((ref) => {
+            const r = t.reservations.get(pair(ref.organization_id, ref.reservation_id))
+            return r !== undefined && r.status === "active" && r.expires_at !== null && r.expires_at <= now ? [r] : []
+          }),
+          busy: []
+        })),
       activeSchedules: (due) =>
         Stream.unwrap(atomically((t) => {
           const inSlice = (at: Date) => due === undefined || (at <= due.upTo && (due.after === null || at > due.after))

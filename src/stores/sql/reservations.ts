@@ -156,6 +156,41 @@ export const ReservationsSql = Layer.effect(
           FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
           ORDER BY c.expires_at, c.seq`),
 
+      // As `lockDue`, among the given reservations; then, of those not claimed, the ones still
+      // active and past due in this statement's snapshot: someone else holds them.
+      lockDueAmong: (refs, now) =>
+        Effect.gen(function*() {
+          if (refs.length === 0) return { claimed: [], busy: [] }
+          const orgs = refs.map((r) => r.organization_id)
+          const ids = refs.map((r) => r.reservation_id)
+          const claimed = yield* load(sql<ReservationRecord>`
+            WITH batch AS MATERIALIZED (
+              SELECT r.organization_id, r.reservation_id, r.order_id, r.expires_at, r.seq
+              FROM reservations r JOIN unnest(${orgs}::text[], ${ids}::text[]) AS w(organization_id, reservation_id)
+                USING (organization_id, reservation_id)
+              WHERE r.status = 'active' AND r.expires_at <= ${now}
+              ORDER BY r.expires_at, r.seq
+              FOR UPDATE OF r SKIP LOCKED
+            ), claimed AS MATERIALIZED (
+              SELECT * FROM batch
+              WHERE pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
+            )
+            SELECT ${sql.literal(columns.split(", ").map((c) => `r.${c}`).join(", "))}
+            FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
+            ORDER BY c.expires_at, c.seq`)
+          if (claimed.length === refs.length) return { claimed, busy: [] }
+          const mine = new Set(claimed.map((r) => `${r.organization_id}\u0000${r.reservation_id}`))
+          const due = yield* orDatabaseError(sql<{ readonly organization_id: string; readonly reservation_id: string }>`
+            SELECT r.organization_id, r.reservation_id
+            FROM reservations r JOIN unnest(${orgs}::text[], ${ids}::text[]) AS w(organization_id, reservation_id)
+              USING (organization_id, reservation_id)
+            WHERE r.status = 'active' AND r.expires_at <= ${now}`)
+          const busy = due
+            .filter((r) => !mine.has(`${r.organization_id}\u0000${r.reservation_id}`))
+            .map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id }))
+          return { claimed, busy }
+        }),
+
       // One statement streamed, in no order: no page re-reads or re-sorts what came before, so a
       // slice of `reservations_due` (status, expires_at) costs its own rows, however large it is.
       activeSchedules: (due) =>
