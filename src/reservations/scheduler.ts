@@ -162,9 +162,10 @@ class TimerIndex {
  * reservation due later is armed by the refill that reaches it, on every replica, so a standby
  * holds the timers the consuming replica would have if it died.
  *
- * When a timer fires, the expiry runs in its own unit of work. Expiry is idempotent (row lock
- * and conditional transition), so a timer that fires late, twice, or on two replicas releases
- * stock once. At start-up every active reservation due within the horizon gets its timer back
+ * Timers that fire together expire together, in one unit of work (up to `expiryBatch`). Expiry
+ * is idempotent (row lock and conditional transition), so a timer that fires late, twice, or on
+ * two replicas releases stock once; a reservation another transaction holds is skipped, not
+ * waited for, and its timer tries again shortly. At start-up every active reservation due within the horizon gets its timer back
  * (overdue ones fire at once), and a periodic sweep expires what a dead replica's timers would have.
  */
 export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers, never, Stores> =>
