@@ -1,8 +1,8 @@
-import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedule, Stream } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedule, Scope, Stream } from "effect"
 import { expireDue, expireOverdue } from "../handlers/expiry.ts"
 import { reservationsExpired } from "../observability/metrics.ts"
 import type { ReservationSchedule } from "../stores/model.ts"
-import { Reservations, ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
+import { type ReservationRef, Reservations, ReservationTimers, type Stores, UnitOfWork } from "../stores/services.ts"
 
 export interface SchedulerOptions {
   /** How often overdue reservations are swept (default 60 s). */
@@ -182,6 +182,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       let wake = Deferred.makeUnsafe<void>()
       const due = yield* Queue.unbounded<Timer>()
       const expiryBatch = Math.max(1, options.expiryBatch ?? 100)
+      const scope = yield* Scope.Scope
 
       // At least 2 s, so the refill reads the table at most once a second.
       const horizon = options.horizon === undefined ? undefined : Math.max(2_000, Duration.toMillis(Duration.fromInputUnsafe(options.horizon)))
@@ -229,9 +230,24 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
         })
       })
 
+      /**
+       * Hands reservations another transaction held back to the workers a little later. They count
+       * as in flight meanwhile, so `settled` waits for them; the wait is real time, not the Effect
+       * clock's, as it waits for that other transaction, not for a deadline.
+       */
+      const retryLater = (busy: ReadonlyArray<ReservationRef>) =>
+        Effect.sync(() => { inFlight += busy.length }).pipe(
+          Effect.andThen(Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, busyRetryMillis)))),
+          Effect.andThen(Effect.suspend(() =>
+            Queue.offerAll(due, busy.map((ref): Timer => ({ organization_id: ref.organization_id, reservation_id: ref.reservation_id, at: 0, seq: ++seq, index: -1 })))
+          )),
+          Effect.forkIn(scope),
+          Effect.asVoid
+        )
+
       // Timers due together expire together: one transaction for the batch, and a reservation
       // another transaction holds (another replica's timer expiring it, a group on its order) is
-      // skipped, not waited for, and tried again shortly; by then it is usually expired or settled.
+      // skipped, not waited for, and tried again 250 ms later; by then it is usually expired or settled.
       const expire = (batch: ReadonlyArray<Timer>) =>
         uow.transaction(expireDue(batch)).pipe(
           Effect.provideService(ReservationTimers, service),
@@ -239,10 +255,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
           // Logged after the commit, so a line never reports an expiry that rolled back.
           Effect.tap(({ busy, expired }) =>
             Effect.gen(function*() {
-              if (busy.length > 0) {
-                const now = yield* Clock.currentTimeMillis
-                for (const ref of busy) hold({ ...ref, expires_at: new Date(now + busyRetryMillis) }, now)
-              }
+              if (busy.length > 0) yield* retryLater(busy)
               if (expired.length === 0) return
               yield* Metric.update(reservationsExpired, expired.length)
               for (const r of expired) {
