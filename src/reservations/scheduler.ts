@@ -24,8 +24,9 @@ export interface SchedulerOptions {
 
 const transientRetry = Schedule.max([Schedule.exponential("200 millis", 2), Schedule.recurs(4)])
 
-/** How soon a timer tries again when another transaction held its reservation. */
+/** How soon a timer tries again when another transaction held its reservation: doubling, up to 4 s. */
 const busyRetryMillis = 250
+const busyRetryMaxMillis = 4_000
 
 interface Timer {
   /** The one copy of its organization's id that every timer of the organization shares. */
@@ -35,6 +36,8 @@ interface Timer {
   readonly seq: number
   /** Position in the heap, kept by the heap, so a cancel removes the entry at once. */
   index: number
+  /** How many times another transaction held the reservation when this timer tried it. */
+  readonly tries?: number
 }
 
 const earlier = (a: Timer, b: Timer) => a.at < b.at || (a.at === b.at && a.seq < b.seq)
@@ -231,23 +234,33 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       })
 
       /**
-       * Hands reservations another transaction held back to the workers a little later. They count
-       * as in flight meanwhile, so `settled` waits for them; the wait is real time, not the Effect
-       * clock's, as it waits for that other transaction, not for a deadline.
+       * Hands reservations another transaction held back to the workers a little later, waiting
+       * twice as long each time the same one is held again. They count as in flight meanwhile, so
+       * `settled` waits for them; the wait is real time, not the Effect clock's, as it waits for
+       * that other transaction, not for a deadline.
        */
-      const retryLater = (busy: ReadonlyArray<ReservationRef>) =>
-        Effect.sync(() => { inFlight += busy.length }).pipe(
-          Effect.andThen(Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, busyRetryMillis)))),
-          Effect.andThen(Effect.suspend(() =>
-            Queue.offerAll(due, busy.map((ref): Timer => ({ organization_id: ref.organization_id, reservation_id: ref.reservation_id, at: 0, seq: ++seq, index: -1 })))
-          )),
-          Effect.forkIn(scope),
-          Effect.asVoid
-        )
+      const retryLater = (batch: ReadonlyArray<Timer>, busy: ReadonlyArray<ReservationRef>) => {
+        const tried = new Map(batch.map((t) => [`${t.organization_id}\u0000${t.reservation_id}`, t.tries ?? 0]))
+        const byDelay = new Map<number, Array<Timer>>()
+        for (const ref of busy) {
+          const tries = (tried.get(`${ref.organization_id}\u0000${ref.reservation_id}`) ?? 0) + 1
+          const delay = Math.min(busyRetryMillis * 2 ** (tries - 1), busyRetryMaxMillis)
+          const timers = byDelay.get(delay) ?? []
+          timers.push({ organization_id: ref.organization_id, reservation_id: ref.reservation_id, at: 0, seq: ++seq, index: -1, tries })
+          byDelay.set(delay, timers)
+        }
+        inFlight += busy.length
+        return Effect.forEach(byDelay, ([delay, timers]) =>
+          Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, delay))).pipe(
+            Effect.andThen(Queue.offerAll(due, timers)),
+            Effect.forkIn(scope)
+          ), { discard: true })
+      }
 
       // Timers due together expire together: one transaction for the batch, and a reservation
       // another transaction holds (another replica's timer expiring it, a group on its order) is
-      // skipped, not waited for, and tried again 250 ms later; by then it is usually expired or settled.
+      // skipped, not waited for, and tried again 250 ms later (then 0.5, 1, 2, 4 s while it stays
+      // held); by then it is usually expired or settled.
       const expire = (batch: ReadonlyArray<Timer>) =>
         uow.transaction(expireDue(batch)).pipe(
           Effect.provideService(ReservationTimers, service),
@@ -255,7 +268,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
           // Logged after the commit, so a line never reports an expiry that rolled back.
           Effect.tap(({ busy, expired }) =>
             Effect.gen(function*() {
-              if (busy.length > 0) yield* retryLater(busy)
+              if (busy.length > 0) yield* retryLater(batch, busy)
               if (expired.length === 0) return
               yield* Metric.update(reservationsExpired, expired.length)
               for (const r of expired) {

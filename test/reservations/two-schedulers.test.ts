@@ -42,6 +42,8 @@ afterAll(async () => {
 /** What one instance's expiry path asked for: the reservations its timers tried to expire. */
 interface Probe {
   readonly timerAttempts: Set<string>
+  /** How many times the timers asked for each reservation. */
+  readonly asked: Map<string, number>
   timerCalls: number
   sweeps: number
 }
@@ -51,7 +53,7 @@ interface Probe {
  * stores on it, `Scheduler.layer` on top. `Reservations` is wrapped only to observe calls.
  */
 const instance = (label: string, options: Scheduler.SchedulerOptions) => {
-  const probe: Probe = { timerAttempts: new Set(), timerCalls: 0, sweeps: 0 }
+  const probe: Probe = { timerAttempts: new Set(), asked: new Map(), timerCalls: 0, sweeps: 0 }
   const pool = PgClient.layer({
     url: Redacted.make(testDatabaseUrl),
     maxConnections: 6,
@@ -65,7 +67,10 @@ const instance = (label: string, options: Scheduler.SchedulerOptions) => {
       ...reservations,
       lockDueAmong: (refs, now) =>
         Effect.suspend(() => {
-          for (const ref of refs) probe.timerAttempts.add(ref.reservation_id)
+          for (const ref of refs) {
+            probe.timerAttempts.add(ref.reservation_id)
+            probe.asked.set(ref.reservation_id, (probe.asked.get(ref.reservation_id) ?? 0) + 1)
+          }
           probe.timerCalls++
           return reservations.lockDueAmong(refs, now)
         }),
@@ -262,8 +267,16 @@ describe("two scheduler instances on one database", () => {
     await withInstances({ sweepInterval: "1 hour", sweepBatch: 100 }, async (a, b) => {
       await eventually("every other reservation expired", async () => (await expiredCount(org)) === N - 1, 90_000)
       // Well past the deadline, o0 is still held, so still active: skipped, not waited for.
-      await eventually("a second past the deadline", () => Date.now() > dueAt.getTime() + 1_000 || undefined, 20_000)
-      expect((await look(reservationsOf(org, "o0")))[0]?.status).toBe("active")
+      await eventually("three seconds past the deadline", () => Date.now() > dueAt.getTime() + 3_000 || undefined, 20_000)
+      const o0 = (await look(reservationsOf(org, "o0")))[0]!
+      expect(o0.status).toBe("active")
+      // Asked again while held, each time after twice the wait (0.25, 0.5, 1, 2 s): a handful of
+      // times in those three seconds, where a fixed 250 ms would have asked a dozen.
+      for (const i of [a, b]) {
+        const asked = i.probe.asked.get(o0.reservation_id) ?? 0
+        expect(asked, i.label).toBeGreaterThanOrEqual(2)
+        expect(asked, i.label).toBeLessThanOrEqual(7)
+      }
       release.resolve()
       await holding
       // The timers that found it held try again and expire it; no sweep runs within the hour.
