@@ -47,7 +47,7 @@ const timers = Effect.scoped(Effect.gen(function*() {
 }))
 
 /** `count` active reservations in a schema of their own, due `spreadMinutes` from now at most. */
-const seededStores = (spreadMinutes: number) =>
+const seededStores = (spreadMinutes: number, label: string) =>
   Effect.gen(function*() {
     const stores = yield* Layer.build(SqlStores.layerWithClient({ url, schema, poolSize: 4 }))
     const sql = Context.get(stores, SqlClient)
@@ -58,13 +58,13 @@ const seededStores = (spreadMinutes: number) =>
       SELECT 'bench', 'r' || g, 'o' || g, 'active', now() + interval '1 minute' * ${spreadMinutes} * g / ${count}, now(), 'bench'
       FROM generate_series(1, ${count}) AS g`)
     yield* sql.unsafe("ANALYZE reservations")
-    console.log(`recovery: seeded ${count} active reservations due within ${spreadMinutes} minutes in ${(performance.now() - seeded).toFixed(0)} ms`)
+    console.log(`${label}: seeded ${count} active reservations due within ${spreadMinutes} minutes in ${(performance.now() - seeded).toFixed(0)} ms`)
     return stores
   })
 
 const recoveryWith = (options: Scheduler.SchedulerOptions, spreadMinutes: number, label: string) =>
   Effect.scoped(Effect.gen(function*() {
-    const stores = yield* seededStores(spreadMinutes)
+    const stores = yield* seededStores(spreadMinutes, label)
     const before = rss()
     const start = performance.now()
     const context = yield* Layer.build(Scheduler.layer(options).pipe(Layer.provide(Layer.succeedContext(stores))))

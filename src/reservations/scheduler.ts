@@ -36,7 +36,11 @@ interface Timer {
   readonly seq: number
   /** Position in the heap, kept by the heap, so a cancel removes the entry at once. */
   index: number
-  /** How many times another transaction held the reservation when this timer tried it. */
+}
+
+/** A reservation handed to the expiry workers: a timer that fired, or one tried again. */
+interface Attempt extends ReservationRef {
+  /** How many times another transaction held the reservation when it was tried before. */
   readonly tries?: number
 }
 
@@ -159,8 +163,8 @@ class TimerIndex {
  * The TTL scheduler (issue 5): keyed, cancellable timers, driven by one fiber on the Effect
  * clock (so `TestClock` drives it). It is the FiberMap pattern with the fibers folded into a
  * deadline heap: a sleeping fiber costs ~2.4 KB, a heap entry well under 200 B. A cancelled timer
- * leaves the heap at once and the table is streamed, never held whole (issue 15). With a `horizon`, only the
- * reservations due within it have a timer in memory, so memory no longer follows the live
+ * leaves the heap at once and the table is streamed, never held whole (issue 15). With a
+ * `horizon`, only the reservations due within it have a timer in memory, so memory no longer follows the live
  * reservations (at 230 B a timer, a million of them would not fit the heap; issue 18): a
  * reservation due later is armed by the refill that reaches it, on every replica, so a standby
  * holds the timers the consuming replica would have if it died.
@@ -168,8 +172,9 @@ class TimerIndex {
  * Timers that fire together expire together, in one unit of work (up to `expiryBatch`). Expiry
  * is idempotent (row lock and conditional transition), so a timer that fires late, twice, or on
  * two replicas releases stock once; a reservation another transaction holds is skipped, not
- * waited for, and its timer tries again shortly. At start-up every active reservation due within the horizon gets its timer back
- * (overdue ones fire at once), and a periodic sweep expires what a dead replica's timers would have.
+ * waited for, and tried again shortly. At start-up every active reservation due within the
+ * horizon gets its timer back (overdue ones fire at once), and a periodic sweep expires what a
+ * dead replica's timers would have.
  */
 export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers, never, Stores> =>
   Layer.effect(
@@ -183,7 +188,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       /** Timers handed to the workers whose expiry has not finished yet. */
       let inFlight = 0
       let wake = Deferred.makeUnsafe<void>()
-      const due = yield* Queue.unbounded<Timer>()
+      const due = yield* Queue.unbounded<Attempt>()
       const expiryBatch = Math.max(1, options.expiryBatch ?? 100)
       const scope = yield* Scope.Scope
 
@@ -239,20 +244,18 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
        * `settled` waits for them; the wait is real time, not the Effect clock's, as it waits for
        * that other transaction, not for a deadline.
        */
-      const retryLater = (batch: ReadonlyArray<Timer>, busy: ReadonlyArray<ReservationRef>) => {
-        const tried = new Map(batch.map((t) => [`${t.organization_id}\u0000${t.reservation_id}`, t.tries ?? 0]))
-        const byDelay = new Map<number, Array<Timer>>()
+      const retryLater = (batch: ReadonlyArray<Attempt>, busy: ReadonlyArray<ReservationRef>) => {
+        const tried = new Map(batch.map((a) => [`${a.organization_id}\u0000${a.reservation_id}`, a.tries ?? 0]))
+        const byDelay = new Map<number, Array<Attempt>>()
         for (const ref of busy) {
           const tries = (tried.get(`${ref.organization_id}\u0000${ref.reservation_id}`) ?? 0) + 1
           const delay = Math.min(busyRetryMillis * 2 ** (tries - 1), busyRetryMaxMillis)
-          const timers = byDelay.get(delay) ?? []
-          timers.push({ organization_id: ref.organization_id, reservation_id: ref.reservation_id, at: 0, seq: ++seq, index: -1, tries })
-          byDelay.set(delay, timers)
+          byDelay.set(delay, [...(byDelay.get(delay) ?? []), { organization_id: ref.organization_id, reservation_id: ref.reservation_id, tries }])
         }
         inFlight += busy.length
-        return Effect.forEach(byDelay, ([delay, timers]) =>
+        return Effect.forEach(byDelay, ([delay, attempts]) =>
           Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, delay))).pipe(
-            Effect.andThen(Queue.offerAll(due, timers)),
+            Effect.andThen(Queue.offerAll(due, attempts)),
             Effect.forkIn(scope)
           ), { discard: true })
       }
@@ -261,7 +264,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       // another transaction holds (another replica's timer expiring it, a group on its order) is
       // skipped, not waited for, and tried again 250 ms later (then 0.5, 1, 2, 4 s while it stays
       // held); by then it is usually expired or settled.
-      const expire = (batch: ReadonlyArray<Timer>) =>
+      const expire = (batch: ReadonlyArray<Attempt>) =>
         uow.transaction(expireDue(batch)).pipe(
           Effect.provideService(ReservationTimers, service),
           Effect.retry(transientRetry),
@@ -280,7 +283,7 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
           Effect.catchCause((cause) =>
             // The sweep will find them again; nothing is lost by giving up here.
             Effect.logWarning("reservation expiry failed; the sweep will retry").pipe(
-              Effect.annotateLogs({ reservations: batch.length, reservation_id: batch[0]!.reservation_id, cause: Cause.pretty(cause) })
+              Effect.annotateLogs({ reservations: batch.length, reservation_ids: batch.slice(0, 20).map((a) => a.reservation_id), cause: Cause.pretty(cause) })
             )
           ),
           Effect.withSpan("reservation.timer", {
@@ -351,18 +354,14 @@ export const layer = (options: SchedulerOptions): Layer.Layer<ReservationTimers,
       const load = Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const upTo = horizon === undefined ? undefined : new Date(now + horizon)
-        const loaded = yield* Effect.suspend(() => {
-          let count = 0
-          return reservations.activeSchedules(upTo === undefined ? undefined : { after: reached, upTo }).pipe(
-            Stream.runForEachArray((page) =>
-              Effect.sync(() => {
-                for (const reservation of page) hold(reservation, now)
-                count += page.length
-              })
-            ),
-            Effect.map(() => count)
-          )
-        }).pipe(Effect.retry(transientRetry))
+        const loaded = yield* reservations.activeSchedules(upTo === undefined ? undefined : { after: reached, upTo }).pipe(
+          Stream.mapArray((page) => {
+            for (const reservation of page) hold(reservation, now)
+            return page
+          }),
+          Stream.runCount,
+          Effect.retry(transientRetry)
+        )
         if (upTo !== undefined) reached = upTo
         return loaded
       })

@@ -38,6 +38,23 @@ const reservation = (org: string, orderId: string, id: string, items: Reservatio
   closed_reason: null
 })
 
+/**
+ * Runs `lock` in a transaction of its own and keeps it open, as another process would: returns
+ * once the lock is held, with the effect that commits it. On its own connection, not one of the
+ * units of work's slots, so the units under test are not kept waiting for one.
+ */
+const holding = <A, E, R>(lock: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient
+    const held = yield* Deferred.make<void>()
+    const release = yield* Deferred.make<void>()
+    const holder = yield* Effect.forkChild(sql.withTransaction(
+      lock.pipe(Effect.andThen(Deferred.succeed(held, undefined)), Effect.andThen(Deferred.await(release)))
+    ))
+    yield* Deferred.await(held)
+    return Effect.andThen(Deferred.succeed(release, undefined), Fiber.join(holder))
+  })
+
 /** The defect a failed effect died with, if it died. */
 const defectOf = <A, E>(exit: Exit.Exit<A, E>): unknown =>
   Exit.isFailure(exit) ? exit.cause.reasons.find(Cause.isDieReason)?.defect : undefined
@@ -262,19 +279,11 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       const org = freshOrg()
       yield* reservations.insert(reservation(org, "o1", "due1", []))
       yield* reservations.insert({ ...reservation(org, "o2", "due2", []), expires_at: new Date(30_000) })
-      const held = yield* Deferred.make<void>()
-      const release = yield* Deferred.make<void>()
-      const holder = yield* Effect.forkChild(uow.transaction(Effect.gen(function*() {
-        yield* reservations.lockById(org, "due1")
-        yield* Deferred.succeed(held, undefined)
-        yield* Deferred.await(release)
-      })))
-      yield* Deferred.await(held)
+      const release = yield* holding(reservations.lockById(org, "due1"))
       const due = yield* uow.transaction(reservations.lockDue(new Date(60_000), 10))
       const mine = due.filter((r) => r.organization_id === org).map((r) => r.reservation_id)
       assert.deepStrictEqual(mine, ["due2"])
-      yield* Deferred.succeed(release, undefined)
-      yield* Fiber.join(holder)
+      yield* release
       const later = (yield* uow.transaction(reservations.lockDue(new Date(60_000), 1000))).filter((r) => r.organization_id === org)
       assert.deepStrictEqual(later.map((r) => r.reservation_id), ["due2", "due1"], "by expires_at")
     }))
@@ -291,24 +300,15 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       yield* reservations.insert(reservation(org, "o5", "confirmed", [], "confirmed"))
       yield* reservations.insert(reservation(org, "o6", "not-asked", []))
       const refs = ["row-held", "order-held", "free", "not-due", "confirmed", "missing"].map((id) => ({ organization_id: org, reservation_id: id }))
-      const rowHeld = yield* Deferred.make<void>()
-      const orderHeld = yield* Deferred.make<void>()
-      const release = yield* Deferred.make<void>()
-      // Two other processes' transactions (on connections of their own, not this process's units):
-      // one holds a reservation's row (an expiry on another replica), the other only its order (a group on it).
-      const sql = yield* SqlClient
-      const holders = yield* Effect.forkChild(Effect.all([
-        sql.withTransaction(Effect.andThen(reservations.lockById(org, "row-held"), Effect.andThen(Deferred.succeed(rowHeld, undefined), Deferred.await(release)))),
-        sql.withTransaction(Effect.andThen(reservations.lockOrder(org, "o2"), Effect.andThen(Deferred.succeed(orderHeld, undefined), Deferred.await(release))))
-      ], { concurrency: 2 }))
-      yield* Deferred.await(rowHeld)
-      yield* Deferred.await(orderHeld)
+      // One transaction holds a reservation's row (an expiry on another replica), the other only its order (a group on it).
+      const releaseRow = yield* holding(reservations.lockById(org, "row-held"))
+      const releaseOrder = yield* holding(reservations.lockOrder(org, "o2"))
       const now = new Date(60_000)
       const first = yield* uow.transaction(reservations.lockDueAmong(refs, now))
       assert.deepStrictEqual(first.claimed.map((r) => r.reservation_id), ["free"])
       assert.deepStrictEqual(first.busy.map((r) => r.reservation_id).sort(), ["order-held", "row-held"])
-      yield* Deferred.succeed(release, undefined)
-      yield* Fiber.join(holders)
+      yield* releaseRow
+      yield* releaseOrder
       const second = yield* uow.transaction(reservations.lockDueAmong(refs, now))
       assert.deepStrictEqual(second.claimed.map((r) => r.reservation_id).sort(), ["free", "order-held", "row-held"])
       assert.deepStrictEqual(second.busy, [])

@@ -1,5 +1,6 @@
 import { Effect, Layer, Option, Stream } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
+import type * as Statement from "effect/sql/Statement"
 import type { SqlError } from "effect/sql/SqlError"
 import type { DatabaseError } from "../../domain/errors.ts"
 import type { Reservation, ReservationItem, ReservationStatus } from "../model.ts"
@@ -80,6 +81,28 @@ export const ReservationsSql = Layer.effect(
     const lockOrder = (org: string, orderId: string) =>
       Effect.asVoid(orDatabaseError(sql`SELECT pg_advisory_xact_lock(${orderKey(org, orderId)})`))
 
+    /**
+     * Locks the due reservations `source` selects (a `FROM ... WHERE` over `reservations r`),
+     * skipping rows another transaction holds and, among the rest, orders whose lock another
+     * holds (a group handling its events). The batch is chosen first (row locks, SKIP LOCKED,
+     * LIMIT) and only its orders' locks are tried: tried in the same WHERE as the sort, they were
+     * taken for every overdue row before the LIMIT, holding a whole backlog's orders.
+     */
+    const claimDue = (source: Statement.Fragment, limit?: number) =>
+      load(sql<ReservationRecord>`
+        WITH batch AS MATERIALIZED (
+          SELECT r.organization_id, r.reservation_id, r.order_id, r.expires_at, r.seq ${source}
+          ORDER BY r.expires_at, r.seq
+          ${limit === undefined ? sql`` : sql`LIMIT ${limit}`}
+          FOR UPDATE OF r SKIP LOCKED
+        ), claimed AS MATERIALIZED (
+          SELECT * FROM batch
+          WHERE pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
+        )
+        SELECT ${sql.literal(columns.split(", ").map((c) => `r.${c}`).join(", "))}
+        FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
+        ORDER BY c.expires_at, c.seq`)
+
     return Reservations.of({
       lockOrder,
 
@@ -137,57 +160,23 @@ export const ReservationsSql = Layer.effect(
 
       // Skips rows another process holds, and orders whose events are being handled right
       // now (their advisory lock is taken), so a sweep never waits on, or deadlocks with, them.
-      // The batch is chosen first (row locks, SKIP LOCKED, LIMIT) and only its orders' advisory
-      // locks are tried: tried in the same WHERE as the sort, they were taken for every overdue
-      // row before the LIMIT, holding a whole backlog's orders for the batch's transaction.
-      lockDue: (now, limit) =>
-        load(sql<ReservationRecord>`
-          WITH batch AS MATERIALIZED (
-            SELECT organization_id, reservation_id, order_id, expires_at, seq FROM reservations
-            WHERE status = 'active' AND expires_at <= ${now}
-            ORDER BY expires_at, seq
-            LIMIT ${limit}
-            FOR UPDATE SKIP LOCKED
-          ), claimed AS MATERIALIZED (
-            SELECT * FROM batch
-            WHERE pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
-          )
-          SELECT ${sql.literal(columns.split(", ").map((c) => `r.${c}`).join(", "))}
-          FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
-          ORDER BY c.expires_at, c.seq`),
+      lockDue: (now, limit) => claimDue(sql`FROM reservations r WHERE r.status = 'active' AND r.expires_at <= ${now}`, limit),
 
       // As `lockDue`, among the given reservations; then, of those not claimed, the ones still
       // active and past due in this statement's snapshot: someone else holds them.
       lockDueAmong: (refs, now) =>
         Effect.gen(function*() {
           if (refs.length === 0) return { claimed: [], busy: [] }
-          const orgs = refs.map((r) => r.organization_id)
-          const ids = refs.map((r) => r.reservation_id)
-          const claimed = yield* load(sql<ReservationRecord>`
-            WITH batch AS MATERIALIZED (
-              SELECT r.organization_id, r.reservation_id, r.order_id, r.expires_at, r.seq
-              FROM reservations r JOIN unnest(${orgs}::text[], ${ids}::text[]) AS w(organization_id, reservation_id)
-                USING (organization_id, reservation_id)
-              WHERE r.status = 'active' AND r.expires_at <= ${now}
-              ORDER BY r.expires_at, r.seq
-              FOR UPDATE OF r SKIP LOCKED
-            ), claimed AS MATERIALIZED (
-              SELECT * FROM batch
-              WHERE pg_try_advisory_xact_lock(hashtextextended('inventory.order ' || organization_id || ' ' || order_id, 0))
-            )
-            SELECT ${sql.literal(columns.split(", ").map((c) => `r.${c}`).join(", "))}
-            FROM reservations r JOIN claimed c USING (organization_id, reservation_id)
-            ORDER BY c.expires_at, c.seq`)
+          const among = sql`
+            FROM reservations r JOIN unnest(${refs.map((r) => r.organization_id)}::text[], ${refs.map((r) => r.reservation_id)}::text[])
+              AS w(organization_id, reservation_id) USING (organization_id, reservation_id)
+            WHERE r.status = 'active' AND r.expires_at <= ${now}`
+          const claimed = yield* claimDue(among)
           if (claimed.length === refs.length) return { claimed, busy: [] }
           const mine = new Set(claimed.map((r) => `${r.organization_id}\u0000${r.reservation_id}`))
           const due = yield* orDatabaseError(sql<{ readonly organization_id: string; readonly reservation_id: string }>`
-            SELECT r.organization_id, r.reservation_id
-            FROM reservations r JOIN unnest(${orgs}::text[], ${ids}::text[]) AS w(organization_id, reservation_id)
-              USING (organization_id, reservation_id)
-            WHERE r.status = 'active' AND r.expires_at <= ${now}`)
-          const busy = due
-            .filter((r) => !mine.has(`${r.organization_id}\u0000${r.reservation_id}`))
-            .map((r) => ({ organization_id: r.organization_id, reservation_id: r.reservation_id }))
+            SELECT r.organization_id, r.reservation_id ${among}`)
+          const busy = due.filter((r) => !mine.has(`${r.organization_id}\u0000${r.reservation_id}`))
           return { claimed, busy }
         }),
 
