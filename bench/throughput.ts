@@ -36,6 +36,9 @@
  *                                          JIT-compiled code, prepared statements or open connections
  *   npm run bench -- --timeout 600         longest wait, in seconds, for a run's commits (default 1,800)
  *   npm run bench -- --per-second          latency of each second of publishing on its own (where the tail is)
+ *   npm run bench -- --traces              our consumer exports its traces (OTLP/HTTP, as with Jaeger or Tempo)
+ *                                          to a receiver in this process, which counts the spans that arrive;
+ *                                          the conventional consumer traces nothing, so the ratio prices tracing
  *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
  *
@@ -59,6 +62,8 @@
 import amqp from "amqplib"
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { readdirSync, readFileSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { availableParallelism } from "node:os"
 import pg from "pg"
 import { conventionalSchemaSql } from "./conventional/consumer.ts"
@@ -88,6 +93,7 @@ const RATE = arg("rate", 0)
 let publishRate = RATE
 const WARMUP = arg("warmup", 1_000)
 const PER_SECOND = flag("per-second")
+const TRACES = flag("traces")
 const STOCK_PER_ROW = arg("stock", 1_000)
 const TENANTS = arg("tenants", 1)
 /** Each workload this many times through both consumers, in ABBA order: the ratio's spread. */
@@ -529,6 +535,57 @@ const latencies = (published: Map<string, number>, rows: ReadonlyArray<{ event_i
     return sent === undefined ? [] : [r.processed_at.getTime() - sent]
   }).sort((a, b) => a - b)
 
+// ---------------------------------------------------------------- traces (--traces)
+
+/**
+ * What an OTLP/HTTP collector receives from our consumer: spans by name, counted as they arrive.
+ * It answers each export at once, as a healthy collector does, so what it measures is the
+ * consumer's cost of tracing, not a slow backend's.
+ */
+interface TraceSnapshot {
+  readonly spans: ReadonlyMap<string, number>
+  readonly bytes: number
+}
+const traceReceiver = async () => {
+  const spans = new Map<string, number>()
+  let bytes = 0
+  const server = createServer((req, res) => {
+    const chunks: Array<Buffer> = []
+    req.on("data", (chunk: Buffer) => chunks.push(chunk))
+    req.on("end", () => {
+      const body = Buffer.concat(chunks)
+      bytes += body.length
+      try {
+        const payload = JSON.parse(body.toString()) as { resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: Array<{ name?: string }> }> }> }
+        for (const rs of payload.resourceSpans ?? []) {
+          for (const ss of rs.scopeSpans ?? []) for (const span of ss.spans ?? []) spans.set(String(span.name), (spans.get(String(span.name)) ?? 0) + 1)
+        }
+      } catch {
+        spans.set("(unreadable export)", (spans.get("(unreadable export)") ?? 0) + 1)
+      }
+      res.writeHead(200, { "content-type": "application/json" })
+      res.end("{}")
+    })
+  })
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done))
+  server.unref()
+  const snapshot = (): TraceSnapshot => ({ spans: new Map(spans), bytes })
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, snapshot }
+}
+const traces = TRACES ? await traceReceiver() : undefined
+/** The spans received between two snapshots: in all, and the consumer spans (one per message). */
+const describeTraces = (before: TraceSnapshot, after: TraceSnapshot, messages: number) => {
+  let all = 0
+  let consumer = 0
+  for (const [name, n] of after.spans) {
+    const delta = n - (before.spans.get(name) ?? 0)
+    all += delta
+    if (name.endsWith(" process")) consumer += delta
+  }
+  return `; traces exported: ${fmt(all)} spans, ${fmt((after.bytes - before.bytes) / 1048576, 1)} MB of OTLP/JSON, ` +
+    `${fmt(consumer)} consumer spans for ${fmt(messages + WARMUP)} messages (warm-up included)`
+}
+
 // ---------------------------------------------------------------- our consumer
 
 const ourEnv = {
@@ -538,7 +595,8 @@ const ourEnv = {
   DATABASE_SCHEMA: schema,
   // No LOG_LEVEL: the bench measures what `npm start` runs, its logging included.
   ...(PREFETCH === undefined ? {} : { ORDER_PREFETCH: String(PREFETCH) }),
-  HTTP_PORT: String(19000 + (process.pid % 1000))
+  HTTP_PORT: String(19000 + (process.pid % 1000)),
+  ...(traces === undefined ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT: traces.url })
 }
 
 const seedOurs = async () => {
@@ -635,6 +693,8 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
   // Replica 1's GC pauses and event loop over the measured run (one replica: the whole consumer's).
   let runtimeBefore: RuntimeFigures | undefined
   let runtimeAfter: RuntimeFigures | undefined
+  // Read after the run's processes stopped: each flushes its spans on the way out.
+  const tracesBefore = traces?.snapshot()
   const run = await measure({
     vhost: targets.ours, label: workload.label, replicas, subscriptions: 2, finished: oursFinished, messages: workload.messages,
     ...(killAfterMs === undefined ? {} : { killAfterMs }),
@@ -694,6 +754,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
     `${describeLoad(run)}${describeRuntime(runtimeBefore, runtimeAfter, cpuTotal)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
+    (traces === undefined || tracesBefore === undefined ? "" : describeTraces(tracesBefore, traces.snapshot(), workload.messages.length)) +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
   return { rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Committed: committed === undefined ? undefined : percentile(committed, 99), p99Announced: percentile(out, 99) }
 }
@@ -842,7 +903,8 @@ const main = async () => {
   console.log(`bench: ${CONSUMERS > 1 ? `${fmt(ORDERS)} orders (lifecycle), 1 replica then ${CONSUMERS}${KILL_AFTER_MS > 0 ? ` with one SIGKILLed after ${fmt(KILL_AFTER_MS / 1000, 1)} s` : ", none killed"}` : `${fmt(EVENTS)} events (order.placed, mixed), ${fmt(ORDERS)} orders (lifecycle)`} over ${fmt(VARIANTS)} variants${ORGS.length > 1 ? ` in each of ${fmt(ORGS.length)} organizations` : ""}` +
     `${ROUNDS > 1 ? `, ${ROUNDS} rounds of each workload through both consumers in ABBA order` : ""}${RATE > 0 ? `, publish rate held at ${RATE}/s` : ""}${WARMUP > 0 ? `, each run after a warm-up of ${fmt(WARMUP)} order.placed (not counted)` : ""}; ` +
     `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}` +
-    `${commitTimes ? " (commit timestamps tracked: latency to the commit is printed)" : " (track_commit_timestamp off: latency to the commit is not printed)"}. Shared machine: figures are noisy.`)
+    `${commitTimes ? " (commit timestamps tracked: latency to the commit is printed)" : " (track_commit_timestamp off: latency to the commit is not printed)"}` +
+    `${traces === undefined ? "" : "; ours exports its traces over OTLP/HTTP to a receiver in the bench (the conventional consumer traces nothing)"}. Shared machine: figures are noisy.`)
   let clean = true
   try {
     await seedOurs()
