@@ -2,6 +2,7 @@ import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Effect, Fiber, Option } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { formatTraceparent } from "../../src/observability/spans.ts"
 import * as Tracing from "../../src/observability/tracing.ts"
 
 /**
@@ -72,5 +73,23 @@ describe("Tracing.layer", () => {
       const span = byName.get(name)
       expect(span, name).toMatchObject({ traceId: outer!.traceId, parentSpanId: outer!.spanId })
     }
+  })
+
+  it("samples as OTEL_TRACES_SAMPLER says: an unsampled span is not exported, and its traceparent says so", async () => {
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`
+    process.env["OTEL_TRACES_SAMPLER"] = "always_off"
+    try {
+      const traceparent = await Effect.runPromise(
+        Effect.map(Effect.makeSpan("unsampled"), formatTraceparent).pipe(
+          Effect.provide(Tracing.layer({ tracesUrl: Option.some(url), serviceName: "tracing-test" }))
+        )
+      )
+      expect(traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/)
+    } finally {
+      delete process.env["OTEL_TRACES_SAMPLER"]
+    }
+    expect(received.map((span) => span.name)).not.toContain("unsampled")
+    // The receiver is the same: the first test's spans did arrive.
+    expect(received.map((span) => span.name)).toContain("outer")
   })
 })
