@@ -1,9 +1,12 @@
+import { spawn } from "node:child_process"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
-import { Effect, Fiber, Option } from "effect"
+import { Effect, Fiber, Logger, Option } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { formatTraceparent } from "../../src/observability/spans.ts"
 import * as Tracing from "../../src/observability/tracing.ts"
+import { createVhost, deleteVhost, eventually, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
+import { dropSchema, testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
  * Issue 18: with traces exported, the Effect tracer `Tracing.layer` installs is OpenTelemetry's
@@ -19,6 +22,8 @@ interface Received {
 }
 
 const received: Array<Received> = []
+/** Exports the receiver refused (a collector answering 400 on `/refuse/`). */
+let refused = 0
 let server: Server
 
 beforeAll(async () => {
@@ -26,6 +31,12 @@ beforeAll(async () => {
     let body = ""
     req.on("data", (chunk) => (body += chunk))
     req.on("end", () => {
+      if (req.url?.startsWith("/refuse/")) {
+        refused++
+        res.writeHead(400, { "content-type": "application/json" })
+        res.end("{}")
+        return
+      }
       const payload = JSON.parse(body) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: Array<Record<string, string>> }> }> }
       for (const rs of payload.resourceSpans) {
         for (const ss of rs.scopeSpans) {
@@ -92,4 +103,63 @@ describe("Tracing.layer", () => {
     // The receiver is the same: the first test's spans did arrive.
     expect(received.map((span) => span.name)).toContain("outer")
   })
+  it("logs OpenTelemetry's own failures (an export the collector refused), one line for many", async () => {
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/refuse/v1/traces`
+    const lines: Array<{ readonly message: string; readonly annotations: Record<string, unknown> }> = []
+    const capture = Logger.make((options) => {
+      lines.push({ message: String(Array.isArray(options.message) ? options.message[0] : options.message), annotations: {} })
+    })
+    const before = refused
+    // More spans than one export carries (512), each batch refused.
+    const spans = Effect.forEach(Array.from({ length: 1_200 }, (_, i) => i), (i) => Effect.withSpan(Effect.void, `refused-${i}`), { discard: true })
+    await Effect.runPromise(
+      spans.pipe(
+        Effect.provide(Tracing.layer({ tracesUrl: Option.some(url), serviceName: "tracing-test" })),
+        Effect.provide(Logger.layer([capture]))
+      )
+    )
+    // The lines are written by fibers of their own: wait for them briefly.
+    for (let i = 0; i < 50 && !lines.some((line) => line.message.startsWith("OpenTelemetry:")); i++) await new Promise((done) => setTimeout(done, 20))
+    expect(refused - before).toBeGreaterThanOrEqual(2)
+    const reported = lines.filter((line) => line.message.startsWith("OpenTelemetry:"))
+    expect(reported).toHaveLength(1)
+  })
+})
+
+describe("the consumer with a collector that refuses its exports", () => {
+  it("says so in its log, and still exits 0 on SIGTERM", async () => {
+    const vhost = uniqueVhost("tracing")
+    const schema = uniqueSchema("tracing")
+    await createVhost(vhost)
+    const consumer = spawn("node_modules/.bin/node", ["src/main.ts"], {
+      env: {
+        ...process.env,
+        AMQP_URL: vhostUrl(vhost),
+        DATABASE_URL: testDatabaseUrl,
+        DATABASE_SCHEMA: schema,
+        HTTP_PORT: String(21000 + (process.pid % 5000)),
+        HTTP_HOST: "127.0.0.1",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${(server.address() as AddressInfo).port}/refuse/v1/traces`,
+        SHUTDOWN_TIMEOUT_MS: "10000"
+      },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    consumer.stdout.on("data", (d) => (output += d))
+    consumer.stderr.on("data", (d) => (output += d))
+    const exited = new Promise<number | null>((done) => consumer.on("exit", (code) => done(code)))
+    try {
+      await eventually("consumer started", () => output.includes("consumer started"), 45_000)
+      // Its start-up spans were refused within the export interval: the log says so.
+      await eventually("the refused export in the log", () => output.includes("OpenTelemetry: Bad Request"), 15_000)
+      consumer.kill("SIGTERM")
+      // What the shutdown itself traced (the relay's last drain) is refused too, at the last flush.
+      expect(await exited, output.split("\n").slice(-20).join("\n")).toBe(0)
+      expect(output).toContain("traces not all exported before exit")
+    } finally {
+      if (consumer.exitCode === null) consumer.kill("SIGKILL")
+      await deleteVhost(vhost)
+      await dropSchema(schema)
+    }
+  }, 90_000)
 })
