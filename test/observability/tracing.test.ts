@@ -1,12 +1,13 @@
-import { spawn } from "node:child_process"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Effect, Fiber, Logger, Option } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { formatTraceparent } from "../../src/observability/spans.ts"
 import * as Tracing from "../../src/observability/tracing.ts"
+import { dropSchema } from "../cli/support.ts"
+import { startConsumer } from "../reservations/support.ts"
 import { createVhost, deleteVhost, eventually, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
-import { dropSchema, testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
+import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
  * Issue 18: with traces exported, the Effect tracer `Tracing.layer` installs is OpenTelemetry's
@@ -131,33 +132,24 @@ describe("the consumer with a collector that refuses its exports", () => {
     const vhost = uniqueVhost("tracing")
     const schema = uniqueSchema("tracing")
     await createVhost(vhost)
-    const consumer = spawn("node_modules/.bin/node", ["src/main.ts"], {
-      env: {
-        ...process.env,
-        AMQP_URL: vhostUrl(vhost),
-        DATABASE_URL: testDatabaseUrl,
-        DATABASE_SCHEMA: schema,
-        HTTP_PORT: String(21000 + (process.pid % 5000)),
-        HTTP_HOST: "127.0.0.1",
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${(server.address() as AddressInfo).port}/refuse/v1/traces`,
-        SHUTDOWN_TIMEOUT_MS: "10000"
-      },
-      stdio: ["ignore", "pipe", "pipe"]
+    const consumer = startConsumer({
+      AMQP_URL: vhostUrl(vhost),
+      DATABASE_URL: testDatabaseUrl,
+      DATABASE_SCHEMA: schema,
+      HTTP_PORT: String(21000 + (process.pid % 5000)),
+      HTTP_HOST: "127.0.0.1",
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${(server.address() as AddressInfo).port}/refuse/v1/traces`,
+      SHUTDOWN_TIMEOUT_MS: "10000"
     })
-    let output = ""
-    consumer.stdout.on("data", (d) => (output += d))
-    consumer.stderr.on("data", (d) => (output += d))
-    const exited = new Promise<number | null>((done) => consumer.on("exit", (code) => done(code)))
     try {
-      await eventually("consumer started", () => output.includes("consumer started"), 45_000)
+      await eventually("consumer started", () => consumer.output().includes("consumer started"), 45_000)
       // Its start-up spans were refused within the export interval: the log says so.
-      await eventually("the refused export in the log", () => output.includes("OpenTelemetry: Bad Request"), 15_000)
-      consumer.kill("SIGTERM")
+      await eventually("the refused export in the log", () => consumer.output().includes("OpenTelemetry: Bad Request"), 15_000)
       // What the shutdown itself traced (the relay's last drain) is refused too, at the last flush.
-      expect(await exited, output.split("\n").slice(-20).join("\n")).toBe(0)
-      expect(output).toContain("traces not all exported before exit")
+      expect(await consumer.stop(), consumer.output().split("\n").slice(-20).join("\n")).toBe(0)
+      expect(consumer.output()).toContain("traces not all exported before exit")
     } finally {
-      if (consumer.exitCode === null) consumer.kill("SIGKILL")
+      consumer.kill()
       await deleteVhost(vhost)
       await dropSchema(schema)
     }

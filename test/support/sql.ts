@@ -1,22 +1,10 @@
 import { Effect, Layer } from "effect"
-import pg from "pg"
 import { SqlClient } from "effect/sql/SqlClient"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 
 /** The test database: PostgreSQL on 127.0.0.1, user postgres, trust auth. */
 export const testDatabaseUrl = process.env["TEST_DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/test"
-
-/** Drops a schema that a consumer process a test started made for itself (it migrates on start). */
-export const dropSchema = async (schema: string): Promise<void> => {
-  const client = new pg.Client({ connectionString: testDatabaseUrl })
-  await client.connect()
-  try {
-    await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
-  } finally {
-    await client.end()
-  }
-}
 
 /** A schema no other run or file can be using: `t_<file>_<random>`. */
 export const uniqueSchema = (file: string) =>
