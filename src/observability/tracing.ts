@@ -1,5 +1,7 @@
 import { Cause, Clock, Duration, Effect, Layer, Option, Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
+// Types only: the OpenTelemetry packages are loaded when traces are exported (see `layer`).
+import type { DiagAPI, DiagLogLevel } from "@opentelemetry/api"
 
 /** Where traces go (`tracingSettings` in src/config.ts reads the standard `OTEL_*` variables). */
 export interface TracingSettings {
@@ -9,19 +11,20 @@ export interface TracingSettings {
 }
 
 /**
- * OpenTelemetry tracing over OTLP/HTTP. `OTEL_RESOURCE_ATTRIBUTES` is read by the library itself
- * (`Resource.layerFromEnv`), the one setting that does not pass through src/config.ts; so are
- * the SDK's own `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
+ * OpenTelemetry tracing over OTLP/HTTP. `OTEL_RESOURCE_ATTRIBUTES` (`Resource.layerFromEnv`) and
+ * the sampler's `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (the SDK) are read by the
+ * libraries themselves: the settings that do not pass through src/config.ts.
  *
- * Built from `@effect/opentelemetry`'s parts rather than its `NodeSdk.layer`, for two reasons (its
- * release, see `provider` below, is the other). The Effect tracer that layer installs has a `context` hook, which the fiber runtime calls around
- * every primitive it evaluates while a span is current, to make that span OpenTelemetry's active
- * one (two `Context` copies and a `context.with` per primitive). Only OpenTelemetry's own
+ * Built from `@effect/opentelemetry`'s parts rather than its `NodeSdk.layer`, for two reasons.
+ * The Effect tracer that layer installs has a `context` hook, which the fiber runtime calls
+ * around every primitive it evaluates while a span is current, to make that span OpenTelemetry's
+ * active one (two `Context` copies and a `context.with` per primitive). Only OpenTelemetry's own
  * instrumentations read the active context, and this process has none; nor does it register a
  * context manager, so OpenTelemetry's active context stays empty whatever the hook does. The hook
  * measured 8% of the consumer's CPU with traces exported, and more of its garbage (issue 18).
  * Spans, their parents and the `traceparent` of what is published are Effect's and unchanged:
- * `tracer` below is the same OpenTelemetry-backed tracer without the hook.
+ * `withoutContextHook` keeps the same OpenTelemetry-backed tracer without the hook. The other
+ * reason is the provider's release, below.
  */
 export const layer = (settings: TracingSettings): Layer.Layer<never> => {
   if (Option.isNone(settings.tracesUrl)) return Layer.empty
@@ -82,12 +85,6 @@ const flushTimeout = Duration.seconds(5)
 export const withoutContextHook = (tracer: Tracer.Tracer): Tracer.Tracer =>
   Tracer.make({ span: (options) => tracer.span(options) })
 
-/** What `diagnostics` needs of `@opentelemetry/api`'s `diag`. */
-interface Diag {
-  setLogger(logger: Record<"error" | "warn" | "info" | "debug" | "verbose", (message: string, ...args: Array<unknown>) => void>, level: number): boolean
-  disable(): void
-}
-
 /**
  * OpenTelemetry's own warnings and errors into this service's log: a failed export (the
  * collector down or refusing), spans dropped because the export queue was full. Without a
@@ -95,7 +92,7 @@ interface Diag {
  * collector that stays down fails an export every second or so: one line per `quiet`, which
  * counts the reports it stands for, keeps the log readable.
  */
-const diagnostics = (diag: Diag, level: number, quiet: Duration.Duration) =>
+const diagnostics = (diag: DiagAPI, level: DiagLogLevel, quiet: Duration.Duration) =>
   Layer.effectDiscard(Effect.gen(function*() {
     const run = Effect.runForkWith(yield* Effect.context<never>())
     let lastAt = Number.NEGATIVE_INFINITY
