@@ -4,10 +4,10 @@ import { Effect, Fiber, Logger, Option } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { formatTraceparent } from "../../src/observability/spans.ts"
 import * as Tracing from "../../src/observability/tracing.ts"
-import { dropSchema } from "../cli/support.ts"
+import { databaseUrl, dropSchema } from "../cli/support.ts"
 import { startConsumer } from "../reservations/support.ts"
 import { createVhost, deleteVhost, eventually, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
-import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
+import { uniqueSchema } from "../support/sql.ts"
 
 /**
  * Issue 18: with traces exported, the Effect tracer `Tracing.layer` installs is OpenTelemetry's
@@ -134,7 +134,8 @@ describe("the consumer with a collector that refuses its exports", () => {
     await createVhost(vhost)
     const consumer = startConsumer({
       AMQP_URL: vhostUrl(vhost),
-      DATABASE_URL: testDatabaseUrl,
+      // The database `dropSchema` cleans up in.
+      DATABASE_URL: databaseUrl,
       DATABASE_SCHEMA: schema,
       HTTP_PORT: String(21000 + (process.pid % 5000)),
       HTTP_HOST: "127.0.0.1",
