@@ -1,5 +1,5 @@
 import type amqp from "amqplib"
-import { Cause, DateTime, Effect, Exit, Metric } from "effect"
+import { Cause, DateTime, Duration, Effect, Exit, Metric, Option } from "effect"
 import type { DeadLetterSettings, Topology } from "../config.ts"
 import type { InventoryError } from "../domain/errors.ts"
 import { fateOf, fates } from "../domain/fates.ts"
@@ -20,7 +20,9 @@ export const deadLetterHeaders = {
   originalExchange: "x-original-exchange",
   originalRoutingKey: "x-original-routing-key",
   failedAt: "x-failed-at",
-  attempts: "x-attempts"
+  attempts: "x-attempts",
+  /** The record's id: the dead-letter recorder marks the record copied when the copy reaches it. */
+  id: "x-dead-letter-id"
 } as const
 
 /** Properties carried over unchanged (not `expiration`, which would age it out of the DLQ, nor `userId`, which the broker checks against our login). */
@@ -132,12 +134,42 @@ interface Attempt {
 }
 
 /**
+ * How long a dead letter whose copy may already be in the DLQ waits for the recorder to say so
+ * before it is copied again: long enough for a connection the broker closed to come back and the
+ * recorder to read what it holds.
+ */
+const copySeenWait = Duration.seconds(5)
+const copySeenPoll = Duration.millis(100)
+
+/**
+ * Whether the dead-letter recorder has marked the record copied within `copySeenWait`: it does
+ * so for every copy of ours that reaches its queue, which is bound to the DLQ's exchange as the
+ * DLQ is. In real time: it waits for another consumer, not for this fiber's clock.
+ */
+const seenByRecorder = (failedEvents: FailedEvents["Service"], id: string) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + Duration.toMillis(copySeenWait)
+    while (true) {
+      const record = yield* failedEvents.get(id)
+      if (Option.isSome(record) && record.value.dlq_copied_at !== null) return true
+      if (Date.now() >= deadline) return false
+      yield* Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, Duration.toMillis(copySeenPoll))))
+    }
+  })
+
+/**
  * SPEC 5's protocol: record first (a redelivery finds the record of its first delivery), copy
  * to the DLQ once and wait for the confirm, then mark the record copied. A record already
- * copied means the ack was lost: nothing is copied again. Two windows remain in which a second
- * copy can happen, both AMQP's: a crash between the confirm and the mark, and a copy the broker
- * took whose confirm never came (the connection died first, or it came after the publish
- * timeout), which is published again because nothing can tell it from a lost one.
+ * copied means the ack was lost: nothing is copied again.
+ *
+ * A copy may also have reached the DLQ with nothing marked: the broker took it and its confirm
+ * never came (the connection died first, or it came after the publish timeout), or the process
+ * died between the confirm and the mark. Nothing on this side tells such a copy from a lost one,
+ * but the recorder sees it (its queue is bound to the same exchange) and marks the record by the
+ * copy's `x-dead-letter-id`. So when the record is an earlier delivery's, left unmarked, the
+ * recorder's mark is waited for, up to `copySeenWait`, before copying again (`deadLetter` does
+ * the same after a copy of this delivery went out unconfirmed). What is left of AMQP's window is
+ * a recorder that does not read its queue within that wait.
  */
 const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: Attempt) =>
   Effect.gen(function*() {
@@ -149,6 +181,13 @@ const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: At
         Effect.annotateLogs({ dead_letter_id: attempt.id, error_type: stored.error_type })
       )
       return false
+    }
+    const earlier = stored.failed_at.getTime() !== attempt.record.failed_at.getTime()
+    if (earlier && (yield* seenByRecorder(failedEvents, attempt.id))) {
+      yield* Effect.logInfo("an earlier copy of this dead letter reached the DLQ; not copying it again").pipe(
+        Effect.annotateLogs({ dead_letter_id: attempt.id, error_type: stored.error_type })
+      )
+      return true
     }
     yield* publisher.publish({
       exchange: topology.deadLetterExchange,
@@ -165,7 +204,8 @@ const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: At
           [deadLetterHeaders.originalExchange]: message.exchange,
           [deadLetterHeaders.originalRoutingKey]: message.routingKey,
           [deadLetterHeaders.failedAt]: stored.failed_at.toISOString(),
-          [deadLetterHeaders.attempts]: message.delivery.deliveryCount
+          [deadLetterHeaders.attempts]: message.delivery.deliveryCount,
+          [deadLetterHeaders.id]: attempt.id
         }
       }
     })
@@ -190,6 +230,9 @@ const storeDown = (cause: Cause.Cause<unknown>): boolean =>
   )
 const publishFailed = (cause: Cause.Cause<unknown>): boolean =>
   cause.reasons.some((r) => Cause.isFailReason(r) && r.error instanceof PublishError)
+/** A copy went out and no confirm came back: the DLQ may hold it. */
+const maybeDelivered = (cause: Cause.Cause<unknown>): boolean =>
+  cause.reasons.some((r) => Cause.isFailReason(r) && r.error instanceof PublishError && r.error.maybeDelivered === true)
 
 const isInventoryError = (error: unknown): error is InventoryError =>
   typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" && Object.hasOwn(fates, error._tag)
@@ -253,6 +296,17 @@ export const deadLetter = (config: DeadLetterConfig, message: InboundMessage, fa
         Effect.annotateLogs({ dead_letter_id: id, error_type: full.error_type, cause: Cause.pretty(firstCause) })
       )
       return { _tag: "StoreUnavailable" } as DeadLetterResult
+    }
+    // The copy went out and its confirm did not come back (the connection died first, say): the
+    // DLQ may hold it, and the recorder says so. Parking would copy it a second time.
+    if (maybeDelivered(firstCause)) {
+      const seen = yield* Effect.flatMap(FailedEvents, (failedEvents) => seenByRecorder(failedEvents, id)).pipe(Effect.orElseSucceed(() => false))
+      if (seen) {
+        yield* Effect.logInfo("the dead letter's copy was not confirmed, but it reached the DLQ").pipe(
+          Effect.annotateLogs({ dead_letter_id: id, error_type: full.error_type })
+        )
+        return yield* counted(message, failure, true, false)
+      }
     }
 
     // Parked: plain ASCII fields, no headers, a copy with only ours. The reason is kept.

@@ -124,13 +124,22 @@ export const brokerDeadLetter = (message: InboundMessage, now: Date, bodyMaxByte
 /** What became of one message of the recorder queue. */
 export type Recorded = "ours" | "recorded" | "seen before"
 
-/** Records one message of the recorder queue unless it is ours or recorded already. */
+/**
+ * Records one message of the recorder queue unless it is ours or recorded already. One of ours
+ * marks its record copied (by its `x-dead-letter-id`): the DLQ, bound to the same exchange,
+ * holds it too, and a dead letter whose confirm was lost waits for that mark rather than copy
+ * itself again (`deadLetter.ts`).
+ */
 export const recordDeadLetter = (message: InboundMessage, bodyMaxBytes: number) =>
   Effect.gen(function*() {
+    const failedEvents = yield* FailedEvents
     // Ours carry `x-error-type` and never `x-death` (the dead-letter path drops it); a broker's
     // dead letter always has `x-death`, even of a message whose publisher set `x-error-type`.
-    if (message.headers[deadLetterHeaders.errorType] !== undefined && message.headers["x-death"] === undefined) return "ours" as Recorded
-    const failedEvents = yield* FailedEvents
+    if (message.headers[deadLetterHeaders.errorType] !== undefined && message.headers["x-death"] === undefined) {
+      const id = message.headers[deadLetterHeaders.id]
+      if (typeof id === "string") yield* failedEvents.markCopied(id, new Date(yield* Clock.currentTimeMillis))
+      return "ours" as Recorded
+    }
     const record = brokerDeadLetter(message, new Date(yield* Clock.currentTimeMillis), bodyMaxBytes)
     if (Option.isSome(yield* failedEvents.get(record.id))) return "seen before" as Recorded
     yield* failedEvents.record(record)

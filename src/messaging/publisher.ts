@@ -10,7 +10,13 @@ import { shortString, typedHeaders } from "./headers.ts"
 export class PublishError extends Schema.TaggedError<PublishError>()("PublishError", {
   exchange: Schema.String,
   routingKey: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /**
+   * The message went out on the channel and no confirm came: the channel closed first, the
+   * broker nacked it, or the deadline passed. The broker may have it all the same. Unset: it
+   * never left (no channel, or one that refused it at once).
+   */
+  maybeDelivered: Schema.optional(Schema.Boolean)
 }) {}
 
 export interface OutgoingMessage {
@@ -92,8 +98,8 @@ export class Publisher extends Context.Service<Publisher, {
       const publishAll = (messages: ReadonlyArray<OutgoingMessage>) =>
         Effect.gen(function*() {
           if (messages.length === 0) return []
-          const fail = (message: OutgoingMessage, reason: string) =>
-            new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason })
+          const fail = (message: OutgoingMessage, reason: string, maybeDelivered: boolean) =>
+            new PublishError({ exchange: message.exchange, routingKey: message.routingKey, message: reason, ...(maybeDelivered ? { maybeDelivered } : {}) })
           const spans = yield* Effect.forEach(messages, (message) => {
             const parent = parseTraceparent(message.causedBy)
             const attributes = {
@@ -116,6 +122,8 @@ export class Publisher extends Context.Service<Publisher, {
           const dropped: Array<{ readonly exchange: string; readonly headers: ReadonlyArray<string> }> = []
           // Filled by the confirm callbacks; null while a message waits for its confirm.
           const results = new Array<PublishError | undefined | null>(messages.length).fill(null)
+          /** Handed to the channel: an answer that does not come leaves it maybe delivered. */
+          const sent = new Array<boolean>(messages.length).fill(false)
           if (Option.isSome(channel)) {
             const left = startedAt + Duration.toMillis(timeout) - (yield* Clock.currentTimeMillis)
             const confirmed = Effect.callback<void>((resume) => {
@@ -135,17 +143,18 @@ export class Publisher extends Context.Service<Publisher, {
                   const encoded = encodable({ ...message.options, headers }, message.ownHeaders ?? [])
                   if (encoded.dropped.length > 0) dropped.push({ exchange: message.exchange, headers: encoded.dropped })
                   channel.value.publish(message.exchange, message.routingKey, content, encoded.options, (error: unknown) => {
-                    settle(i, error ? fail(message, `broker did not confirm: ${error instanceof Error ? error.message : String(error)}`) : undefined)
+                    settle(i, error ? fail(message, `broker did not confirm: ${error instanceof Error ? error.message : String(error)}`, true) : undefined)
                   })
+                  sent[i] = true
                 } catch (error) {
-                  settle(i, fail(message, error instanceof Error ? error.message : String(error)))
+                  settle(i, fail(message, error instanceof Error ? error.message : String(error), false))
                 }
               }
             })
             yield* confirmed.pipe(Effect.timeoutOption(Duration.millis(Math.max(0, left))))
           }
           // Past the deadline (or with no channel) the rest fail; a confirm arriving later finds its result set.
-          for (const [i, message] of messages.entries()) if (results[i] === null) results[i] = fail(message, unavailable)
+          for (const [i, message] of messages.entries()) if (results[i] === null) results[i] = fail(message, unavailable, sent[i]!)
           for (const cut of dropped) {
             yield* Effect.logWarning("headers left out: the header table would exceed what AMQP can carry").pipe(
               Effect.annotateLogs({ exchange: cut.exchange, headers: cut.headers.slice(0, 20).map((name) => name.slice(0, 100)) })

@@ -221,4 +221,48 @@ describe("dead letters the broker makes", () => {
       await recorder.dispose()
     }
   }, 180_000)
+  it("marks the record of one of our copies copied, by its x-dead-letter-id: a copy whose confirm was lost is not made again", async () => {
+    const recorder = recorderOnly()
+    try {
+      await recorder.runPromise(Effect.void)
+      const run = <A, E>(effect: Effect.Effect<A, E, any>) => recorder.runPromise(effect)
+      const org = freshOrg()
+      const id = freshId("dl")
+      const body = new TextEncoder().encode(JSON.stringify(orderPlaced(org, freshId("evt"), "order-5")))
+      // Recorded, then copied with its confirm lost: nothing marked it.
+      await run(Effect.flatMap(FailedEvents, (f) =>
+        f.record({
+          id,
+          event_id: null,
+          event_type: "order.placed",
+          organization_id: org,
+          error_type: "ValidationError",
+          error_message: "injected",
+          body,
+          body_sha256: "0".repeat(64),
+          body_length: body.length,
+          content_type: null,
+          original_exchange: "order_events",
+          original_routing_key: "order.placed",
+          attempts: 1,
+          failed_at: new Date(),
+          replay_count: 0,
+          last_replayed_at: null,
+          dlq_copied_at: null,
+          headers: {}
+        })))
+      await client.publish("inventory_dlq", "order.placed", Buffer.from(body), {
+        headers: { "x-error-type": "ValidationError", "x-dead-letter-id": id }
+      })
+      const marked = await eventually("the record marked copied", async () => {
+        const found = await run(Effect.flatMap(FailedEvents, (f) => f.get(id)))
+        return found._tag === "Some" && found.value.dlq_copied_at !== null ? found.value : undefined
+      })
+      expect(marked.error_type).toBe("ValidationError")
+      // Still ours: no record of its own.
+      expect(await run(Effect.flatMap(FailedEvents, (f) => f.list({ organization_id: org })))).toHaveLength(1)
+    } finally {
+      await recorder.dispose()
+    }
+  }, 60_000)
 })
