@@ -1,6 +1,5 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises"
-import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { promisify } from "node:util"
@@ -9,7 +8,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { addWarehouse, freshId, freshOrg, putStock } from "../support/events.ts"
-import { createVhost, deleteVhost, eventually, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
+import { createVhost, deleteVhost, eventually, freePort, TestClient, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 import { startConsumer } from "../reservations/support.ts"
 
@@ -24,16 +23,6 @@ const run = promisify(execFile)
 const file = (path: string) => resolve(path)
 const rulesFile = file("deploy/prometheus/alerts.yml")
 const dashboardFile = file("deploy/grafana/dashboards/inventory-consumer.json")
-
-const freePort = () =>
-  new Promise<number>((done, fail) => {
-    const server = createServer()
-    server.once("error", fail)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => done(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
 
 const promtool = (...args: Array<string>) => run("promtool", args, { timeout: 60_000 })
 

@@ -1,5 +1,4 @@
 import { execFile, spawn } from "node:child_process"
-import { createServer } from "node:net"
 import { promisify } from "node:util"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
@@ -7,7 +6,7 @@ import { describe, expect, it } from "vitest"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Movements } from "../../src/stores/services.ts"
 import { addWarehouse, freshOrg } from "../support/events.ts"
-import { connectionCount, createVhost, publishReturns, TestClient, deleteVhost, eventually, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
+import { connectionCount, createVhost, freePort, publishReturns, TestClient, deleteVhost, eventually, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
@@ -25,16 +24,6 @@ const childrenOf = async (pid: number): Promise<ReadonlyArray<number>> => {
   const { stdout } = await run("ps", ["-o", "pid=", "--ppid", String(pid)]).catch(() => ({ stdout: "" }))
   return stdout.split("\n").map((s) => Number(s.trim())).filter((n) => n > 0)
 }
-
-const freePort = () =>
-  new Promise<number>((done, fail) => {
-    const server = createServer()
-    server.once("error", fail)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => done(typeof address === "object" && address !== null ? address.port : 0))
-    })
-  })
 
 const alive = (pid: number) => {
   try {

@@ -1,9 +1,9 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { appendFileSync, chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
-import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { delimiter, dirname, join } from "node:path"
 import { promisify } from "node:util"
+import { freePort } from "./rabbit.ts"
 
 /**
  * A throwaway RabbitMQ cluster on this machine, beside (never instead of) the shared broker on
@@ -22,17 +22,6 @@ const binDir = (() => {
   }
   return "/usr/lib/rabbitmq/bin"
 })()
-
-/** A local TCP port nothing listens on right now. */
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
-    })
-  })
 
 export interface ClusterNode {
   /** Erlang node name, e.g. `rabbit-ct1-k3j9@localhost`. */
