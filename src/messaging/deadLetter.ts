@@ -182,6 +182,8 @@ const recordThenCopy = (topology: Topology, message: InboundMessage, attempt: At
       )
       return false
     }
+    // Every delivery stamps its attempt with its own `failed_at`; the stored record keeps the
+    // first one's, so a different time means the record is an earlier delivery's.
     const earlier = stored.failed_at.getTime() !== attempt.record.failed_at.getTime()
     if (earlier && (yield* seenByRecorder(failedEvents, attempt.id))) {
       yield* Effect.logInfo("an earlier copy of this dead letter reached the DLQ; not copying it again").pipe(

@@ -65,6 +65,17 @@ const recorderOnly = () =>
 
 let client: TestClient
 
+/** Runs `test` with the recorder consuming, and stops it afterwards. */
+const withRecorder = async (test: (run: <A, E>(effect: Effect.Effect<A, E, any>) => Promise<A>) => Promise<void>) => {
+  const recorder = recorderOnly()
+  try {
+    await recorder.runPromise(Effect.void)
+    await test((effect) => recorder.runPromise(effect))
+  } finally {
+    await recorder.dispose()
+  }
+}
+
 const orderPlaced = (org: string, eventId: string, orderId: string) => ({
   event: "order.placed",
   version: "1.0",
@@ -177,11 +188,8 @@ describe("dead letters the broker makes", () => {
     }
   }, 180_000)
 
-  it("records a redelivered copy once, stores text PostgreSQL would refuse, and leaves our own copies alone", async () => {
-    const recorder = recorderOnly()
-    try {
-      await recorder.runPromise(Effect.void)
-      const run = <A, E>(effect: Effect.Effect<A, E, any>) => recorder.runPromise(effect)
+  it("records a redelivered copy once, stores text PostgreSQL would refuse, and leaves our own copies alone", () =>
+    withRecorder(async (run) => {
       const org = freshOrg()
       // A NUL and a lone surrogate (a JSON escape in the body) in the event id, a NUL in a header:
       // PostgreSQL refuses both in text and jsonb. Without the header escaped, nothing is recorded.
@@ -217,15 +225,10 @@ describe("dead letters the broker makes", () => {
       // Both acknowledged (ours too), and ours left no record.
       await eventually("the recorder queue settled", () => queuesSettled(vhost, [recorderQueue]), 60_000, 250)
       expect(await run(Effect.flatMap(FailedEvents, (f) => f.list({ organization_id: org })))).toHaveLength(1)
-    } finally {
-      await recorder.dispose()
-    }
-  }, 180_000)
-  it("marks the record of one of our copies copied, by its x-dead-letter-id: a copy whose confirm was lost is not made again", async () => {
-    const recorder = recorderOnly()
-    try {
-      await recorder.runPromise(Effect.void)
-      const run = <A, E>(effect: Effect.Effect<A, E, any>) => recorder.runPromise(effect)
+    }), 180_000)
+
+  it("marks the record of one of our copies copied, by its x-dead-letter-id: a copy whose confirm was lost is not made again", () =>
+    withRecorder(async (run) => {
       const org = freshOrg()
       const id = freshId("dl")
       const body = new TextEncoder().encode(JSON.stringify(orderPlaced(org, freshId("evt"), "order-5")))
@@ -261,8 +264,5 @@ describe("dead letters the broker makes", () => {
       expect(marked.error_type).toBe("ValidationError")
       // Still ours: no record of its own.
       expect(await run(Effect.flatMap(FailedEvents, (f) => f.list({ organization_id: org })))).toHaveLength(1)
-    } finally {
-      await recorder.dispose()
-    }
-  }, 60_000)
+    }), 60_000)
 })
