@@ -1,9 +1,8 @@
 import { ConfigProvider, Context, Duration, Effect, Exit, Layer, Redacted } from "effect"
-import { createServer } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { brokerUrls, displayUrl, RuntimeConfig, runtimeSettings } from "../../src/config.ts"
 import { Broker } from "../../src/messaging/connection.ts"
-import { closeConnections, createVhost, deleteVhost, eventually, TestClient, testEnv, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
+import { closeConnections, createVhost, deleteVhost, eventually, freePort as closedPort, TestClient, testEnv, uniqueVhost, vhostUrl } from "../support/rabbit.ts"
 
 /**
  * `AMQP_URL` may name several broker nodes (issue 17): the connection dials them in turn, so a
@@ -11,17 +10,6 @@ import { closeConnections, createVhost, deleteVhost, eventually, TestClient, tes
  */
 
 const vhost = uniqueVhost("broker_nodes")
-
-/** A local port nothing listens on: bound once, then released. */
-const closedPort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
-    })
-  })
 
 const parse = (env: Record<string, string>) => Effect.runSyncExit(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
 
