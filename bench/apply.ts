@@ -5,11 +5,20 @@
  * cancelled) in groups of --group (default 256), --orders orders (default 5,000) per round,
  * --rounds rounds (default 5; the first warms the JIT up and is not counted).
  *
+ * With --postgres the working set and the unit of work are the real ones, on PostgreSQL
+ * (`DATABASE_URL`, a schema of its own, dropped at the end): this process's CPU is then what a
+ * group costs the consumer, its statements included, without the broker, the relay or PostgreSQL's
+ * own work. --group takes a list of sizes, each run in every round, and the CPU per group is fitted
+ * as a fixed part per group plus a part per event: why small groups, at a held rate, cost more
+ * per event than full ones (default orders 2,000 there).
+ *
  *   npm run bench:apply
  *   npm run bench:apply -- --group 64 --profile /tmp/apply-prof     also writes a V8 CPU profile there
  *   npm run bench:apply -- --heap-profile /tmp/apply.heapprofile    and what is allocated per event (sampled)
+ *   npm run bench:apply -- --postgres --group 1,8,37,256             per group and per event, on PostgreSQL
  */
 import { Context, Effect, Layer, Option } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
 import { Session } from "node:inspector/promises"
 import { mkdirSync, writeFileSync } from "node:fs"
 import { inboundEventTypes } from "../src/domain/events.ts"
@@ -17,13 +26,15 @@ import { applyGroup, type GroupEvent } from "../src/pipeline/batch.ts"
 import { decodeDelivery } from "../src/pipeline/decode.ts"
 import * as Scheduler from "../src/reservations/scheduler.ts"
 import * as MemoryStores from "../src/stores/memory/stores.ts"
+import * as SqlStores from "../src/stores/sql/index.ts"
 import type { Reservation, StockRow } from "../src/stores/model.ts"
-import { UnitOfWork, WorkingSet } from "../src/stores/services.ts"
+import { type ReservationTimers, UnitOfWork, WorkingSet } from "../src/stores/services.ts"
 
 const argv = process.argv
 const arg = (name: string, fallback: number) => (argv.includes(`--${name}`) ? Number(argv[argv.indexOf(`--${name}`) + 1]) : fallback)
-const GROUP = arg("group", 256)
-const ORDERS = arg("orders", 5_000)
+const POSTGRES = argv.includes("--postgres")
+const GROUPS = (argv.includes("--group") ? argv[argv.indexOf("--group") + 1]! : "256").split(",").map(Number)
+const ORDERS = arg("orders", POSTGRES ? 2_000 : 5_000)
 const ROUNDS = arg("rounds", 5)
 const PROFILE = argv.includes("--profile") ? argv[argv.indexOf("--profile") + 1] : undefined
 /** A sampled allocation profile (every allocation, collected or not) of the first counted round. */
@@ -42,9 +53,9 @@ const decode = (event: string, data: unknown) =>
   }).pipe(Effect.orDie)
 
 /** One round's events, by stage: every order placed, then confirmed, then shipped or cancelled. */
-const round = (r: number) =>
+const round = (tag: string) =>
   Effect.gen(function*() {
-    const orders = Array.from({ length: ORDERS }, (_, i) => `o${r}_${i}`)
+    const orders = Array.from({ length: ORDERS }, (_, i) => `o${tag}_${i}`)
     const items = new Map(orders.map((o) => [o, Array.from({ length: 1 + (o.length % 3) }, (_, k) => ({ variant_id: `v${(o.length * 7919 + k * 104_729 + seq) % VARIANTS}`, quantity: 1 }))]))
     const placed = yield* Effect.forEach(orders, (o) => decode("order.placed", { order_id: o, customer_id: "c", items: items.get(o)!.map((i) => ({ ...i, preferred_warehouse_id: "wh_1" })) }))
     const confirmed = yield* Effect.forEach(orders, (o) => decode("order.confirmed", { order_id: o }))
@@ -104,39 +115,74 @@ const plainUnits = Layer.effect(UnitOfWork, Effect.sync(() => {
   })
 }))
 
+/** The bench's database on PostgreSQL: one organization, one warehouse, the same stock. */
+const seedPostgres = Effect.gen(function*() {
+  const sql = yield* SqlClient
+  yield* sql`INSERT INTO warehouses (organization_id, warehouse_id, name, active) VALUES (${ORG}, 'wh_1', 'wh_1', true)`
+  yield* sql`INSERT INTO stock (organization_id, variant_id, warehouse_id, total, available)
+    SELECT ${ORG}, 'v' || v, 'wh_1', 1000000000, 1000000000 FROM generate_series(0, ${VARIANTS - 1}) v`
+})
+
+/** Least squares over the sizes: CPU per group = fixed + per event × size. */
+const fit = (points: ReadonlyArray<readonly [size: number, cpuMs: number]>) => {
+  const n = points.length
+  const mx = points.reduce((a, [x]) => a + x, 0) / n
+  const my = points.reduce((a, [, y]) => a + y, 0) / n
+  const slope = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / points.reduce((a, [x]) => a + (x - mx) ** 2, 0)
+  return { perGroupMs: my - slope * mx, perEventUs: slope * 1000 }
+}
+
 const program = Effect.gen(function*() {
   const uow = yield* UnitOfWork
   const session = new Session()
   session.connect()
+  const perGroup = new Map<number, Array<number>>(GROUPS.map((size) => [size, []]))
   for (let r = 0; r < ROUNDS; r++) {
-    const stages = yield* round(r)
-    if (r === 1 && PROFILE !== undefined) {
-      yield* Effect.promise(() => session.post("Profiler.enable"))
-      yield* Effect.promise(() => session.post("Profiler.start"))
-    }
-    if (r === 1 && HEAP_PROFILE !== undefined) {
-      yield* Effect.promise(() =>
-        session.post("HeapProfiler.startSampling", { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true })
-      )
-    }
-    const start = process.cpuUsage()
-    let events = 0
-    for (const stage of stages) {
-      for (let i = 0; i < stage.length; i += GROUP) {
-        const group: Array<GroupEvent> = stage.slice(i, i + GROUP).map((decoded) => ({ decoded, parent: Option.none() }))
-        const results = yield* uow.transaction(applyGroup(group))
-        if (results.some((x) => typeof x !== "string")) throw new Error(`refused: ${JSON.stringify(results.find((x) => typeof x !== "string"))}`)
-        events += group.length
+    for (const size of GROUPS) {
+      const stages = yield* round(`${r}_${size}`)
+      const first = r === 1 && size === GROUPS[0]
+      if (first && PROFILE !== undefined) {
+        yield* Effect.promise(() => session.post("Profiler.enable"))
+        yield* Effect.promise(() => session.post("Profiler.start"))
+      }
+      if (first && HEAP_PROFILE !== undefined) {
+        yield* Effect.promise(() =>
+          session.post("HeapProfiler.startSampling", { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true })
+        )
+      }
+      const start = process.cpuUsage()
+      const startedAt = performance.now()
+      let events = 0
+      let groups = 0
+      for (const stage of stages) {
+        for (let i = 0; i < stage.length; i += size) {
+          const group: Array<GroupEvent> = stage.slice(i, i + size).map((decoded) => ({ decoded, parent: Option.none() }))
+          const results = yield* uow.transaction(applyGroup(group))
+          if (results.some((x) => typeof x !== "string")) throw new Error(`refused: ${JSON.stringify(results.find((x) => typeof x !== "string"))}`)
+          events += group.length
+          groups++
+        }
+      }
+      const used = process.cpuUsage(start)
+      const cpuUs = used.user + used.system
+      if (r > 0) {
+        perGroup.get(size)!.push(cpuUs / groups / 1000)
+        console.log(
+          `round ${r}: ${events} events in groups of ${size}: ${(cpuUs / events).toFixed(1)} µs of CPU per event` +
+            (POSTGRES ? `, ${(cpuUs / groups / 1000).toFixed(2)} ms per group (${((performance.now() - startedAt) / groups).toFixed(2)} ms of wall time)` : "")
+        )
+      }
+      if (first && HEAP_PROFILE !== undefined) {
+        const { profile } = yield* Effect.promise(() => session.post("HeapProfiler.stopSampling"))
+        writeFileSync(HEAP_PROFILE, JSON.stringify(profile))
+        const total = (node: { selfSize: number; children: ReadonlyArray<never> }): number => node.selfSize + node.children.reduce((sum, c) => sum + total(c), 0)
+        console.log(`allocated (sampled): ${(total(profile.head as never) / events / 1024).toFixed(1)} KB per event; profile: ${HEAP_PROFILE}`)
       }
     }
-    const used = process.cpuUsage(start)
-    if (r > 0) console.log(`round ${r}: ${events} events in groups of ${GROUP}: ${((used.user + used.system) / events).toFixed(1)} µs of CPU per event`)
-    if (r === 1 && HEAP_PROFILE !== undefined) {
-      const { profile } = yield* Effect.promise(() => session.post("HeapProfiler.stopSampling"))
-      writeFileSync(HEAP_PROFILE, JSON.stringify(profile))
-      const total = (node: { selfSize: number; children: ReadonlyArray<never> }): number => node.selfSize + node.children.reduce((sum, c) => sum + total(c), 0)
-      console.log(`allocated (sampled): ${(total(profile.head as never) / events / 1024).toFixed(1)} KB per event; profile: ${HEAP_PROFILE}`)
-    }
+    // Statistics once the warm-up round wrote rows, as autovacuum would have them: plans made on
+    // empty tables scan them as they grow (README, Throughput).
+    const sql = yield* Effect.serviceOption(SqlClient)
+    if (r === 0 && Option.isSome(sql)) yield* sql.value`ANALYZE`
   }
   if (PROFILE !== undefined) {
     const { profile } = yield* Effect.promise(() => session.post("Profiler.stop"))
@@ -144,14 +190,29 @@ const program = Effect.gen(function*() {
     writeFileSync(`${PROFILE}/apply.cpuprofile`, JSON.stringify(profile))
     console.log(`profile: ${PROFILE}/apply.cpuprofile`)
   }
+  if (POSTGRES && GROUPS.length > 1 && ROUNDS > 1) {
+    const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+    const { perEventUs, perGroupMs } = fit(GROUPS.map((size) => [size, median(perGroup.get(size)!)] as const))
+    console.log(`fitted over the sizes (medians of the rounds): ${perGroupMs.toFixed(2)} ms of CPU per group + ${perEventUs.toFixed(1)} µs per event`)
+  }
 })
 
+/** Handlers' reservation timers are the real scheduler's, over whichever stores the run uses. */
+const timers = Scheduler.layer({ sweepInterval: "1 hour", sweepBatch: 100 })
+const schema = `bench_apply_${process.pid}`
+const postgres = Layer.effectDiscard(seedPostgres).pipe(
+  Layer.provideMerge(SqlStores.layerWithClient({ url: process.env["DATABASE_URL"] ?? "postgres://postgres@127.0.0.1:5432/postgres", schema, poolSize: 10 })),
+  // Dropped when the run ends, however it ends.
+  Layer.tap((context) => Effect.addFinalizer(() => Effect.ignore(Context.get(context, SqlClient).unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`))))
+)
+
+// The reservation timers' recovery reads the stores: empty ones.
+const stores: Layer.Layer<UnitOfWork | WorkingSet | ReservationTimers, unknown> = POSTGRES
+  ? timers.pipe(Layer.provideMerge(postgres))
+  : Layer.mergeAll(plainMaps, plainUnits).pipe(Layer.provideMerge(timers), Layer.provideMerge(MemoryStores.layer))
+
 Effect.runPromise(program.pipe(
-  // The reservation timers are the real scheduler's (its recovery reads the memory stores, empty).
-  Effect.provide(Layer.mergeAll(plainMaps, plainUnits).pipe(
-    Layer.provideMerge(Scheduler.layer({ sweepInterval: "1 hour", sweepBatch: 100 })),
-    Layer.provideMerge(MemoryStores.layer)
-  )),
+  Effect.provide(stores),
   Effect.scoped
 )).catch((error) => {
   console.error(error)

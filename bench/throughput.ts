@@ -640,13 +640,15 @@ let ourPrefetch: number | undefined
 
 /**
  * From a consumer's `/metrics`: its garbage-collection pauses so far, by kind
- * (`nodejs_gc_duration_seconds`), and its event loop's busy time as of the scrape
- * (`nodejs_eventloop_busy_seconds_total`), with when it was read.
+ * (`nodejs_gc_duration_seconds`), its event loop's busy time as of the scrape
+ * (`nodejs_eventloop_busy_seconds_total`), with when it was read, and its group commits so far
+ * with the events in them (`inventory_group_size`).
  */
 interface RuntimeFigures {
   readonly pauses: ReadonlyMap<string, { readonly count: number; readonly seconds: number }>
   readonly busySeconds: number | undefined
   readonly at: number
+  readonly groups: { readonly count: number; readonly events: number }
 }
 const runtimeFigures = async (port: string): Promise<RuntimeFigures | undefined> => {
   try {
@@ -660,14 +662,20 @@ const runtimeFigures = async (port: string): Promise<RuntimeFigures | undefined>
       pauses.set(m[2]!, entry)
     }
     const busy = /^nodejs_eventloop_busy_seconds_total (\S+)$/m.exec(text)?.[1]
-    return { pauses, busySeconds: busy === undefined ? undefined : Number(busy), at }
+    const groups = {
+      count: Number(/^inventory_group_size_count (\S+)$/m.exec(text)?.[1] ?? 0),
+      events: Number(/^inventory_group_size_sum (\S+)$/m.exec(text)?.[1] ?? 0)
+    }
+    return { pauses, busySeconds: busy === undefined ? undefined : Number(busy), at, groups }
   } catch {
     return undefined
   }
 }
 /**
  * Over the measured run: the share of it the consumer's event loop ran code (the rest it waited,
- * for PostgreSQL or the broker), and the GC's pauses with their share of the consumer's CPU.
+ * for PostgreSQL or the broker), the GC's pauses with their share of the consumer's CPU, and how
+ * many group commits carried the events (each costs a fixed part of CPU: `npm run bench:apply --
+ * --postgres`, so small groups, at a held rate, cost more per event).
  */
 const describeRuntime = (before: RuntimeFigures | undefined, after: RuntimeFigures | undefined, cpuMs: number) => {
   if (before === undefined || after === undefined) return ""
@@ -680,8 +688,10 @@ const describeRuntime = (before: RuntimeFigures | undefined, after: RuntimeFigur
   const busy = before.busySeconds === undefined || after.busySeconds === undefined
     ? ""
     : `; event loop busy ${fmt((100 * (after.busySeconds - before.busySeconds) * 1000) / Math.max(1, after.at - before.at))}% of the run`
+  const groups = after.groups.count - before.groups.count
+  const grouped = groups > 0 ? `; ${fmt(groups)} group commits of ${fmt((after.groups.events - before.groups.events) / groups)} events on average` : ""
   return `${busy}; GC pauses ${fmt(total)} ms on the main thread, ${fmt((100 * total) / Math.max(1, cpuMs))}% of the consumer's CPU (` +
-    kinds.map((k) => `${k.kind} ${fmt(k.count)} in ${fmt(k.ms)} ms`).join(", ") + ")"
+    kinds.map((k) => `${k.kind} ${fmt(k.count)} in ${fmt(k.ms)} ms`).join(", ") + ")" + grouped
 }
 
 type Outbound = { total: number; distinct: number; twice: number; written: number; unseen: number }
