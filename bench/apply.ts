@@ -137,6 +137,7 @@ const program = Effect.gen(function*() {
   const session = new Session()
   session.connect()
   const perGroup = new Map<number, Array<number>>(GROUPS.map((size) => [size, []]))
+  const sql = yield* Effect.serviceOption(SqlClient)
   for (let r = 0; r < ROUNDS; r++) {
     for (const size of GROUPS) {
       const stages = yield* round(`${r}_${size}`)
@@ -180,8 +181,7 @@ const program = Effect.gen(function*() {
       }
     }
     // Statistics once the warm-up round wrote rows, as autovacuum would have them: plans made on
-    // empty tables scan them as they grow (README, Throughput).
-    const sql = yield* Effect.serviceOption(SqlClient)
+    // empty tables scan them as they grow (docs/throughput.md).
     if (r === 0 && Option.isSome(sql)) yield* sql.value`ANALYZE`
   }
   if (PROFILE !== undefined) {
@@ -191,7 +191,11 @@ const program = Effect.gen(function*() {
     console.log(`profile: ${PROFILE}/apply.cpuprofile`)
   }
   if (POSTGRES && GROUPS.length > 1 && ROUNDS > 1) {
-    const median = (xs: ReadonlyArray<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+    const median = (xs: ReadonlyArray<number>) => {
+      const sorted = [...xs].sort((a, b) => a - b)
+      const m = sorted.length >> 1
+      return sorted.length % 2 === 1 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2
+    }
     const { perEventUs, perGroupMs } = fit(GROUPS.map((size) => [size, median(perGroup.get(size)!)] as const))
     console.log(`fitted over the sizes (medians of the rounds): ${perGroupMs.toFixed(2)} ms of CPU per group + ${perEventUs.toFixed(1)} µs per event`)
   }
