@@ -73,14 +73,14 @@ export const ensurePostgres = async (databaseUrl: string, timeoutMs = 60_000) =>
 
 // ---------------------------------------------------------------- consumers
 
+/** A local TCP port nothing listens on right now (the tests take theirs from here too). */
 export const freePort = () =>
   new Promise<number>((resolve, reject) => {
     const server = createServer()
     server.once("error", reject)
     server.listen(0, "127.0.0.1", () => {
       const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resolve(port))
+      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
     })
   })
 

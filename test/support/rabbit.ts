@@ -1,6 +1,5 @@
 import amqp from "amqplib"
 import { execFile } from "node:child_process"
-import { createServer } from "node:net"
 import { promisify } from "node:util"
 import { ConfigProvider, Effect, Layer, ManagedRuntime } from "effect"
 import { afterAll, beforeAll } from "vitest"
@@ -19,16 +18,8 @@ const run = promisify(execFile)
 export const rabbitmqctl = async (...args: ReadonlyArray<string>): Promise<string> =>
   (await run("rabbitmqctl", ["-q", ...args], { timeout: 60_000 })).stdout
 
-/** A local TCP port nothing listens on right now. */
-export const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
-    })
-  })
+// One free-port helper for the tests and the benches: the chaos harness's, which tests import already.
+export { freePort } from "../../bench/chaos/infra.ts"
 
 export const uniqueVhost = (file: string) => `test_${file}_${process.pid.toString(36)}_${Math.random().toString(36).slice(2, 8)}`
 
