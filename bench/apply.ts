@@ -16,6 +16,9 @@
  *   npm run bench:apply -- --group 64 --profile /tmp/apply-prof     also writes a V8 CPU profile there
  *   npm run bench:apply -- --heap-profile /tmp/apply.heapprofile    and what is allocated per event (sampled)
  *   npm run bench:apply -- --postgres --group 1,8,37,256             per group and per event, on PostgreSQL
+ *   npm run bench:apply -- --group 37 --gap 20                       idle 20 ms after each group, as at a held
+ *                                                                    rate: the same work's CPU when the machine
+ *                                                                    idles between groups (see bench:host)
  */
 import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
@@ -39,6 +42,8 @@ const ROUNDS = arg("rounds", 5)
 const PROFILE = argv.includes("--profile") ? argv[argv.indexOf("--profile") + 1] : undefined
 /** A sampled allocation profile (every allocation, collected or not) of the first counted round. */
 const HEAP_PROFILE = argv.includes("--heap-profile") ? argv[argv.indexOf("--heap-profile") + 1] : undefined
+/** Milliseconds of idle time after each group, as a held rate leaves between groups. */
+const GAP = arg("gap", 0)
 const VARIANTS = 1_000
 const ORG = "bench_org"
 
@@ -162,6 +167,7 @@ const program = Effect.gen(function*() {
           if (results.some((x) => typeof x !== "string")) throw new Error(`refused: ${JSON.stringify(results.find((x) => typeof x !== "string"))}`)
           events += group.length
           groups++
+          if (GAP > 0) yield* Effect.sleep(GAP)
         }
       }
       const used = process.cpuUsage(start)
