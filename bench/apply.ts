@@ -32,6 +32,7 @@ import * as MemoryStores from "../src/stores/memory/stores.ts"
 import * as SqlStores from "../src/stores/sql/index.ts"
 import type { Reservation, StockRow } from "../src/stores/model.ts"
 import { type ReservationTimers, UnitOfWork, WorkingSet } from "../src/stores/services.ts"
+import { median } from "./stats.ts"
 
 const argv = process.argv
 const arg = (name: string, fallback: number) => (argv.includes(`--${name}`) ? Number(argv[argv.indexOf(`--${name}`) + 1]) : fallback)
@@ -197,11 +198,6 @@ const program = Effect.gen(function*() {
     console.log(`profile: ${PROFILE}/apply.cpuprofile`)
   }
   if (POSTGRES && GROUPS.length > 1 && ROUNDS > 1) {
-    const median = (xs: ReadonlyArray<number>) => {
-      const sorted = [...xs].sort((a, b) => a - b)
-      const m = sorted.length >> 1
-      return sorted.length % 2 === 1 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2
-    }
     const { perEventUs, perGroupMs } = fit(GROUPS.map((size) => [size, median(perGroup.get(size)!)] as const))
     console.log(`fitted over the sizes (medians of the rounds): ${perGroupMs.toFixed(2)} ms of CPU per group + ${perEventUs.toFixed(1)} µs per event`)
   }

@@ -20,6 +20,7 @@
  *   npm run bench:host -- --gaps 0,1,5,20 --mb 4 --bursts 100 --rounds 3
  */
 import { setTimeout as sleep } from "node:timers/promises"
+import { median } from "./stats.ts"
 
 const argv = process.argv
 const value = (name: string, fallback: string) => (argv.includes(`--${name}`) ? argv[argv.indexOf(`--${name}`) + 1]! : fallback)
@@ -76,11 +77,6 @@ for (let round = 0; round < ROUNDS; round++) {
     run.sweep.push(await measure(sweep, gap))
     run.registers.push(await measure(registers, gap))
   }
-}
-const median = (xs: ReadonlyArray<number>) => {
-  const sorted = [...xs].sort((a, b) => a - b)
-  const m = sorted.length >> 1
-  return sorted.length % 2 === 1 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2
 }
 const base = runs.get(0)
 const figure = (xs: ReadonlyArray<number>, of: ReadonlyArray<number> | undefined) =>

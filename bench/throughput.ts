@@ -69,6 +69,7 @@ import { availableParallelism } from "node:os"
 import pg from "pg"
 import { conventionalSchemaSql } from "./conventional/consumer.ts"
 import { naiveSchemaSql } from "./naive/consumer.ts"
+import { median } from "./stats.ts"
 
 const argv = process.argv
 const value = (name: string) => (argv.includes(`--${name}`) ? argv[argv.indexOf(`--${name}`) + 1] : undefined)
@@ -369,11 +370,6 @@ const waitFor = async (what: string, current: () => Promise<number>, target: num
   }
 }
 
-const median = (values: ReadonlyArray<number>) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const m = sorted.length >> 1
-  return sorted.length % 2 === 1 ? sorted[m]! : (sorted[m - 1]! + sorted[m]!) / 2
-}
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
 
 /** The consumers subscribed in a vhost: queue and prefetch of each. */
