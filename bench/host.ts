@@ -2,7 +2,7 @@
  * npm run bench:host — what idle time between bursts of work costs on this machine (issue 18).
  *
  * Held at half its peak, the consumer works in bursts (deliveries, a group's statements, a relay
- * round) with idle time between them, and it spent 1.6-1.9 times the CPU per event it spends at
+ * round) with idle time between them, and it spent 1.5-1.7 times the CPU per event it spends at
  * full speed. Part of that is ours (a group's fixed cost, a relay round per group); this measures
  * the part that is the host's, with no code of ours, no allocation and no garbage collector: the
  * same burst of work, run back to back, then after each idle gap of --gaps milliseconds.
@@ -12,9 +12,10 @@
  * - a loop that only uses registers (what it pays otherwise).
  *
  * The gaps take turns, --rounds times (the machine's speed drifts); each prints the median over the
- * rounds of the mean time per burst, its range, and its ratio to the back-to-back median. On a virtual
- * machine whose cores run other work while it idles, the sweep slows with the gap and the loop does
- * not: the work is the same, the caches are not. Prints figures; asserts nothing.
+ * rounds of the mean time per burst, its range, and its ratio to the back-to-back median. Where an
+ * idle core's caches do not survive its idle time (the host's other work on that core, or a deep
+ * sleep state), the sweep slows with the gap and the loop barely does: the work is the same, the
+ * caches are not. Prints figures; asserts nothing.
  *
  *   npm run bench:host
  *   npm run bench:host -- --gaps 0,1,5,20 --mb 4 --bursts 100 --rounds 3
