@@ -19,6 +19,8 @@
  *
  *   npm run bench:host
  *   npm run bench:host -- --gaps 0,1,5,20 --mb 4 --bursts 100 --rounds 3
+ *   npm run bench:host -- --json     the medians as one JSON array (what `npm run bench` reads)
+ *   npm run bench:host -- --sweep-only                              without the registers-only loop
  */
 import { setTimeout as sleep } from "node:timers/promises"
 import { median } from "./stats.ts"
@@ -29,6 +31,8 @@ const GAPS = value("gaps", "0,1,5,20").split(",").map(Number)
 const MB = Number(value("mb", "4"))
 const BURSTS = Number(value("bursts", "100"))
 const ROUNDS = Number(value("rounds", "3"))
+const JSON_OUTPUT = argv.includes("--json")
+const SWEEP_ONLY = argv.includes("--sweep-only")
 if (![...GAPS, MB, BURSTS, ROUNDS].every((n) => Number.isFinite(n) && n >= 0) || MB === 0 || BURSTS === 0 || ROUNDS === 0) {
   throw new Error("--gaps takes milliseconds >= 0, --mb, --bursts and --rounds numbers > 0")
 }
@@ -68,21 +72,28 @@ const measure = async (burst: () => void, gap: number) => {
 
 // Both compiled and the buffer's pages mapped before anything is counted.
 await measure(sweep, 0)
-await measure(registers, 0)
+if (!SWEEP_ONLY) await measure(registers, 0)
 
-console.log(`bench:host: a ${MB} MB sweep and a registers-only loop, ${BURSTS} bursts back to back and after each idle gap, ${ROUNDS} rounds`)
+if (!JSON_OUTPUT) console.log(`bench:host: a ${MB} MB sweep${SWEEP_ONLY ? "" : " and a registers-only loop"}, ${BURSTS} bursts back to back and after each idle gap, ${ROUNDS} rounds`)
 const runs = new Map(GAPS.map((gap) => [gap, { sweep: [] as Array<number>, registers: [] as Array<number> }]))
 for (let round = 0; round < ROUNDS; round++) {
   for (const gap of GAPS) {
     const run = runs.get(gap)!
     run.sweep.push(await measure(sweep, gap))
-    run.registers.push(await measure(registers, gap))
+    if (!SWEEP_ONLY) run.registers.push(await measure(registers, gap))
   }
 }
-const base = runs.get(0)
-const figure = (xs: ReadonlyArray<number>, of: ReadonlyArray<number> | undefined) =>
-  `${median(xs).toFixed(0).padStart(6)} µs (${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)})` +
-  (of === undefined ? "" : ` ${(median(xs) / median(of)).toFixed(2)}x`)
-for (const [gap, run] of runs) {
-  console.log(`${(gap === 0 ? "back to back" : `idle ${gap} ms`).padEnd(12)}  sweep ${figure(run.sweep, base?.sweep)}   registers ${figure(run.registers, base?.registers)}`)
+if (JSON_OUTPUT) {
+  console.log(JSON.stringify([...runs].map(([gap, run]) => ({ gap, sweepUs: median(run.sweep), ...(SWEEP_ONLY ? {} : { registersUs: median(run.registers) }) }))))
+} else {
+  const base = runs.get(0)
+  const figure = (xs: ReadonlyArray<number>, of: ReadonlyArray<number> | undefined) =>
+    `${median(xs).toFixed(0).padStart(6)} µs (${Math.min(...xs).toFixed(0)}-${Math.max(...xs).toFixed(0)})` +
+    (of === undefined ? "" : ` ${(median(xs) / median(of)).toFixed(2)}x`)
+  for (const [gap, run] of runs) {
+    console.log(
+      `${(gap === 0 ? "back to back" : `idle ${gap} ms`).padEnd(12)}  sweep ${figure(run.sweep, base?.sweep)}` +
+        (SWEEP_ONLY ? "" : `   registers ${figure(run.registers, base?.registers)}`)
+    )
+  }
 }

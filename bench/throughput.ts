@@ -43,6 +43,11 @@
  *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
  *
+ * Before the first run and after the last it prints what idle time costs the host right then
+ * (`npm run bench:host`, a short form): how long a burst that touches 4 MB takes back to back (a
+ * gauge of the host's speed), and how much slower it runs after 5 ms and 20 ms of idle time. A held rate pays that, full speed hardly at all, and
+ * it moves within minutes as the host's other work does.
+ *
  * With one replica, each run of ours also prints, from the consumer's own `/metrics` read before
  * the first publish and after the last commit, the share of that time its event loop was busy
  * (`nodejs_eventloop_busy_seconds_total`; the rest it waited for PostgreSQL or the broker) and the
@@ -910,6 +915,17 @@ const compare = async () => {
   return clean
 }
 
+/** What idle time costs the host now: a burst touching 4 MB after 5 and 20 ms idle, against back to back. */
+const hostIdleCost = (when: string) => {
+  const figures = JSON.parse(execFileSync(node, ["bench/host.ts", "--gaps", "0,5,20", "--bursts", "50", "--rounds", "3", "--sweep-only", "--json"], { encoding: "utf8" })) as ReadonlyArray<{
+    readonly gap: number
+    readonly sweepUs: number
+  }>
+  const base = figures.find((f) => f.gap === 0)!.sweepUs
+  const after = figures.filter((f) => f.gap > 0).map((f) => `${fmt(f.sweepUs / base, 2)}x after ${f.gap} ms`).join(", ")
+  console.log(`host ${when}: a burst touching 4 MB takes ${fmt(base)} µs back to back, ${after} of idle time (npm run bench:host)`)
+}
+
 const main = async () => {
   const pgVersion = (await db.query("SHOW server_version")).rows[0].server_version
   commitTimes = (await db.query("SHOW track_commit_timestamp")).rows[0].track_commit_timestamp === "on"
@@ -918,6 +934,7 @@ const main = async () => {
     `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}` +
     `${commitTimes ? " (commit timestamps tracked: latency to the commit is printed)" : " (track_commit_timestamp off: latency to the commit is not printed)"}` +
     `${traces === undefined ? "" : "; ours exports its traces over OTLP/HTTP to a receiver in the bench (the conventional consumer traces nothing)"}. Shared machine: figures are noisy.`)
+  hostIdleCost("before the runs")
   let clean = true
   try {
     await seedOurs()
@@ -961,6 +978,7 @@ const main = async () => {
       }
     }
   }
+  hostIdleCost("after the runs")
   if (!clean) process.exitCode = 1
 }
 
