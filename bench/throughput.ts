@@ -43,10 +43,11 @@
  *   BENCH_VERBOSE=1 npm run bench          show the consumers' logs
  *   BENCH_CONSUMER_FLAGS="--trace-gc" npm run bench   extra Node/V8 flags for our consumer processes
  *
- * Before the first run and after the last it prints what idle time costs the host right then
- * (`npm run bench:host`, a short form): how long a burst that touches 4 MB takes back to back (a
- * gauge of the host's speed), and how much slower it runs after 5 ms and 20 ms of idle time. A held rate pays that, full speed hardly at all, and
- * it moves within minutes as the host's other work does.
+ * Before the first run and after the last it prints the host's state (`npm run bench:host`, a
+ * short form): how long a burst that touches 4 MB takes back to back (a gauge of the host's speed),
+ * and how much slower it runs after 5 ms and 20 ms of idle time. A held rate, which leaves the
+ * consumer idle between bursts, pays more of that than full speed does; both figures move within
+ * minutes, as the host's other work does.
  *
  * With one replica, each run of ours also prints, from the consumer's own `/metrics` read before
  * the first publish and after the last commit, the share of that time its event loop was busy
@@ -915,8 +916,8 @@ const compare = async () => {
   return clean
 }
 
-/** What idle time costs the host now: a burst touching 4 MB after 5 and 20 ms idle, against back to back. */
-const hostIdleCost = (when: string) => {
+/** The host's state now: a burst touching 4 MB back to back, and after 5 and 20 ms idle. */
+const printHostState = (when: string) => {
   const figures = JSON.parse(execFileSync(node, ["bench/host.ts", "--gaps", "0,5,20", "--bursts", "50", "--rounds", "3", "--sweep-only", "--json"], { encoding: "utf8" })) as ReadonlyArray<{
     readonly gap: number
     readonly sweepUs: number
@@ -934,7 +935,7 @@ const main = async () => {
     `node ${process.version} ${[...startFlags, ...extraFlags].join(" ")}, PostgreSQL ${pgVersion}` +
     `${commitTimes ? " (commit timestamps tracked: latency to the commit is printed)" : " (track_commit_timestamp off: latency to the commit is not printed)"}` +
     `${traces === undefined ? "" : "; ours exports its traces over OTLP/HTTP to a receiver in the bench (the conventional consumer traces nothing)"}. Shared machine: figures are noisy.`)
-  hostIdleCost("before the runs")
+  printHostState("before the runs")
   let clean = true
   try {
     await seedOurs()
@@ -978,7 +979,7 @@ const main = async () => {
       }
     }
   }
-  hostIdleCost("after the runs")
+  printHostState("after the runs")
   if (!clean) process.exitCode = 1
 }
 
