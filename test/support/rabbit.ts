@@ -1,6 +1,4 @@
 import amqp from "amqplib"
-import { execFile } from "node:child_process"
-import { promisify } from "node:util"
 import { ConfigProvider, Effect, Layer, ManagedRuntime } from "effect"
 import { afterAll, beforeAll } from "vitest"
 import { RuntimeConfig, runtimeSettings } from "../../src/config.ts"
@@ -13,13 +11,10 @@ import * as Messaging from "../../src/messaging/index.ts"
  * each other's queues and may run in parallel.
  */
 
-const run = promisify(execFile)
-
-export const rabbitmqctl = async (...args: ReadonlyArray<string>): Promise<string> =>
-  (await run("rabbitmqctl", ["-q", ...args], { timeout: 60_000 })).stdout
-
-// One free-port helper for the tests and the benches: the chaos harness's, which tests import already.
-export { freePort } from "../../bench/chaos/infra.ts"
+// One `rabbitmqctl` and one free-port helper for the tests and the benches: the chaos harness's,
+// which tests import already.
+import { freePort, rabbitmqctl } from "../../bench/chaos/infra.ts"
+export { freePort, rabbitmqctl }
 
 export const uniqueVhost = (file: string) => `test_${file}_${process.pid.toString(36)}_${Math.random().toString(36).slice(2, 8)}`
 
