@@ -24,6 +24,7 @@ import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { Session } from "node:inspector/promises"
 import { mkdirSync, writeFileSync } from "node:fs"
+import { parseArgs } from "node:util"
 import { inboundEventTypes } from "../src/domain/events.ts"
 import { applyGroup, type GroupEvent } from "../src/pipeline/batch.ts"
 import { decodeDelivery } from "../src/pipeline/decode.ts"
@@ -32,19 +33,30 @@ import * as MemoryStores from "../src/stores/memory/stores.ts"
 import * as SqlStores from "../src/stores/sql/index.ts"
 import type { Reservation, StockRow } from "../src/stores/model.ts"
 import { type ReservationTimers, UnitOfWork, WorkingSet } from "../src/stores/services.ts"
+import { number, numbers } from "./args.ts"
 import { median } from "./stats.ts"
 
-const argv = process.argv
-const arg = (name: string, fallback: number) => (argv.includes(`--${name}`) ? Number(argv[argv.indexOf(`--${name}`) + 1]) : fallback)
-const POSTGRES = argv.includes("--postgres")
-const GROUPS = (argv.includes("--group") ? argv[argv.indexOf("--group") + 1]! : "256").split(",").map(Number)
-const ORDERS = arg("orders", POSTGRES ? 2_000 : 5_000)
-const ROUNDS = arg("rounds", 5)
-const PROFILE = argv.includes("--profile") ? argv[argv.indexOf("--profile") + 1] : undefined
+const { values: flags } = parseArgs({
+  options: {
+    postgres: { type: "boolean", default: false },
+    group: { type: "string", default: "256" },
+    orders: { type: "string" },
+    rounds: { type: "string", default: "5" },
+    profile: { type: "string" },
+    "heap-profile": { type: "string" },
+    gap: { type: "string", default: "0" }
+  }
+})
+const POSTGRES = flags.postgres
+const GROUPS = numbers("group", flags.group)
+if (GROUPS.includes(0)) throw new Error("--group takes sizes > 0")
+const ORDERS = flags.orders === undefined ? (POSTGRES ? 2_000 : 5_000) : number("orders", flags.orders)
+const ROUNDS = number("rounds", flags.rounds)
+const PROFILE = flags.profile
 /** A sampled allocation profile (every allocation, collected or not) of the first counted round. */
-const HEAP_PROFILE = argv.includes("--heap-profile") ? argv[argv.indexOf("--heap-profile") + 1] : undefined
+const HEAP_PROFILE = flags["heap-profile"]
 /** Milliseconds of idle time after each group, as a held rate leaves between groups. */
-const GAP = arg("gap", 0)
+const GAP = number("gap", flags.gap)
 const VARIANTS = 1_000
 const ORG = "bench_org"
 

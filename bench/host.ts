@@ -23,19 +23,27 @@
  *   npm run bench:host -- --sweep-only                              without the registers-only loop
  */
 import { setTimeout as sleep } from "node:timers/promises"
+import { parseArgs } from "node:util"
+import { number, numbers } from "./args.ts"
 import { median } from "./stats.ts"
 
-const argv = process.argv
-const value = (name: string, fallback: string) => (argv.includes(`--${name}`) ? argv[argv.indexOf(`--${name}`) + 1]! : fallback)
-const GAPS = value("gaps", "0,1,5,20").split(",").map(Number)
-const MB = Number(value("mb", "4"))
-const BURSTS = Number(value("bursts", "100"))
-const ROUNDS = Number(value("rounds", "3"))
-const JSON_OUTPUT = argv.includes("--json")
-const SWEEP_ONLY = argv.includes("--sweep-only")
-if (![...GAPS, MB, BURSTS, ROUNDS].every((n) => Number.isFinite(n) && n >= 0) || MB === 0 || BURSTS === 0 || ROUNDS === 0) {
-  throw new Error("--gaps takes milliseconds >= 0, --mb, --bursts and --rounds numbers > 0")
-}
+const { values: flags } = parseArgs({
+  options: {
+    gaps: { type: "string", default: "0,1,5,20" },
+    mb: { type: "string", default: "4" },
+    bursts: { type: "string", default: "100" },
+    rounds: { type: "string", default: "3" },
+    json: { type: "boolean", default: false },
+    "sweep-only": { type: "boolean", default: false }
+  }
+})
+const GAPS = numbers("gaps", flags.gaps)
+const MB = number("mb", flags.mb)
+const BURSTS = number("bursts", flags.bursts)
+const ROUNDS = number("rounds", flags.rounds)
+const JSON_OUTPUT = flags.json
+const SWEEP_ONLY = flags["sweep-only"]
+if (MB === 0 || BURSTS === 0 || ROUNDS === 0) throw new Error("--mb, --bursts and --rounds take numbers > 0")
 
 const buffer = new Uint8Array(MB * 1024 * 1024)
 let sink = 0
