@@ -31,6 +31,10 @@
  *                                          the rate it just reached: p99 latency at a held half of the peak
  *                                          (once per round: the median p99 and each run's)
  *   npm run bench -- --skip-conventional   no conventional runs;  --skip-naive: no naive run
+ *   npm run bench -- --unapplied           each workload also through ours with nothing applied
+ *                                          (bench/unapplied/consumer.ts: received, decoded, traced and acked,
+ *                                          no database): the message path's CPU per event alone; with the
+ *                                          conventional runs, each ratio goal's CPU budget is printed too
  *   npm run bench -- --profile DIR         our consumer writes a V8 CPU profile (--cpu-prof) to DIR
  *   npm run bench -- --warmup 0            order.placed events sent (at the same rate) and applied before
  *                                          each run, not counted (default 1,000): a fresh process has no
@@ -102,6 +106,7 @@ let publishRate = RATE
 const WARMUP = arg("warmup", 1_000)
 const PER_SECOND = flag("per-second")
 const TRACES = flag("traces")
+const UNAPPLIED = flag("unapplied")
 const STOCK_PER_ROW = arg("stock", 1_000)
 const TENANTS = arg("tenants", 1)
 /** Each workload this many times through both consumers, in ABBA order: the ratio's spread. */
@@ -769,7 +774,35 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (traces === undefined || tracesBefore === undefined ? "" : describeTraces(tracesBefore, traces.snapshot(), workload.messages.length)) +
     (outbound === undefined ? "" : `; outbound events: ${fmt(outbound.written)} outbox rows written${workload.announcements === undefined ? "" : ` (${fmt(workload.announcements + WARMUP)} if every order's events were applied in order, warm-up included)`}, ${fmt(outbound.total)} messages captured on inventory_events, ${fmt(outbound.distinct)} distinct, ${fmt(outbound.twice)} published twice or more, ${fmt(outbound.unseen)} rows never seen`))
-  return { rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Committed: committed === undefined ? undefined : percentile(committed, 99), p99Announced: percentile(out, 99) }
+  return {
+    rate, live, expected, deadLettered, outbound, p99: percentile(lat, 99), p99Committed: committed === undefined ? undefined : percentile(committed, 99), p99Announced: percentile(out, 99),
+    split: run.split, cpuPerEvent: (cpuTotal * 1000) / workload.messages.length
+  }
+}
+
+/** Events our consumer with nothing applied acked so far: from its `/metrics`, as it writes no row. */
+const unappliedFinished = async () => {
+  const text = await (await fetch(`http://127.0.0.1:${ourEnv.HTTP_PORT}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
+  let n = 0
+  for (const m of text.matchAll(/^inventory_events_consumed_total\{[^}]*\} (\S+)$/gm)) n += Number(m[1])
+  return n
+}
+
+/**
+ * The workload through our consumer with nothing applied (bench/unapplied/consumer.ts), with
+ * `npm start`'s flags, on ours' vhost (its queues are empty between runs): the message path alone.
+ */
+const runUnapplied = async (workload: Workload) => {
+  const run = await measure({
+    vhost: targets.ours, label: `unapplied ${workload.label}`, replicas: 1, subscriptions: 2, finished: unappliedFinished, messages: workload.messages,
+    spawnOne: () => start([...startFlags, ...extraFlags, "bench/unapplied/consumer.ts"], ourEnv)
+  })
+  const rate = rateOf(workload.messages, run.elapsed)
+  const cpuTotal = run.cpu.user + run.cpu.system
+  const cpuPerEvent = (cpuTotal * 1000) / workload.messages.length
+  console.log(`${"unapplied".padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s, first publish to last ack; nothing applied); ` +
+    `peak RSS ${fmt(run.rss / 1048576, 1)} MB; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt(cpuPerEvent)} µs/event); ${describeLoad(run)}`)
+  return { rate, cpuPerEvent }
 }
 
 const checkOurs = () => {
@@ -853,12 +886,53 @@ const runNaive = async (workload: Workload) => {
 
 // ---------------------------------------------------------------- main
 
+/** Issue 18's ratio goals: ours / conventional on each workload. */
+const ratioGoals: Readonly<Record<string, number>> = { "order.placed": 3, lifecycle: 3, mixed: 2 }
+
+/**
+ * What each ratio goal leaves our consumer on this machine. At the goal's rate (the goal times the
+ * conventional consumer's median), PostgreSQL, RabbitMQ and the publisher would take the cores they
+ * took per event in ours' runs, times that rate (a linear estimate); the rest of the machine's
+ * cores, over that rate, is the CPU per event ours may spend. Beside it: what ours spent, and
+ * with nothing applied (`--unapplied`), the message path alone.
+ */
+const printBudgets = (summary: ReadonlyArray<{
+  readonly label: string
+  readonly theirs: ReadonlyArray<number>
+  readonly runs: ReadonlyArray<{ readonly rate: number; readonly split: Split; readonly cpuPerEvent: number }>
+  readonly unapplied: ReadonlyArray<{ readonly cpuPerEvent: number }>
+}>) => {
+  const cores = availableParallelism()
+  for (const { label, theirs, runs, unapplied } of summary) {
+    const goal = ratioGoals[label]
+    if (goal === undefined || theirs.length === 0 || runs.length === 0) continue
+    const target = goal * median([...theirs])
+    const othersPerEvent = median(runs.map((r) => (r.split.postgres + r.split.rabbitmq + r.split.publisher) / r.rate))
+    const others = othersPerEvent * target
+    // One process: its thread and V8's helper reached at most this much in ours' runs.
+    const reach = Math.max(...runs.map((r) => r.split.consumer))
+    const left = Math.min(cores - others, reach)
+    console.log(`${label}: ${fmt(goal, 1)} × conventional is ${fmt(target)} events/s; PostgreSQL, RabbitMQ and the publisher took ${fmt(othersPerEvent * 1000, 2)} cores ` +
+      `per 1,000 events/s in ours' runs, ${fmt(others, 2)} at that rate, which leaves ${fmt(Math.max(0, cores - others), 2)} of ${cores} cores` +
+      `${cores - others > reach ? ` (one process of ours reached ${fmt(reach, 2)})` : ""}: ` +
+      (left > 0 ? `at most ${fmt((left / target) * 1e6)} µs of our consumer's CPU per event` : "no CPU for our consumer") +
+      `; ours spent ${fmt(median(runs.map((r) => r.cpuPerEvent)))}` +
+      (unapplied.length === 0 ? "" : `, ${fmt(median(unapplied.map((u) => u.cpuPerEvent)))} with nothing applied`))
+  }
+}
+
 /** Each workload through ours then the conventional consumer, then the naive one; true when the reconciliation is clean. */
 const compare = async () => {
   const conventional = !flag("skip-conventional")
   if (conventional) await seedConventional()
-  /** Each workload's events/s, one per round: ours, and the conventional consumer's. */
-  const summary: Array<{ readonly label: string; readonly ours: Array<number>; readonly theirs: Array<number> }> = []
+  /** Each workload's events/s, one per round: ours, and the conventional consumer's; ours' runs and those with nothing applied. */
+  const summary: Array<{
+    readonly label: string
+    readonly ours: Array<number>
+    readonly theirs: Array<number>
+    readonly runs: Array<Awaited<ReturnType<typeof runOurs>>>
+    readonly unapplied: Array<Awaited<ReturnType<typeof runUnapplied>>>
+  }> = []
   const kinds: Array<() => Workload> = []
   if (RUNS.includes("placed")) kinds.push(() => placedOnly(EVENTS))
   if (RUNS.includes("lifecycle")) kinds.push(() => lifecycle(ORDERS, "lifecycle"))
@@ -866,12 +940,15 @@ const compare = async () => {
   for (round = 0; round < ROUNDS; round++) {
     for (const [k, make] of kinds.entries()) {
       const workload = make()
-      const entry = summary[k] ?? (summary[k] = { label: workload.label, ours: [], theirs: [] })
+      const entry = summary[k] ?? (summary[k] = { label: workload.label, ours: [], theirs: [], runs: [], unapplied: [] })
       // ABBA: the conventional consumer goes first every other round, so neither always runs on
       // the other's leftovers (dead rows, a warmer cache) or at the same point of the machine's drift.
       const conventionalFirst = conventional && round % 2 === 1
       if (conventionalFirst) entry.theirs.push(await runConventional(workload))
-      entry.ours.push((await runOurs(workload)).rate)
+      const ours = await runOurs(workload)
+      entry.ours.push(ours.rate)
+      entry.runs.push(ours)
+      if (UNAPPLIED) entry.unapplied.push(await runUnapplied(workload))
       if (conventional && !conventionalFirst) entry.theirs.push(await runConventional(workload))
     }
   }
@@ -904,6 +981,7 @@ const compare = async () => {
     console.log(`${label.padEnd(18)}${fmt(median(ours)).padStart(10)}${(theirs.length === 0 ? "-" : fmt(median(theirs))).padStart(14)}${(theirs.length === 0 ? "-" : fmt(median(ratios), 2)).padStart(8)}` +
       (ROUNDS > 1 && ratios.length > 0 ? `   (median of ${ROUNDS} rounds; ratios ${ratios.map((r) => fmt(r, 2)).join(", ")}; spread ${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})` : ""))
   }
+  if (conventional) printBudgets(summary)
   if (held.length > 0) {
     /** The median of the held runs' p99s, and each run's when there are several. */
     const p99 = (values: ReadonlyArray<number>) => `${fmt(median([...values]))} ms` + (values.length > 1 ? ` (runs ${values.map((v) => fmt(v)).join(", ")})` : "")

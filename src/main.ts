@@ -27,21 +27,28 @@ const Batching = Layer.unwrap(
 
 const Http = Layer.unwrap(Effect.map(httpSettings, httpLayer))
 
-const App = Layer.mergeAll(DlqMonitor.layer, Http, RuntimeMetrics.layer()).pipe(
-  Layer.provideMerge(Messaging.layer),
-  Layer.provide(Batching),
-  Layer.provide(Health),
-  Layer.provide(RuntimeConfig.layer),
-  Layer.provide(Layer.unwrap(Effect.map(tracingSettings, Tracing.layer))),
-  Layer.provide(Layer.unwrap(Effect.map(loggingSettings, Logging.layer)))
-)
+/**
+ * The consumer, with `applying` deciding how decoded events are applied (`EventApplier`): group
+ * commit as configured in production; the throughput bench swaps in an applier that applies
+ * nothing, to measure the message path alone (bench/unapplied.ts).
+ */
+export const consumer = <E, R>(applying: Layer.Layer<never, E, R>) =>
+  Layer.mergeAll(DlqMonitor.layer, Http, RuntimeMetrics.layer()).pipe(
+    Layer.provideMerge(Messaging.layer),
+    Layer.provide(applying),
+    Layer.provide(Health),
+    Layer.provide(RuntimeConfig.layer),
+    Layer.provide(Layer.unwrap(Effect.map(tracingSettings, Tracing.layer))),
+    Layer.provide(Layer.unwrap(Effect.map(loggingSettings, Logging.layer)))
+  )
 
-// SIGTERM/SIGINT interrupt the app; a clean shutdown after a signal exits 0, not 130. Only as the
-// entry point: imported, this module only loads the consumer's modules, which is how the image
-// fills Node's compile cache at build (Dockerfile).
-if (import.meta.main) {
-  NodeRuntime.runMain(Layer.launch(App), {
+/** Runs a consumer until SIGTERM/SIGINT; a clean shutdown after a signal exits 0, not 130. */
+export const run = <E>(app: Layer.Layer<never, E>) =>
+  NodeRuntime.runMain(Layer.launch(app), {
     teardown: (exit, onExit) =>
       Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause) ? onExit(0) : defaultTeardown(exit, onExit)
   })
-}
+
+// Only as the entry point: imported, this module only loads the consumer's modules, which is how
+// the image fills Node's compile cache at build (Dockerfile).
+if (import.meta.main) run(consumer(Batching))
