@@ -1,6 +1,6 @@
 import { ConfigProvider, Duration, Effect, Exit, Redacted } from "effect"
 import { describe, expect, it } from "vitest"
-import { displayUrl, runtimeSettings } from "../../src/config.ts"
+import { databaseSettings, displayUrl, runtimeSettings } from "../../src/config.ts"
 
 const parse = (env: Record<string, string>) => Effect.runSyncExit(runtimeSettings.parse(ConfigProvider.fromEnv({ env })))
 const failureText = (env: Record<string, string>) => {
@@ -76,6 +76,18 @@ describe("runtime configuration", () => {
     for (const refused of ["0", "0 millis", "-5 seconds", "Infinity", "1e3"]) {
       expect(failureText({ OUTBOX_RETENTION: refused })).toContain("OUTBOX_RETENTION")
     }
+  })
+
+  it("gives a transaction 30 s idle by default before PostgreSQL ends it, and reads DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", () => {
+    const database = (env: Record<string, string>) => Effect.runSyncExit(databaseSettings.parse(ConfigProvider.fromEnv({ env })))
+    const defaults = database({})
+    if (!Exit.isSuccess(defaults)) throw new Error(String(defaults.cause))
+    expect(Duration.toMillis(defaults.value.idleInTransactionTimeout!)).toBe(30_000)
+    const set = database({ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "2000" })
+    if (!Exit.isSuccess(set)) throw new Error(String(set.cause))
+    expect(Duration.toMillis(set.value.idleInTransactionTimeout!)).toBe(2000)
+    const refused = database({ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "0" })
+    expect(Exit.isFailure(refused) ? String(refused.cause) : "no failure").toContain("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
   })
 
   it("refuses bad values with a message naming the variable, never echoing credentials", () => {

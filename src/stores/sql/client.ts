@@ -1,5 +1,5 @@
 import { PgClient } from "@effect/sql-pg"
-import { Context, type Duration, Effect, Layer, Redacted } from "effect"
+import { Context, Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { migrate } from "./migrations.ts"
@@ -12,7 +12,23 @@ export interface DatabaseOptions {
   readonly poolSize?: number | undefined
   /** How long opening a connection may take (default 10 s); measured on the Effect clock. */
   readonly connectTimeout?: Duration.Input | undefined
+  /**
+   * How long a session may wait for this process inside a transaction before PostgreSQL ends it
+   * (`idle_in_transaction_session_timeout`; default 30 s). See `clientLayer`.
+   */
+  readonly idleInTransactionTimeout?: Duration.Input | undefined
 }
+
+/**
+ * A unit of work waits for this process only while it applies events in memory: milliseconds.
+ * One whose process stopped answering (paused, or its machine or network gone without closing
+ * the socket) would otherwise keep its transaction and the rows it locked for as long as that
+ * process is paused, or until TCP keepalive notices a dead peer, two hours by default; the
+ * replica the broker hands its queue to would wait on those rows all that time. The broker gives
+ * up on such a replica after two missed heartbeats (60 s at the default 30 s), so by the time the
+ * standby takes its messages over, the locks are already released.
+ */
+export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(30)
 
 /**
  * How many connections the pool was built with, provided by `clientLayer` next to the client:
@@ -26,7 +42,9 @@ const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
 
 /**
  * The pool behind every SQL store. Each physical connection starts with `search_path` set to
- * the schema, so unqualified table names resolve there (tests give each file its own schema).
+ * the schema, so unqualified table names resolve there (tests give each file its own schema),
+ * and with `idle_in_transaction_session_timeout`, so a transaction whose client stopped answering
+ * does not hold its locks past that (`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`).
  */
 export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | SqlClient, SqlError> =>
   Layer.unwrap(Effect.suspend(() =>
@@ -37,7 +55,10 @@ export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgCl
           maxConnections: options.poolSize ?? 10,
           connectTimeout: options.connectTimeout ?? "10 seconds",
           applicationName: "inventory-event-consumer",
-          startupParameters: { search_path: options.schema }
+          startupParameters: {
+            search_path: options.schema,
+            idle_in_transaction_session_timeout: String(Duration.toMillis(options.idleInTransactionTimeout ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT))
+          }
         }),
         Layer.succeed(PoolSize, options.poolSize ?? 10)
       ))
