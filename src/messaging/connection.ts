@@ -5,6 +5,23 @@ import { Readiness } from "../observability/health.ts"
 import { type BrokerSettings, brokerUrls, displayUrl, RuntimeConfig, type Topology } from "../config.ts"
 import { declareTopology } from "./topology.ts"
 
+/**
+ * Closes a channel; settles once it is closed, however that happens. amqplib's `close()` waits
+ * for the broker's close-ok and never settles when the connection dies meanwhile: the channel is
+ * closed with the connection, but the promise stays pending. A finalizer awaiting it then never
+ * ended, nor did the shutdown of a replica paused past its heartbeats and let go
+ * (test/messaging/frozen-replica.test.ts).
+ */
+export const closeChannel = (channel: amqp.Channel): Promise<void> =>
+  new Promise<void>((resolve) => {
+    const done = () => {
+      channel.removeListener("close", done)
+      resolve()
+    }
+    channel.once("close", done)
+    channel.close().then(done, done)
+  })
+
 /** The broker could not be reached or refused an operation. */
 export class BrokerError extends Schema.TaggedError<BrokerError>()("BrokerError", {
   message: Schema.String
@@ -172,7 +189,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
               try {
                 await declareTopology(channel, topology)
               } finally {
-                await channel.close().catch(() => undefined)
+                await closeChannel(channel)
               }
             }
           }
@@ -207,7 +224,9 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
       },
       catch: (cause) => new BrokerError({ message: `Cannot connect to ${displayUrl(settings.url)}: ${brokerError(cause).message}` })
     }),
-    (model) => Effect.promise(() => model.close().catch(() => undefined))
+    // amqplib's close waits for the broker's close-ok, and never settles when the connection dies
+    // meanwhile (as `closeChannel` says of channels): bounded, so shutdown goes on regardless.
+    (model) => Effect.promise(() => model.close().catch(() => undefined)).pipe(Effect.timeoutOption("5 seconds"))
   )
 
   // Waiting for a channel stays interruptible (the broker may be away for long); a channel that
@@ -218,7 +237,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
       return restore(Effect.tryPromise({ try: () => (opening = open()), catch: brokerError })).pipe(
         Effect.onInterrupt(() =>
           Effect.sync(() => {
-            opening?.then((late) => late.close()).catch(() => undefined)
+            opening?.then(closeChannel).catch(() => undefined)
           })
         ),
         Effect.tap((channel) => {
@@ -226,7 +245,7 @@ const make = Effect.fnUntraced(function*(settings: BrokerSettings, topology: Top
           channel.on("error", () => undefined)
           // Every connection amqplib (re)opens serves channels: its socket is set up with the first.
           coalesceWrites(channel.connection)
-          return Effect.addFinalizer(() => Effect.promise(() => channel.close().catch(() => undefined)))
+          return Effect.addFinalizer(() => Effect.promise(() => closeChannel(channel)))
         })
       )
     })

@@ -3,6 +3,7 @@ import { resolve } from "node:path"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { clientLayer } from "../../src/stores/sql/client.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Reconciliation, Warehouses } from "../../src/stores/services.ts"
 import { createVhost, deleteVhost, eventually, freePort, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
@@ -22,8 +23,13 @@ import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 const vhost = uniqueVhost("frozen_replica")
 const schema = uniqueSchema("mq_frozen_replica")
 const org = `org-frozen-${process.pid}`
+// A database of its own: the sessions the test looks for are told apart from other files' by it.
+const database = schema
+const databaseUrl = `${testDatabaseUrl.slice(0, testDatabaseUrl.lastIndexOf("/"))}/${database}`
 
-const inspect = ManagedRuntime.make(SqlStores.layerWithClient({ url: testDatabaseUrl, schema, poolSize: 2 }) as Layer.Layer<any, unknown>)
+// The test database's client alone, without migrating anything there: it creates and drops ours.
+const admin = ManagedRuntime.make(clientLayer({ url: testDatabaseUrl, schema: "public", poolSize: 1 }) as Layer.Layer<any, unknown>)
+const inspect = ManagedRuntime.make(SqlStores.layerWithClient({ url: databaseUrl, schema, poolSize: 2 }) as Layer.Layer<any, unknown>)
 const look = <A, E>(effect: Effect.Effect<A, E, any>) => inspect.runPromise(effect)
 const query = <A extends object>(text: string, params: ReadonlyArray<unknown> = []) =>
   look(Effect.flatMap(SqlClient, (sql) => sql.unsafe<A>(text, params as Array<any>)))
@@ -33,7 +39,7 @@ const applied = async () => Number((await query<{ n: string }>("SELECT count(*) 
 const stalledTransactions = async (ms: number) =>
   (await query<{ pid: number }>(
     `SELECT pid FROM pg_stat_activity
-     WHERE datname = current_database() AND application_name = 'inventory-event-consumer' AND pid <> pg_backend_pid()
+     WHERE datname = current_database() AND pid <> pg_backend_pid()
        AND state = 'idle in transaction' AND state_change < now() - make_interval(secs => $1::float8 / 1000)`,
     [ms]
   )).map((row) => row.pid)
@@ -50,7 +56,7 @@ const startReplica = async (name: string) => {
         CONSUMER_ROLE_CHECK_INTERVAL: "200",
         OUTBOX_RELAY_LOCK_INTERVAL: "200"
       }),
-      DATABASE_URL: testDatabaseUrl,
+      DATABASE_URL: databaseUrl,
       DATABASE_SCHEMA: schema,
       HTTP_PORT: String(await freePort()),
       LOG_LEVEL: "info"
@@ -78,6 +84,7 @@ const publishReturns = (client: TestClient, from: number, count: number) =>
     })))
 
 beforeAll(async () => {
+  await admin.runPromise(Effect.flatMap(SqlClient, (sql) => sql.unsafe(`CREATE DATABASE ${database}`)))
   await createVhost(vhost)
   await look(Effect.flatMap(Warehouses, (w) => w.upsert({ organization_id: org, warehouse_id: "wh_1", name: "Main", active: true })))
 })
@@ -89,8 +96,9 @@ afterAll(async () => {
       child.kill("SIGKILL")
     }
   }
-  await query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => undefined)
   await inspect.dispose()
+  await admin.runPromise(Effect.flatMap(SqlClient, (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`))).catch(() => undefined)
+  await admin.dispose()
   await deleteVhost(vhost)
 })
 
@@ -151,10 +159,12 @@ describe("a replica frozen inside a unit of work", () => {
     expect(movements).toBe(published)
     expect(await look(Effect.flatMap(Reconciliation, (r) => r.check(org)))).toEqual([])
 
-    for (const { child } of [active, standby]) {
+    for (const [name, { child, output }] of [["a", active], ["b", standby]] as const) {
       const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)))
       child.kill("SIGTERM")
-      expect(await exited).toBe(0)
+      const code = await Promise.race([exited, new Promise<string>((done) => setTimeout(() => done("still running"), 30_000))])
+      if (code !== 0) console.info(`frozen-replica: replica ${name} after SIGTERM: ${code}\n${output().slice(-6000)}`)
+      expect(code).toBe(0)
     }
   }, 180_000)
 })
