@@ -925,10 +925,9 @@ const printBudgets = (summary: ReadonlyArray<{
 const compare = async () => {
   const conventional = !flag("skip-conventional")
   if (conventional) await seedConventional()
-  /** Each workload's events/s, one per round: ours, and the conventional consumer's; ours' runs and those with nothing applied. */
+  /** Each workload's runs, one per round: ours, the conventional consumer's events/s, ours with nothing applied. */
   const summary: Array<{
     readonly label: string
-    readonly ours: Array<number>
     readonly theirs: Array<number>
     readonly runs: Array<Awaited<ReturnType<typeof runOurs>>>
     readonly unapplied: Array<Awaited<ReturnType<typeof runUnapplied>>>
@@ -940,14 +939,12 @@ const compare = async () => {
   for (round = 0; round < ROUNDS; round++) {
     for (const [k, make] of kinds.entries()) {
       const workload = make()
-      const entry = summary[k] ?? (summary[k] = { label: workload.label, ours: [], theirs: [], runs: [], unapplied: [] })
+      const entry = summary[k] ?? (summary[k] = { label: workload.label, theirs: [], runs: [], unapplied: [] })
       // ABBA: the conventional consumer goes first every other round, so neither always runs on
       // the other's leftovers (dead rows, a warmer cache) or at the same point of the machine's drift.
       const conventionalFirst = conventional && round % 2 === 1
       if (conventionalFirst) entry.theirs.push(await runConventional(workload))
-      const ours = await runOurs(workload)
-      entry.ours.push(ours.rate)
-      entry.runs.push(ours)
+      entry.runs.push(await runOurs(workload))
       if (UNAPPLIED) entry.unapplied.push(await runUnapplied(workload))
       if (conventional && !conventionalFirst) entry.theirs.push(await runConventional(workload))
     }
@@ -961,7 +958,7 @@ const compare = async () => {
     console.log(`conventional reconciliation (I3 I8 on its tables): ${convCheck}`)
     clean &&= convCheck === "clean"
   }
-  const lifecycleRuns = summary.find((entry) => entry.label === "lifecycle")?.ours
+  const lifecycleRuns = summary.find((entry) => entry.label === "lifecycle")?.runs.map((r) => r.rate)
   const lifecyclePeak = lifecycleRuns === undefined ? undefined : median(lifecycleRuns)
   const held: Array<{ readonly p99: number; readonly p99Committed: number | undefined; readonly p99Announced: number }> = []
   const heldRate = lifecyclePeak === undefined ? 0 : Math.max(1, Math.round(lifecyclePeak / 2))
@@ -976,7 +973,8 @@ const compare = async () => {
   const naive = flag("skip-naive") ? undefined : await runNaive(placedOnly(EVENTS))
   console.log(`\nprefetch of the order queue: ${ourPrefetch}${PREFETCH === undefined ? " (what npm start uses, read from the broker)" : " (--prefetch)"}, the same for the conventional consumer` +
     `\n${"events/s (noisy)".padEnd(18)}${"ours".padStart(10)}${"conventional".padStart(14)}${"ratio".padStart(8)}`)
-  for (const { label, ours, theirs } of summary) {
+  for (const { label, runs, theirs } of summary) {
+    const ours = runs.map((r) => r.rate)
     const ratios = theirs.map((t, i) => ours[i]! / t)
     console.log(`${label.padEnd(18)}${fmt(median(ours)).padStart(10)}${(theirs.length === 0 ? "-" : fmt(median(theirs))).padStart(14)}${(theirs.length === 0 ? "-" : fmt(median(ratios), 2)).padStart(8)}` +
       (ROUNDS > 1 && ratios.length > 0 ? `   (median of ${ROUNDS} rounds; ratios ${ratios.map((r) => fmt(r, 2)).join(", ")}; spread ${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})` : ""))
@@ -990,7 +988,7 @@ const compare = async () => {
       `${committed.length === 0 ? "" : `${p99(committed)} to its commit, `}${p99(held.map((h) => h.p99Announced))} to its announcement confirmed`)
   }
   const placed = summary.find((entry) => entry.label === "order.placed")
-  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(median(placed.ours) / naive, 2)}`)
+  if (naive !== undefined && placed !== undefined) console.log(`ours / naive (order.placed): ${fmt(median(placed.runs.map((r) => r.rate)) / naive, 2)}`)
   return clean
 }
 

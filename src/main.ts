@@ -30,7 +30,7 @@ const Http = Layer.unwrap(Effect.map(httpSettings, httpLayer))
 /**
  * The consumer, with `applying` deciding how decoded events are applied (`EventApplier`): group
  * commit as configured in production; the throughput bench swaps in an applier that applies
- * nothing, to measure the message path alone (bench/unapplied.ts).
+ * nothing, to measure the message path alone (bench/unapplied/consumer.ts).
  */
 export const consumer = <E, R>(applying: Layer.Layer<never, E, R>) =>
   Layer.mergeAll(DlqMonitor.layer, Http, RuntimeMetrics.layer()).pipe(
