@@ -658,10 +658,14 @@ interface RuntimeFigures {
   readonly at: number
   readonly groups: { readonly count: number; readonly events: number }
 }
+/** A consumer's `/metrics`, as Prometheus scrapes it. */
+const metricsText = async (port: string) =>
+  (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
+
 const runtimeFigures = async (port: string): Promise<RuntimeFigures | undefined> => {
   try {
     const at = Date.now()
-    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
+    const text = await metricsText(port)
     const pauses = new Map<string, { count: number; seconds: number }>()
     for (const m of text.matchAll(/^nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)$/gm)) {
       const entry = pauses.get(m[2]!) ?? { count: 0, seconds: 0 }
@@ -782,7 +786,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
 
 /** Events our consumer with nothing applied acked so far: from its `/metrics`, as it writes no row. */
 const unappliedFinished = async () => {
-  const text = await (await fetch(`http://127.0.0.1:${ourEnv.HTTP_PORT}/metrics`, { signal: AbortSignal.timeout(5_000) })).text()
+  const text = await metricsText(ourEnv.HTTP_PORT)
   let n = 0
   for (const m of text.matchAll(/^inventory_events_consumed_total\{[^}]*\} (\S+)$/gm)) n += Number(m[1])
   return n

@@ -78,11 +78,11 @@ describe("runtime configuration", () => {
     }
   })
 
-  it("gives a transaction 30 s idle by default before PostgreSQL ends it, and reads DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", () => {
+  it("gives a transaction 15 s idle by default before PostgreSQL ends it, and reads DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", () => {
     const database = (env: Record<string, string>) => Effect.runSyncExit(databaseSettings.parse(ConfigProvider.fromEnv({ env })))
     const defaults = database({})
     if (!Exit.isSuccess(defaults)) throw new Error(String(defaults.cause))
-    expect(Duration.toMillis(defaults.value.idleInTransactionTimeout!)).toBe(30_000)
+    expect(Duration.toMillis(defaults.value.idleInTransactionTimeout!)).toBe(15_000)
     const set = database({ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "2000" })
     if (!Exit.isSuccess(set)) throw new Error(String(set.cause))
     expect(Duration.toMillis(set.value.idleInTransactionTimeout!)).toBe(2000)

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { clientLayer } from "../../src/stores/sql/client.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Reconciliation, Warehouses } from "../../src/stores/services.ts"
-import { createVhost, deleteVhost, eventually, freePort, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { createVhost, deleteVhost, eventually, freePort, returnEvent, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
@@ -71,17 +71,10 @@ const startReplica = async (name: string) => {
   return { child, output: () => output }
 }
 
-/** `count` `return.received` events, each of its own return, over 10 variants: every group locks stock rows. */
+/** `count` returns (`returnEvent`) at once, numbered from `from`, each with an event id of its own. */
 const publishReturns = (client: TestClient, from: number, count: number) =>
   Promise.all(Array.from({ length: count }, (_, i) => from + i).map((k) =>
-    client.publish("order_events", "return.received", {
-      event: "return.received",
-      version: "1.0",
-      timestamp: new Date().toISOString(),
-      organization_id: org,
-      event_id: `evt-frozen-${k}`,
-      data: { order_id: `order-${k % 40}`, return_id: `ret-${k}`, warehouse_id: "wh_1", returned_items: [{ variant_id: `v-${k % 10}`, quantity: 1, condition: "good" }] }
-    })))
+    client.publish("order_events", "return.received", returnEvent(org, k, `evt-frozen-${k}`))))
 
 beforeAll(async () => {
   await admin.runPromise(Effect.flatMap(SqlClient, (sql) => sql.unsafe(`CREATE DATABASE ${database}`)))

@@ -77,11 +77,11 @@ layer(sqlStoresLayer("stores", { poolSize: 4 }), { timeout: "60 seconds" })("SQL
       assert.isTrue(Option.isSome(relayQuery), "the outbox answered while the units were open")
     })))
 
-  it.effect("every pooled session starts with PostgreSQL's idle-in-transaction timeout, 30 s by default", () =>
+  it.effect("every pooled session starts with PostgreSQL's idle-in-transaction timeout, 15 s by default", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient
       const rows = yield* sql<{ readonly idle_in_transaction_session_timeout: string }>`SHOW idle_in_transaction_session_timeout`
-      assert.strictEqual(rows[0]?.idle_in_transaction_session_timeout, "30s")
+      assert.strictEqual(rows[0]?.idle_in_transaction_session_timeout, "15s")
     }))
 
   it.effect("a nested unit that fails rolls back to its savepoint; the outer unit keeps its work", () =>

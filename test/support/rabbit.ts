@@ -98,26 +98,28 @@ export const startRuntime = <S, E>(stores: Layer.Layer<S, E>, env: Record<string
 }
 
 /**
- * `count` `return.received` events of one organization over 25 orders and 10 variants of `wh_1`,
- * each its own key sequence: load for the shutdown tests, which count what was applied.
+ * The `k`-th `return.received` of one organization: one unit of `v-{k % 10}` back into `wh_1`,
+ * for order `order-{k % 25}`. Load for tests that count what was applied: every one applies, and
+ * each group of them locks stock rows.
  */
+export const returnEvent = (org: string, k: number, eventId = `evt-${org}-${k}-${Math.random().toString(36).slice(2, 8)}`) => ({
+  event: "return.received",
+  version: "1.0",
+  timestamp: "2026-01-01T00:00:00Z",
+  organization_id: org,
+  event_id: eventId,
+  data: {
+    order_id: `order-${k % 25}`,
+    return_id: `ret-${k}`,
+    warehouse_id: "wh_1",
+    returned_items: [{ variant_id: `v-${k % 10}`, quantity: 1, condition: "good" }]
+  }
+})
+
+/** `count` of `returnEvent`, one after another: load for the shutdown tests. */
 export const publishReturns = async (vhost: string, org: string, count: number): Promise<void> => {
   const client = await TestClient.connect(vhost)
-  for (let k = 0; k < count; k++) {
-    await client.publish("order_events", "return.received", {
-      event: "return.received",
-      version: "1.0",
-      timestamp: "2026-01-01T00:00:00Z",
-      organization_id: org,
-      event_id: `evt-${org}-${k}-${Math.random().toString(36).slice(2, 8)}`,
-      data: {
-        order_id: `order-${k % 25}`,
-        return_id: `ret-${k}`,
-        warehouse_id: "wh_1",
-        returned_items: [{ variant_id: `v-${k % 10}`, quantity: 1, condition: "good" }]
-      }
-    })
-  }
+  for (let k = 0; k < count; k++) await client.publish("order_events", "return.received", returnEvent(org, k))
   await client.close()
 }
 

@@ -14,7 +14,7 @@ export interface DatabaseOptions {
   readonly connectTimeout?: Duration.Input | undefined
   /**
    * How long a session may wait for this process inside a transaction before PostgreSQL ends it
-   * (`idle_in_transaction_session_timeout`; default 30 s). See `clientLayer`.
+   * (`idle_in_transaction_session_timeout`; default 15 s). See `clientLayer`.
    */
   readonly idleInTransactionTimeout?: Duration.Input | undefined
 }
@@ -25,10 +25,11 @@ export interface DatabaseOptions {
  * the socket) would otherwise keep its transaction and the rows it locked for as long as that
  * process is paused, or until TCP keepalive notices a dead peer, two hours by default; the
  * replica the broker hands its queue to would wait on those rows all that time. The broker gives
- * up on such a replica after two missed heartbeats (60 s at the default 30 s), so by the time the
- * standby takes its messages over, the locks are already released.
+ * up on a silent connection after its heartbeat timeout (`AMQP_HEARTBEAT_SECONDS`, 30 s: two
+ * heartbeats missed, sent every 15 s); half of that here, so the locks are released before the
+ * standby takes the messages over. Still a thousand times what a unit of work waits for us.
  */
-export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(30)
+export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(15)
 
 /**
  * How many connections the pool was built with, provided by `clientLayer` next to the client:
