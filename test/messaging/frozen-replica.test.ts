@@ -1,5 +1,3 @@
-import { type ChildProcess, spawn } from "node:child_process"
-import { resolve } from "node:path"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -7,6 +5,7 @@ import { clientLayer } from "../../src/stores/sql/client.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
 import { Reconciliation, Warehouses } from "../../src/stores/services.ts"
 import { createVhost, deleteVhost, eventually, freePort, returnEvent, TestClient, testEnv, uniqueVhost } from "../support/rabbit.ts"
+import { killReplicas, type Replica, startReplica, stopReplica } from "../support/replicas.ts"
 import { testDatabaseUrl, uniqueSchema } from "../support/sql.ts"
 
 /**
@@ -44,32 +43,21 @@ const stalledTransactions = async (ms: number) =>
     [ms]
   )).map((row) => row.pid)
 
-const replicas: Array<{ readonly child: ChildProcess; readonly output: () => string }> = []
-const startReplica = async (name: string) => {
-  const child = spawn(resolve("node_modules/.bin/node"), ["src/main.ts"], {
-    env: {
-      ...process.env,
-      ...testEnv(vhost, {
-        // The broker gives up on a silent connection after about two heartbeats.
-        AMQP_HEARTBEAT_SECONDS: "1",
-        DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "2000",
-        CONSUMER_ROLE_CHECK_INTERVAL: "200",
-        OUTBOX_RELAY_LOCK_INTERVAL: "200"
-      }),
-      DATABASE_URL: databaseUrl,
-      DATABASE_SCHEMA: schema,
-      HTTP_PORT: String(await freePort()),
-      LOG_LEVEL: "info"
-    },
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  let output = ""
-  child.stdout.on("data", (d) => (output += d))
-  child.stderr.on("data", (d) => (output += d))
-  replicas.push({ child, output: () => output })
-  await eventually(`replica ${name} started`, () => output.includes("consumer started"), 60_000)
-  return { child, output: () => output }
-}
+const replicas: Array<Replica> = []
+const start = async (name: string) =>
+  startReplica(name, {
+    ...testEnv(vhost, {
+      // The broker gives up on a silent connection after about two heartbeats.
+      AMQP_HEARTBEAT_SECONDS: "1",
+      DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "2000",
+      CONSUMER_ROLE_CHECK_INTERVAL: "200",
+      OUTBOX_RELAY_LOCK_INTERVAL: "200"
+    }),
+    DATABASE_URL: databaseUrl,
+    DATABASE_SCHEMA: schema,
+    HTTP_PORT: String(await freePort()),
+    LOG_LEVEL: "info"
+  }, replicas)
 
 /** `count` returns (`returnEvent`) at once, numbered from `from`, each with an event id of its own. */
 const publishReturns = (client: TestClient, from: number, count: number) =>
@@ -83,12 +71,7 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  for (const { child } of replicas) {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGCONT")
-      child.kill("SIGKILL")
-    }
-  }
+  killReplicas(replicas)
   await inspect.dispose()
   await admin.runPromise(Effect.flatMap(SqlClient, (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`))).catch(() => undefined)
   await admin.dispose()
@@ -97,8 +80,8 @@ afterAll(async () => {
 
 describe("a replica frozen inside a unit of work", () => {
   it("does not stop the standby: its transaction is ended and every event is applied once", async () => {
-    const active = await startReplica("a")
-    const standby = await startReplica("b")
+    const active = await start("a")
+    const standby = await start("b")
     const client = await TestClient.connect(vhost)
     let published = 0
     // A steady stream of events (about 2,000 a second, at most 30,000 in all: a flood would have
@@ -152,12 +135,6 @@ describe("a replica frozen inside a unit of work", () => {
     expect(movements).toBe(published)
     expect(await look(Effect.flatMap(Reconciliation, (r) => r.check(org)))).toEqual([])
 
-    for (const [name, { child, output }] of [["a", active], ["b", standby]] as const) {
-      const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)))
-      child.kill("SIGTERM")
-      const code = await Promise.race([exited, new Promise<string>((done) => setTimeout(() => done("still running"), 30_000))])
-      if (code !== 0) console.info(`frozen-replica: replica ${name} after SIGTERM: ${code}\n${output().slice(-6000)}`)
-      expect(code).toBe(0)
-    }
+    for (const replica of [active, standby]) expect(await stopReplica(replica)).toBe(0)
   }, 180_000)
 })
