@@ -5,7 +5,7 @@ import type { LoggingSettings } from "./observability/logging.ts"
 import type { TracingSettings } from "./observability/tracing.ts"
 import type { BatchSettings } from "./pipeline/batch.ts"
 import { defaultProcessingPolicy, type ProcessingPolicy } from "./pipeline/policy.ts"
-import { type DatabaseOptions, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT } from "./stores/sql/client.ts"
+import { type DatabaseOptions, DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT } from "./stores/sql/client.ts"
 
 /**
  * Every setting, and the only module that reads the environment: one section per feature, each
@@ -296,12 +296,16 @@ export const runtimeSettings: Config.Config<RuntimeSettings> = Config.all({
 
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 
-/** `DATABASE_URL`, `DATABASE_POOL_SIZE`, `DATABASE_SCHEMA` and `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`, with local-development defaults. */
+/**
+ * `DATABASE_URL`, `DATABASE_POOL_SIZE`, `DATABASE_SCHEMA`, `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`
+ * and `DATABASE_RESPONSE_TIMEOUT`, with local-development defaults.
+ */
 export const databaseSettings: Config.Config<DatabaseOptions> = Config.all({
   url: Config.Redacted("DATABASE_URL").pipe(Config.withDefault(Redacted.make(DEFAULT_DATABASE_URL))),
   poolSize: Config.Int("DATABASE_POOL_SIZE").pipe(Config.withDefault(10)),
   schema: Config.String("DATABASE_SCHEMA").pipe(Config.withDefault("public")),
-  idleInTransactionTimeout: duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT)
+  idleInTransactionTimeout: duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT),
+  responseTimeout: duration("DATABASE_RESPONSE_TIMEOUT", DEFAULT_RESPONSE_TIMEOUT)
 })
 
 /** `HTTP_PORT` (default 9464) and `HTTP_HOST` (`0.0.0.0`) of `/healthz`, `/readyz`, `/metrics`. */

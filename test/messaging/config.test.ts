@@ -90,6 +90,18 @@ describe("runtime configuration", () => {
     expect(Exit.isFailure(refused) ? String(refused.cause) : "no failure").toContain("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
   })
 
+  it("waits 10 s for the database by default before a unit of work counts it unreachable, and reads DATABASE_RESPONSE_TIMEOUT", () => {
+    const database = (env: Record<string, string>) => Effect.runSyncExit(databaseSettings.parse(ConfigProvider.fromEnv({ env })))
+    const defaults = database({})
+    if (!Exit.isSuccess(defaults)) throw new Error(String(defaults.cause))
+    expect(Duration.toMillis(defaults.value.responseTimeout!)).toBe(10_000)
+    const set = database({ DATABASE_RESPONSE_TIMEOUT: "30 seconds" })
+    if (!Exit.isSuccess(set)) throw new Error(String(set.cause))
+    expect(Duration.toMillis(set.value.responseTimeout!)).toBe(30_000)
+    const refused = database({ DATABASE_RESPONSE_TIMEOUT: "-1" })
+    expect(Exit.isFailure(refused) ? String(refused.cause) : "no failure").toContain("DATABASE_RESPONSE_TIMEOUT")
+  })
+
   it("refuses bad values with a message naming the variable, never echoing credentials", () => {
     expect(failureText({ CATALOG_PREFETCH: "ten" })).toContain("CATALOG_PREFETCH")
     expect(failureText({ ORDER_PREFETCH: "0" })).toContain("ORDER_PREFETCH")

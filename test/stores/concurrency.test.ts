@@ -31,6 +31,8 @@ const later = (by: Duration.Input) => <A, E, R>(effect: Effect.Effect<A, E, R>) 
     const offset = Duration.toMillis(Duration.fromInputUnsafe(by))
     const shifted: Clock.Clock = {
       ...clock,
+      // A class's methods are not own properties: the spread leaves them out.
+      sleep: (duration) => clock.sleep(duration),
       currentTimeMillisUnsafe: () => clock.currentTimeMillisUnsafe() + offset,
       currentTimeMillis: Effect.sync(() => clock.currentTimeMillisUnsafe() + offset),
       currentTimeNanosUnsafe: () => clock.currentTimeNanosUnsafe() + BigInt(offset) * 1_000_000n,

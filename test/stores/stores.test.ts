@@ -532,3 +532,38 @@ layer(sqlStoresLayer("reconciliation", { poolSize: 2 }), { timeout: "60 seconds"
       assert.strictEqual((yield* reconciliation.check()).length, violations.length)
     }))
 })
+
+// The live clock: the response timeout is measured on the Effect clock.
+layer(sqlStoresLayer("response_timeout", { poolSize: 3, responseTimeout: "300 millis" }), { timeout: "60 seconds", excludeTestServices: true })("SQL unit of work, database not answering", (it) => {
+  // effect/sql sends BEGIN and COMMIT uninterruptibly: on a dead network path a unit of work whose
+  // BEGIN or COMMIT got no answer could not be interrupted, and `Effect.timeout` would wait for
+  // it as long as TCP does (test/messaging/database-cut.test.ts). An uninterruptible statement
+  // that takes its time stands in for that here.
+  it.effect("fails as a timeout at the response timeout, while the statement it gave up on is still running", () =>
+    Effect.gen(function*() {
+      const uow = yield* UnitOfWork
+      const sql = yield* SqlClient
+      const tag = `response_timeout_${Math.random().toString(36).slice(2, 8)}`
+      const exit = yield* Effect.exit(uow.transaction(Effect.uninterruptible(sql.unsafe(`SELECT pg_sleep(3), '${tag}'`))))
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      assert.instanceOf(error, DatabaseError)
+      assert.strictEqual((error as DatabaseError).reason, "timeout")
+      // Answered before the statement ended: it still runs on the server.
+      const running = yield* sql<{ readonly n: number }>`
+        SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ${`%${tag}%`} AND pid <> pg_backend_pid()`
+      assert.strictEqual(running[0]?.n, 1)
+    }))
+
+  it.effect("a health check the database does not answer fails as a timeout", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient
+      // Every pooled connection busy: the ping waits for one, past the response timeout.
+      const busy = yield* Effect.forkChild(Effect.all(Array.from({ length: 3 }, () => sql`SELECT pg_sleep(2)`), { concurrency: 3 }))
+      yield* Effect.sleep("100 millis")
+      const exit = yield* Effect.exit(Effect.flatMap(StoreHealth, (h) => h.ping))
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      assert.instanceOf(error, DatabaseError)
+      assert.strictEqual((error as DatabaseError).reason, "timeout")
+      yield* Fiber.join(busy)
+    }))
+})

@@ -1,4 +1,4 @@
-import { Effect, Layer } from "effect"
+import { type Duration, Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import * as Scheduler from "../../src/reservations/scheduler.ts"
 import * as SqlStores from "../../src/stores/sql/index.ts"
@@ -15,16 +15,23 @@ export const uniqueSchema = (file: string) =>
  * build and dropped on release, so test files never see each other's rows.
  * `layer(sqlStoresLayer("contract"))(...)` from @effect/vitest shares it between tests.
  */
-export const sqlStoresLayer = (file: string, options: { readonly poolSize?: number } = {}) => {
+export const sqlStoresLayer = (file: string, options: { readonly poolSize?: number; readonly responseTimeout?: Duration.Input } = {}) => {
   // Tests move the Effect clock (TestClock) by minutes or days at a time; a connection being
-  // opened at that moment must not count that as its connect timeout.
+  // opened, or a unit of work waiting for its answer, at that moment must not count that as its
+  // connect or response timeout (a test that wants the response timeout passes its own).
   const schema = uniqueSchema(file)
   const dropOnRelease = Layer.effectDiscard(Effect.gen(function*() {
     const sql = yield* SqlClient
     yield* Effect.addFinalizer(() => Effect.ignore(sql.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)))
   }))
   return dropOnRelease.pipe(
-    Layer.provideMerge(SqlStores.layerWithClient({ url: testDatabaseUrl, schema, poolSize: options.poolSize ?? 10, connectTimeout: "3650 days" }))
+    Layer.provideMerge(SqlStores.layerWithClient({
+      url: testDatabaseUrl,
+      schema,
+      poolSize: options.poolSize ?? 10,
+      connectTimeout: "3650 days",
+      responseTimeout: options.responseTimeout ?? "3650 days"
+    }))
   )
 }
 

@@ -17,6 +17,11 @@ export interface DatabaseOptions {
    * (`idle_in_transaction_session_timeout`; default 15 s). See `clientLayer`.
    */
   readonly idleInTransactionTimeout?: Duration.Input | undefined
+  /**
+   * How long a unit of work or a health check waits for the database before it counts it as
+   * unreachable (default 10 s); also the idle time before TCP keepalive probes. See `ResponseTimeout`.
+   */
+  readonly responseTimeout?: Duration.Input | undefined
 }
 
 /**
@@ -32,6 +37,24 @@ export interface DatabaseOptions {
 export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(15)
 
 /**
+ * A path to the database that dies without a reset (a switch, a firewall, a cable) leaves a
+ * statement in flight waiting on TCP: until it gives up retransmitting (about 15 minutes on
+ * Linux), or for ever when the request was acknowledged and only the answer is lost. Meanwhile the
+ * replica keeps its broker connection, so under single active consumer the broker keeps the queue
+ * with it, and no replica applies anything. So a unit of work (`UnitOfWorkSql`) and a health
+ * check (`StoreHealthSql`) wait this long at most, then fail as an outage: the consumer pauses
+ * and lets go of the queue (test/messaging/database-cut.test.ts). Well above what a unit of work
+ * waits for rows another one holds (milliseconds; at worst `DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`
+ * behind a replica gone silent).
+ */
+export const DEFAULT_RESPONSE_TIMEOUT = Duration.seconds(10)
+
+/** How long the database may take to answer, provided by `clientLayer` next to the client. */
+export const ResponseTimeout = Context.Reference<Duration.Duration>("inventory/stores/sql/ResponseTimeout", {
+  defaultValue: () => DEFAULT_RESPONSE_TIMEOUT
+})
+
+/**
  * How many connections the pool was built with, provided by `clientLayer` next to the client:
  * units of work leave two of them free (`UnitOfWorkSql`). A client built elsewhere gets the
  * driver's default of 10.
@@ -45,26 +68,32 @@ const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
  * The pool behind every SQL store. Each physical connection starts with `search_path` set to
  * the schema, so unqualified table names resolve there (tests give each file its own schema),
  * and with `idle_in_transaction_session_timeout`, so a transaction whose client stopped answering
- * does not hold its locks past that (`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`).
+ * does not hold its locks past that (`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`). Idle connections send
+ * TCP keepalive probes after `responseTimeout`, so one whose path died is found dead (about ten
+ * seconds of probes later) before a unit of work picks it up.
  */
 export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | SqlClient, SqlError> =>
-  Layer.unwrap(Effect.suspend(() =>
-    schemaName.test(options.schema)
-      ? Effect.succeed(Layer.merge(
+  Layer.unwrap(Effect.suspend(() => {
+    const responseTimeout = Duration.fromInputUnsafe(options.responseTimeout ?? DEFAULT_RESPONSE_TIMEOUT)
+    return schemaName.test(options.schema)
+      ? Effect.succeed(Layer.mergeAll(
         PgClient.layer({
           url: typeof options.url === "string" ? Redacted.make(options.url) : options.url,
           maxConnections: options.poolSize ?? 10,
           connectTimeout: options.connectTimeout ?? "10 seconds",
           applicationName: "inventory-event-consumer",
+          // The driver counts it in whole seconds, one at least.
+          keepAlive: Duration.max(responseTimeout, Duration.seconds(1)),
           startupParameters: {
             search_path: options.schema,
             idle_in_transaction_session_timeout: String(Duration.toMillis(options.idleInTransactionTimeout ?? DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT))
           }
         }),
-        Layer.succeed(PoolSize, options.poolSize ?? 10)
+        Layer.succeed(PoolSize, options.poolSize ?? 10),
+        Layer.succeed(ResponseTimeout, responseTimeout)
       ))
       : Effect.die(new Error(`DATABASE_SCHEMA must be a lower-case identifier, got ${JSON.stringify(options.schema)}`))
-  ))
+  }))
 
 /** Creates the schema if it is missing and applies pending migrations; re-running is a no-op. */
 export const prepareSchema = (schema: string) =>

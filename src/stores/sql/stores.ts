@@ -1,8 +1,10 @@
 import { PgClient } from "@effect/sql-pg"
-import { Array as Arr, Clock, Effect, Layer, Option } from "effect"
+import { Array as Arr, Clock, Duration, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { FailedEvent, Movement, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
 import { EventLog, FailedEvents, type ListedFailedEvent, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
+import { DatabaseError } from "../../domain/errors.ts"
+import { ResponseTimeout } from "./client.ts"
 import { orDatabaseError } from "./errors.ts"
 import { insertOutbox } from "./rows.ts"
 import { filterClause, whole } from "./stock.ts"
@@ -248,6 +250,14 @@ export const StoreHealthSql = Layer.effect(
   StoreHealth,
   Effect.gen(function*() {
     const sql = yield* SqlClient
-    return StoreHealth.of({ ping: Effect.asVoid(orDatabaseError(sql`SELECT 1`)) })
+    // Bounded as a unit of work is (`ResponseTimeout`): a ping over a dead path would otherwise
+    // wait for TCP, and a paused consumer, which resumes on a ping's answer, with it.
+    const responseTimeout = yield* ResponseTimeout
+    return StoreHealth.of({
+      ping: Effect.asVoid(orDatabaseError(sql`SELECT 1`)).pipe(Effect.timeoutOrElse({
+        duration: responseTimeout,
+        orElse: () => Effect.fail(new DatabaseError({ reason: "timeout", message: `no answer from the database within ${Duration.format(responseTimeout)}` }))
+      }))
+    })
   })
 )

@@ -1,8 +1,8 @@
-import { Cause, Context, Effect, Exit, Layer, Semaphore } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Semaphore } from "effect"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
-import { PoolSize } from "./client.ts"
+import { PoolSize, ResponseTimeout } from "./client.ts"
 import { UnitOfWork } from "../services.ts"
 import { fromSqlError, isConnectionLoss } from "./errors.ts"
 
@@ -32,6 +32,25 @@ const translate = <A, E, R>(effect: Effect.Effect<A, E | SqlError, R>): Effect.E
   })
 
 /**
+ * `effect`, or `onTimeout` once `duration` passed without its answer. Unlike `Effect.timeout`,
+ * which waits for what it interrupts to finish, this answers at once: effect/sql sends a
+ * transaction's BEGIN and COMMIT uninterruptibly, so one sent down a dead path would keep the
+ * caller waiting as long as TCP does (seen in test/messaging/database-cut.test.ts). The abandoned
+ * effect is interrupted in the background and ends when its statement or connection does.
+ */
+const answeredWithin = <A, E, R, E2>(effect: Effect.Effect<A, E, R>, duration: Duration.Duration, onTimeout: Effect.Effect<never, E2>) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkDetach(effect)
+    const answer = yield* Fiber.join(fiber).pipe(
+      Effect.timeoutOption(duration),
+      Effect.onInterrupt(() => Effect.forkDetach(Fiber.interrupt(fiber)))
+    )
+    if (Option.isSome(answer)) return answer.value
+    yield* Effect.forkDetach(Fiber.interrupt(fiber))
+    return yield* onTimeout
+  })
+
+/**
  * Runs several statements of one store call atomically: inside a unit of work they already
  * are (and no savepoint is spent on them); outside one they get their own transaction.
  */
@@ -54,6 +73,16 @@ export const UnitOfWorkSql = Layer.effect(
     // and health checks never queue behind a backlog of them: with 500 messages in flight on 10
     // connections, the relay published nothing for as long as the backlog lasted (issue 8).
     const slots = yield* Semaphore.make(Math.max(1, (yield* PoolSize) - 2))
+    // A unit of work the database does not answer within the response timeout is given up as an
+    // outage (`answeredWithin`). Interrupted, the driver drops its connection unless the server
+    // confirms the cancel; on a dead path the server ends the transaction itself
+    // (`idle_in_transaction_session_timeout`). Its events go back to the queue; if its COMMIT did
+    // reach the server, their ids are recorded and their next delivery is a duplicate.
+    const responseTimeout = yield* ResponseTimeout
+    const unanswered = Effect.fail(new DatabaseError({
+      reason: "timeout",
+      message: `no answer from the database within ${Duration.format(responseTimeout)}: the unit of work was given up and its connection dropped`
+    }))
     return UnitOfWork.of({
       transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
         Effect.flatMap(CurrentUnit, (outer): Effect.Effect<A, E | DatabaseError, R> => {
@@ -67,7 +96,9 @@ export const UnitOfWorkSql = Layer.effect(
           }
           return Effect.suspend(() => {
             const unit: Unit = { afterCommit: [] }
-            return slots.withPermit(translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit)))).pipe(
+            return slots.withPermit(
+              answeredWithin(translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit))), responseTimeout, unanswered)
+            ).pipe(
               Effect.tap(() => Effect.forEach(unit.afterCommit, (hook) => hook, { discard: true }))
             )
           })
