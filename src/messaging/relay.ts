@@ -6,7 +6,7 @@ import { Readiness } from "../observability/health.ts"
 import { outboxPending, relayActive } from "../observability/metrics.ts"
 import type { PendingOutboxMessage } from "../stores/model.ts"
 import { Outbox } from "../stores/services.ts"
-import { outboxChannel } from "../stores/sql/index.ts"
+import { answeredWithin, outboxChannel, ResponseTimeout } from "../stores/sql/index.ts"
 import { Consumption } from "./activity.ts"
 import { type OutgoingMessage, Publisher } from "./publisher.ts"
 
@@ -151,7 +151,7 @@ export class OutboxRelay extends Context.Service<OutboxRelay, {
         const listen = wakeOnCommits(pg.value, Queue.offer(wake, undefined), config.relay.electionInterval)
         // Forked before the loop and the shutdown drain, so it is interrupted after them: the
         // last drain still runs under the lock.
-        yield* elect(pg.value, config.relay.electionInterval, {
+        yield* elect(pg.value, config.relay.electionInterval, yield* ResponseTimeout, {
           onActive: setActive(true).pipe(
             Effect.andThen(Queue.offer(wake, undefined)),
             Effect.andThen(FiberHandle.run(listening, listen, { onlyIfMissing: true }))
@@ -293,13 +293,16 @@ const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
  * late by a slow transaction is picked up, never skipped. A holder that dies between a confirm
  * and `markSent` leaves rows its successor publishes again with the same `messageId`: at least
  * once across crashes only. A holder whose lock session is cut off (the backend ended, the network
- * gone) counts itself active until its next check of that session, at most `interval` later, and
- * may publish rounds meanwhile while a standby has already taken the lock: at least once there
- * too. A handover waits for the round in flight (`handOver`), so it publishes nothing twice.
+ * gone) counts itself active until its next check of that session fails, and may publish rounds
+ * meanwhile while a standby has already taken the lock: at least once there too. A check waits
+ * `responseTimeout` at most for its answer, so on a path that died without a reset (where the
+ * statement would wait on TCP) that is at most `interval` plus `responseTimeout`
+ * (test/messaging/database-cut.test.ts). A handover waits for the round in flight (`handOver`), so it publishes nothing twice.
  */
 const elect = (
   pg: PgClient.PgClient,
   interval: Duration.Duration,
+  responseTimeout: Duration.Duration,
   on: {
     readonly onActive: Effect.Effect<void>
     readonly onStandby: Effect.Effect<void>
@@ -315,7 +318,15 @@ const elect = (
     while (true) {
       let held = false
       const ended = yield* Effect.scoped(Effect.gen(function*() {
-        const session = yield* PgClient.makeClient(pg.config)
+        const client = yield* PgClient.makeClient(pg.config)
+        const session = {
+          unsafe: <A extends object = any>(statement: string, params?: ReadonlyArray<unknown>) =>
+            answeredWithin(
+              client.unsafe<A>(statement, params as Array<any> | undefined),
+              responseTimeout,
+              Effect.fail(new Error(`the relay lock session got no answer within ${Duration.format(responseTimeout)}`))
+            )
+        }
         // A holder whose machine or network dies leaves a session PostgreSQL would keep (and its
         // lock) until TCP keepalive notices, hours by default; this session is never idle longer
         // than `interval` while its process lives, so the server ends it after ten of those.

@@ -32,9 +32,9 @@ const databaseUrl = (host: string) => `postgres://postgres@${host}:5432/${databa
 const admin = ManagedRuntime.make(clientLayer({ url: testDatabaseUrl, schema: "public", poolSize: 1 }) as Layer.Layer<any, unknown>)
 const inspect = ManagedRuntime.make(SqlStores.layerWithClient({ url: databaseUrl("127.0.0.1"), schema, poolSize: 2 }) as Layer.Layer<any, unknown>)
 const look = <A, E>(effect: Effect.Effect<A, E, any>) => inspect.runPromise(effect)
-const count = async (table: string) =>
+const count = async (table: string, where = "true") =>
   Number((await look(Effect.flatMap(SqlClient, (sql) =>
-    sql.unsafe<{ n: string }>(`SELECT count(*) AS n FROM ${table} WHERE organization_id = $1`, [org]))))[0]!.n)
+    sql.unsafe<{ n: string }>(`SELECT count(*) AS n FROM ${table} WHERE organization_id = $1 AND (${where})`, [org]))))[0]!.n)
 
 const replicas: Array<Replica> = []
 let partition: Partition | undefined
@@ -78,7 +78,9 @@ describe.skipIf(!available() && process.env["CI"] === undefined)("the consuming 
     const cutSettings = await settings(net.databaseHost, net.brokerHost)
     const cut = await startReplica("cut", cutSettings, replicas, net.inside)
     const cutMetrics = `http://${net.insideHost}:${cutSettings.HTTP_PORT}/metrics`
-    const standby = await startReplica("standby", await settings("127.0.0.1", "127.0.0.1"), replicas)
+    const standbySettings = await settings("127.0.0.1", "127.0.0.1")
+    const standby = await startReplica("standby", standbySettings, replicas)
+    const relayActive = async (metrics: string) => /^inventory_relay_active(\{[^}]*\})? 1$/m.test(await (await fetch(metrics)).text())
 
     const client = await TestClient.connect(vhost)
     let published = 0
@@ -95,17 +97,25 @@ describe.skipIf(!available() && process.env["CI"] === undefined)("the consuming 
       await eventually("the first replica at work", async () => (await count("event_log")) > 0, 30_000)
       // It is the one consuming (the first to subscribe), not the standby.
       expect(await (await fetch(cutMetrics)).text()).toMatch(/inventory_events_consumed_total\{[^}]*\} [1-9]/)
+      const relayWasCut = await relayActive(cutMetrics)
       net.cutDatabase()
       const cutAt = Date.now()
       // Work keeps arriving after the cut.
       await new Promise((r) => setTimeout(r, 1_000))
       feeding = false
       await feeder
-      console.info(`database-cut: ${published} published, ${await count("event_log")} applied at the cut`)
+      console.info(`database-cut: ${published} published, ${await count("event_log")} applied at the cut; the cut replica ${relayWasCut ? "held" : "did not hold"} the relay`)
 
       await eventually("every event applied by the standby", async () => (await count("event_log")) === published, 60_000, 200)
       console.info(`database-cut: every event applied ${Date.now() - cutAt} ms after the cut`)
       expect(cut.output()).toContain("database unavailable: consumption paused")
+      // The relay too: whichever replica held it at the cut, the standby publishes every
+      // announcement, and the cut replica no longer counts itself active (its lock checks wait
+      // the response timeout at most, not TCP's).
+      await eventually("every announcement sent", async () =>
+        (await count("outbox")) === published && (await count("outbox", "sent_at IS NULL")) === 0, 60_000, 200)
+      await eventually("the relay on the standby alone", async () =>
+        (await relayActive(`http://127.0.0.1:${standbySettings.HTTP_PORT}/metrics`)) && !(await relayActive(cutMetrics)), 60_000, 200)
     } finally {
       feeding = false
       await feeder.catch(() => undefined)

@@ -1,5 +1,5 @@
 import { PgClient } from "@effect/sql-pg"
-import { Context, Duration, Effect, Layer, Redacted } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, Option, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { migrate } from "./migrations.ts"
@@ -53,6 +53,25 @@ export const DEFAULT_RESPONSE_TIMEOUT = Duration.seconds(10)
 export const ResponseTimeout = Context.Reference<Duration.Duration>("inventory/stores/sql/ResponseTimeout", {
   defaultValue: () => DEFAULT_RESPONSE_TIMEOUT
 })
+
+/**
+ * `effect`, or `onTimeout` once `duration` passed without its answer. Unlike `Effect.timeout`,
+ * which waits for what it interrupts to finish, this answers at once: effect/sql sends a
+ * transaction's BEGIN and COMMIT uninterruptibly, so one sent down a dead path would keep the
+ * caller waiting as long as TCP does (seen in test/messaging/database-cut.test.ts). The abandoned
+ * effect is interrupted in the background and ends when its statement or connection does.
+ */
+export const answeredWithin = <A, E, R, E2>(effect: Effect.Effect<A, E, R>, duration: Duration.Duration, onTimeout: Effect.Effect<never, E2>) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkDetach(effect)
+    const answer = yield* Fiber.join(fiber).pipe(
+      Effect.timeoutOption(duration),
+      Effect.onInterrupt(() => Effect.forkDetach(Fiber.interrupt(fiber)))
+    )
+    if (Option.isSome(answer)) return answer.value
+    yield* Effect.forkDetach(Fiber.interrupt(fiber))
+    return yield* onTimeout
+  })
 
 /**
  * How many connections the pool was built with, provided by `clientLayer` next to the client:

@@ -11,7 +11,7 @@ import { EventLogSql, FailedEventsSql, MovementsSql, OutboxSql, StoreHealthSql, 
 import { UnitOfWorkSql } from "./unitOfWork.ts"
 import { WorkingSetSql } from "./workingSet.ts"
 
-export type { DatabaseOptions } from "./client.ts"
+export { answeredWithin, ResponseTimeout, type DatabaseOptions } from "./client.ts"
 export { fromSqlError, UnexpectedDatabaseError } from "./errors.ts"
 export { outboxChannel } from "./migrations.ts"
 

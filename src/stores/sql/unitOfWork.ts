@@ -1,8 +1,8 @@
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Option, Semaphore } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Layer, Semaphore } from "effect"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
-import { PoolSize, ResponseTimeout } from "./client.ts"
+import { answeredWithin, PoolSize, ResponseTimeout } from "./client.ts"
 import { UnitOfWork } from "../services.ts"
 import { fromSqlError, isConnectionLoss } from "./errors.ts"
 
@@ -29,25 +29,6 @@ const translate = <A, E, R>(effect: Effect.Effect<A, E | SqlError, R>): Effect.E
     const failed = cause.reasons.find(Cause.isFailReason)
     if (failed !== undefined && isSqlError(failed.error)) return fromSqlError(failed.error)
     return Effect.failCause(cause as Cause.Cause<E>)
-  })
-
-/**
- * `effect`, or `onTimeout` once `duration` passed without its answer. Unlike `Effect.timeout`,
- * which waits for what it interrupts to finish, this answers at once: effect/sql sends a
- * transaction's BEGIN and COMMIT uninterruptibly, so one sent down a dead path would keep the
- * caller waiting as long as TCP does (seen in test/messaging/database-cut.test.ts). The abandoned
- * effect is interrupted in the background and ends when its statement or connection does.
- */
-const answeredWithin = <A, E, R, E2>(effect: Effect.Effect<A, E, R>, duration: Duration.Duration, onTimeout: Effect.Effect<never, E2>) =>
-  Effect.gen(function*() {
-    const fiber = yield* Effect.forkDetach(effect)
-    const answer = yield* Fiber.join(fiber).pipe(
-      Effect.timeoutOption(duration),
-      Effect.onInterrupt(() => Effect.forkDetach(Fiber.interrupt(fiber)))
-    )
-    if (Option.isSome(answer)) return answer.value
-    yield* Effect.forkDetach(Fiber.interrupt(fiber))
-    return yield* onTimeout
   })
 
 /**
