@@ -295,9 +295,10 @@ const otherCandidates = `SELECT count(*)::int AS n FROM pg_locks
  * once across crashes only. A holder whose lock session is cut off (the backend ended, the network
  * gone) counts itself active until its next check of that session fails, and may publish rounds
  * meanwhile while a standby has already taken the lock: at least once there too. A check waits
- * `responseTimeout` at most for its answer, so on a path that died without a reset (where the
- * statement would wait on TCP) that is at most `interval` plus `responseTimeout`
- * (test/messaging/database-cut.test.ts). A handover waits for the round in flight (`handOver`), so it publishes nothing twice.
+ * `responseTimeout` at most for its answer, so even on a path that died without a reset (where a
+ * statement waits on TCP) that is within `interval` plus `responseTimeout`
+ * (test/messaging/database-cut.test.ts). A handover waits for the round in flight (`handOver`), so
+ * it publishes nothing twice.
  */
 const elect = (
   pg: PgClient.PgClient,

@@ -78,29 +78,26 @@ describe("runtime configuration", () => {
     }
   })
 
-  it("gives a transaction 15 s idle by default before PostgreSQL ends it, and reads DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", () => {
-    const database = (env: Record<string, string>) => Effect.runSyncExit(databaseSettings.parse(ConfigProvider.fromEnv({ env })))
-    const defaults = database({})
-    if (!Exit.isSuccess(defaults)) throw new Error(String(defaults.cause))
-    expect(Duration.toMillis(defaults.value.idleInTransactionTimeout!)).toBe(15_000)
-    const set = database({ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "2000" })
-    if (!Exit.isSuccess(set)) throw new Error(String(set.cause))
-    expect(Duration.toMillis(set.value.idleInTransactionTimeout!)).toBe(2000)
-    const refused = database({ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "0" })
-    expect(Exit.isFailure(refused) ? String(refused.cause) : "no failure").toContain("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
-  })
-
-  it("waits 10 s for the database by default before a unit of work counts it unreachable, and reads DATABASE_RESPONSE_TIMEOUT", () => {
-    const database = (env: Record<string, string>) => Effect.runSyncExit(databaseSettings.parse(ConfigProvider.fromEnv({ env })))
-    const defaults = database({})
-    if (!Exit.isSuccess(defaults)) throw new Error(String(defaults.cause))
-    expect(Duration.toMillis(defaults.value.responseTimeout!)).toBe(10_000)
-    const set = database({ DATABASE_RESPONSE_TIMEOUT: "30 seconds" })
-    if (!Exit.isSuccess(set)) throw new Error(String(set.cause))
-    expect(Duration.toMillis(set.value.responseTimeout!)).toBe(30_000)
-    const refused = database({ DATABASE_RESPONSE_TIMEOUT: "-1" })
-    expect(Exit.isFailure(refused) ? String(refused.cause) : "no failure").toContain("DATABASE_RESPONSE_TIMEOUT")
-  })
+  // Each read as words or milliseconds; each refused at zero or below, naming its variable.
+  for (const [variable, field, fallback, [set, setMillis], what] of [
+    ["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "idleInTransactionTimeout", 15_000, ["2000", 2000], "idle in a transaction before PostgreSQL ends it"],
+    ["DATABASE_RESPONSE_TIMEOUT", "responseTimeout", 10_000, ["30 seconds", 30_000], "waited for the database before a unit of work counts it unreachable"]
+  ] as const) {
+    it(`reads ${variable}: ${fallback / 1000} s ${what} by default`, () => {
+      const database = (env: Record<string, string>) => Effect.runSyncExit(databaseSettings.parse(ConfigProvider.fromEnv({ env })))
+      const millis = (env: Record<string, string>) => {
+        const exit = database(env)
+        if (!Exit.isSuccess(exit)) throw new Error(String(exit.cause))
+        return Duration.toMillis(Duration.fromInputUnsafe(exit.value[field]!))
+      }
+      expect(millis({})).toBe(fallback)
+      expect(millis({ [variable]: set })).toBe(setMillis)
+      for (const refused of ["0", "-1"]) {
+        const exit = database({ [variable]: refused })
+        expect(Exit.isFailure(exit) ? String(exit.cause) : "no failure").toContain(variable)
+      }
+    })
+  }
 
   it("refuses bad values with a message naming the variable, never echoing credentials", () => {
     expect(failureText({ CATALOG_PREFETCH: "ten" })).toContain("CATALOG_PREFETCH")

@@ -41,9 +41,10 @@ export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(15)
  * statement in flight waiting on TCP: until it gives up retransmitting (about 15 minutes on
  * Linux), or for ever when the request was acknowledged and only the answer is lost. Meanwhile the
  * replica keeps its broker connection, so under single active consumer the broker keeps the queue
- * with it, and no replica applies anything. So a unit of work (`UnitOfWorkSql`) and a health
- * check (`StoreHealthSql`) wait this long at most, then fail as an outage: the consumer pauses
- * and lets go of the queue (test/messaging/database-cut.test.ts). Well above what a unit of work
+ * with it, and no replica applies anything. So a unit of work (`UnitOfWorkSql`), a health check
+ * (`StoreHealthSql`) and the relay's lock checks (messaging/relay.ts) wait this long at most, then
+ * fail: the consumer pauses and lets go of the queue, the relay stands down
+ * (test/messaging/database-cut.test.ts). Well above what a unit of work
  * waits for rows another one holds (milliseconds; at worst `DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`
  * behind a replica gone silent).
  */
@@ -88,8 +89,9 @@ const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
  * the schema, so unqualified table names resolve there (tests give each file its own schema),
  * and with `idle_in_transaction_session_timeout`, so a transaction whose client stopped answering
  * does not hold its locks past that (`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`). Idle connections send
- * TCP keepalive probes after `responseTimeout`, so one whose path died is found dead (about ten
- * seconds of probes later) before a unit of work picks it up.
+ * TCP keepalive probes after `responseTimeout`, so one whose path died fails by itself (ten
+ * unanswered probes a second apart, by the driver's account) rather than when a unit of work
+ * picks it up.
  */
 export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | SqlClient, SqlError> =>
   Layer.unwrap(Effect.suspend(() => {

@@ -4,7 +4,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import type { FailedEvent, Movement, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
 import { EventLog, FailedEvents, type ListedFailedEvent, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
 import { DatabaseError } from "../../domain/errors.ts"
-import { ResponseTimeout } from "./client.ts"
+import { answeredWithin, ResponseTimeout } from "./client.ts"
 import { orDatabaseError } from "./errors.ts"
 import { insertOutbox } from "./rows.ts"
 import { filterClause, whole } from "./stock.ts"
@@ -253,11 +253,7 @@ export const StoreHealthSql = Layer.effect(
     // Bounded as a unit of work is (`ResponseTimeout`): a ping over a dead path would otherwise
     // wait for TCP, and a paused consumer, which resumes on a ping's answer, with it.
     const responseTimeout = yield* ResponseTimeout
-    return StoreHealth.of({
-      ping: Effect.asVoid(orDatabaseError(sql`SELECT 1`)).pipe(Effect.timeoutOrElse({
-        duration: responseTimeout,
-        orElse: () => Effect.fail(new DatabaseError({ reason: "timeout", message: `no answer from the database within ${Duration.format(responseTimeout)}` }))
-      }))
-    })
+    const unanswered = Effect.fail(new DatabaseError({ reason: "timeout", message: `no answer from the database within ${Duration.format(responseTimeout)}` }))
+    return StoreHealth.of({ ping: answeredWithin(Effect.asVoid(orDatabaseError(sql`SELECT 1`)), responseTimeout, unanswered) })
   })
 )

@@ -62,7 +62,7 @@ export const UnitOfWorkSql = Layer.effect(
     const responseTimeout = yield* ResponseTimeout
     const unanswered = Effect.fail(new DatabaseError({
       reason: "timeout",
-      message: `no answer from the database within ${Duration.format(responseTimeout)}: the unit of work was given up and its connection dropped`
+      message: `no answer from the database within ${Duration.format(responseTimeout)}: the unit of work was given up`
     }))
     return UnitOfWork.of({
       transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
