@@ -116,6 +116,10 @@ describe.skipIf(!available() && process.env["CI"] === undefined)("the consuming 
         (await count("outbox")) === published && (await count("outbox", "sent_at IS NULL")) === 0, 60_000, 200)
       await eventually("the relay on the standby alone", async () =>
         (await relayActive(`http://127.0.0.1:${standbySettings.HTTP_PORT}/metrics`)) && !(await relayActive(cutMetrics)), 60_000, 200)
+    } catch (error) {
+      // What each replica said is the only account of why.
+      for (const replica of [cut, standby]) console.info(`database-cut: replica ${replica.name} said\n${replica.output().slice(-8000)}`)
+      throw error
     } finally {
       feeding = false
       await feeder.catch(() => undefined)

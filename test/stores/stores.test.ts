@@ -554,16 +554,25 @@ layer(sqlStoresLayer("response_timeout", { poolSize: 3, responseTimeout: "300 mi
       assert.strictEqual(running[0]?.n, 1)
     }))
 
-  it.effect("a health check the database does not answer fails as a timeout", () =>
-    Effect.gen(function*() {
-      const sql = yield* SqlClient
-      // Every pooled connection busy: the ping waits for one, past the response timeout.
-      const busy = yield* Effect.forkChild(Effect.all(Array.from({ length: 3 }, () => sql`SELECT pg_sleep(2)`), { concurrency: 3 }))
-      yield* Effect.sleep("100 millis")
-      const exit = yield* Effect.exit(Effect.flatMap(StoreHealth, (h) => h.ping))
-      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
-      assert.instanceOf(error, DatabaseError)
-      assert.strictEqual((error as DatabaseError).reason, "timeout")
-      yield* Fiber.join(busy)
-    }))
+  // Every pooled connection busy: each statement waits for one, past the response timeout.
+  const statements = {
+    "a health check": Effect.flatMap(StoreHealth, (h) => h.ping),
+    "the relay's read": Effect.flatMap(Outbox, (o) => o.pending(10)),
+    "the relay's count": Effect.flatMap(Outbox, (o) => o.pendingCount()),
+    "the relay's sent mark": Effect.flatMap(Outbox, (o) => o.markSent([1])),
+    "the dead-letter path's copied mark": Effect.flatMap(FailedEvents, (f) => f.markCopied("no-such-record", new Date(0)))
+  }
+  for (const [name, statement] of Object.entries(statements)) {
+    it.effect(`${name}, sent outside a unit of work, fails as a timeout when the database does not answer`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient
+        const busy = yield* Effect.forkChild(Effect.all(Array.from({ length: 3 }, () => sql`SELECT pg_sleep(1)`), { concurrency: 3 }))
+        yield* Effect.sleep("100 millis")
+        const exit = yield* Effect.exit(statement as Effect.Effect<unknown, DatabaseError, any>)
+        const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+        assert.instanceOf(error, DatabaseError)
+        assert.strictEqual((error as DatabaseError).reason, "timeout")
+        yield* Fiber.join(busy)
+      }))
+  }
 })

@@ -18,8 +18,9 @@ export interface DatabaseOptions {
    */
   readonly idleInTransactionTimeout?: Duration.Input | undefined
   /**
-   * How long a unit of work or a health check waits for the database before it counts it as
-   * unreachable (default 10 s); also the idle time before TCP keepalive probes. See `ResponseTimeout`.
+   * How long a unit of work, or a statement the consumer sends outside one, waits for the database
+   * before it counts it as unreachable (default 10 s); also the idle time before TCP keepalive
+   * probes. See `ResponseTimeout`.
    */
   readonly responseTimeout?: Duration.Input | undefined
 }
@@ -41,9 +42,10 @@ export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(15)
  * statement in flight waiting on TCP: until it gives up retransmitting (about 15 minutes on
  * Linux), or for ever when the request was acknowledged and only the answer is lost. Meanwhile the
  * replica keeps its broker connection, so under single active consumer the broker keeps the queue
- * with it, and no replica applies anything. So a unit of work (`UnitOfWorkSql`), a health check
- * (`StoreHealthSql`) and the relay's lock checks (messaging/relay.ts) wait this long at most, then
- * fail: the consumer pauses and lets go of the queue, the relay stands down
+ * with it, and no replica applies anything. So a unit of work (`UnitOfWorkSql`), the statements
+ * the consumer sends outside one (health checks, the relay's, the dead-letter path's:
+ * `boundedStatements` in stores.ts) and the relay's lock checks (messaging/relay.ts) wait this
+ * long at most, then fail: the consumer pauses and lets go of the queue, the relay stands down
  * (test/messaging/database-cut.test.ts). Well above what a unit of work
  * waits for rows another one holds (milliseconds; at worst `DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`
  * behind a replica gone silent).

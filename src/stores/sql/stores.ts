@@ -9,6 +9,17 @@ import { orDatabaseError } from "./errors.ts"
 import { insertOutbox } from "./rows.ts"
 import { filterClause, whole } from "./stock.ts"
 
+/**
+ * What a statement sent outside a unit of work is wrapped in: it waits `ResponseTimeout` at most
+ * for its answer, then fails as an outage (`answeredWithin`), as a unit of work does. For the
+ * statements the running consumer sends on its own: the relay's, the dead-letter path's, the
+ * health check.
+ */
+const boundedStatements = Effect.map(ResponseTimeout, (timeout) => {
+  const unanswered = Effect.fail(new DatabaseError({ reason: "timeout", message: `no answer from the database within ${Duration.format(timeout)}` }))
+  return <A>(statement: Effect.Effect<A, DatabaseError>): Effect.Effect<A, DatabaseError> => answeredWithin(statement, timeout, unanswered)
+})
+
 export const WarehousesSql = Layer.effect(
   Warehouses,
   Effect.gen(function*() {
@@ -141,29 +152,32 @@ export const OutboxSql = Layer.effect(
   Outbox,
   Effect.gen(function*() {
     const sql = yield* PgClient.PgClient
+    // The relay's statements: a round over a dead path fails at the deadline rather than publish,
+    // once the path is back, rows it read before the cut (another relay has sent them meanwhile).
+    const bounded = yield* boundedStatements
     return Outbox.of({
       append: (messages) =>
         messages.length === 0 ? Effect.void : Effect.asVoid(orDatabaseError(insertOutbox(sql, messages))),
       pending: (limit) =>
-        Effect.map(
+        bounded(Effect.map(
           orDatabaseError(sql<OutboxRecord>`
             SELECT position, event_id, organization_id, event_type, aggregate_key, payload, traceparent, created_at
             FROM outbox WHERE sent_at IS NULL ORDER BY position LIMIT ${limit}`),
           (rows) => rows.map((m): PendingOutboxMessage => ({ ...m, position: whole(m.position) }))
-        ),
+        )),
       // The relay's own clock: `sent_at` is bookkeeping, never compared with event times.
       markSent: (positions) =>
         positions.length === 0 ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) =>
-          Effect.asVoid(orDatabaseError(sql`
+          bounded(Effect.asVoid(orDatabaseError(sql`
             UPDATE outbox SET sent_at = ${new Date(now)}
-            WHERE position = ANY(${positions.map((p) => BigInt(p))}::bigint[]) AND sent_at IS NULL`))),
+            WHERE position = ANY(${positions.map((p) => BigInt(p))}::bigint[]) AND sent_at IS NULL`)))),
       pendingCount: () =>
-        Effect.map(
+        bounded(Effect.map(
           orDatabaseError(sql<{ readonly n: bigint }>`SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL`),
           (rows) => whole(rows[0]?.n ?? 0)
-        ),
+        )),
       purgeSent: (sentBefore, limit) =>
-        Effect.map(
+        bounded(Effect.map(
           orDatabaseError(sql<{ readonly n: number }>`
             WITH gone AS (
               DELETE FROM outbox WHERE position IN (
@@ -172,7 +186,7 @@ export const OutboxSql = Layer.effect(
             )
             SELECT count(*)::integer AS n FROM gone`),
           (rows) => rows[0]?.n ?? 0
-        )
+        ))
     })
   })
 )
@@ -184,11 +198,14 @@ export const FailedEventsSql = Layer.effect(
   FailedEvents,
   Effect.gen(function*() {
     const sql = yield* SqlClient
+    // The dead-letter path's writes: a message being dead-lettered over a dead path goes back to
+    // the queue at the deadline (`StoreUnavailable`) rather than hold its lane, and the pause, on TCP.
+    const bounded = yield* boundedStatements
     return FailedEvents.of({
       // The first record of an id stays: the snapshot of the outer SELECT does not see the
       // insert, so it answers only when the insert did nothing.
       record: (e) =>
-        Effect.flatMap(
+        bounded(Effect.flatMap(
           orDatabaseError(sql<FailedEvent>`
             WITH inserted AS (
               INSERT INTO failed_events (${sql.literal(failedColumns)})
@@ -203,10 +220,10 @@ export const FailedEventsSql = Layer.effect(
             UNION ALL
             SELECT ${sql.literal(failedColumns)} FROM failed_events WHERE id = ${e.id} AND NOT EXISTS (SELECT 1 FROM inserted)`),
           (rows) => rows[0] === undefined ? Effect.die(new Error(`failed event ${e.id} neither inserted nor found`)) : Effect.succeed(rows[0])
-        ),
+        )),
       markCopied: (id, at) =>
-        Effect.asVoid(orDatabaseError(sql`
-          UPDATE failed_events SET dlq_copied_at = ${at} WHERE id = ${id} AND dlq_copied_at IS NULL`)),
+        bounded(Effect.asVoid(orDatabaseError(sql`
+          UPDATE failed_events SET dlq_copied_at = ${at} WHERE id = ${id} AND dlq_copied_at IS NULL`))),
       get: (id) =>
         Effect.map(
           orDatabaseError(sql<FailedEvent>`SELECT ${sql.literal(failedColumns)} FROM failed_events WHERE id = ${id}`),
@@ -250,10 +267,9 @@ export const StoreHealthSql = Layer.effect(
   StoreHealth,
   Effect.gen(function*() {
     const sql = yield* SqlClient
-    // Bounded as a unit of work is (`ResponseTimeout`): a ping over a dead path would otherwise
-    // wait for TCP, and a paused consumer, which resumes on a ping's answer, with it.
-    const responseTimeout = yield* ResponseTimeout
-    const unanswered = Effect.fail(new DatabaseError({ reason: "timeout", message: `no answer from the database within ${Duration.format(responseTimeout)}` }))
-    return StoreHealth.of({ ping: answeredWithin(Effect.asVoid(orDatabaseError(sql`SELECT 1`)), responseTimeout, unanswered) })
+    // A ping over a dead path would otherwise wait for TCP, and a paused consumer, which resumes
+    // on a ping's answer, with it.
+    const bounded = yield* boundedStatements
+    return StoreHealth.of({ ping: bounded(Effect.asVoid(orDatabaseError(sql`SELECT 1`))) })
   })
 )
