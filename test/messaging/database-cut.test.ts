@@ -1,3 +1,5 @@
+import { spawn } from "node:child_process"
+import { resolve } from "node:path"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -135,5 +137,25 @@ describe.skipIf(!available() && process.env["CI"] === undefined)("the consuming 
 
     for (const replica of [cut, standby]) expect(await stopReplica(replica)).toBe(0)
   }, 240_000)
-})
 
+  it("finds an idle connection on the dead path dead by itself: TCP keepalive after the response timeout", async () => {
+    // A connection that sends nothing (the relay's listener, a pooled connection between units)
+    // gets no answer to miss; without keepalive it would stay open on a dead path for ever.
+    const net = partition!
+    const [command, args] = net.inside(resolve("node_modules/.bin/node"), ["test/messaging/clients/idle-listener.ts", databaseUrl(net.databaseHost), "1000"])
+    const listener = spawn(command, [...args], { stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    listener.stdout.on("data", (d) => (output += d))
+    listener.stderr.on("data", (d) => (output += d))
+    try {
+      await eventually("the listener listening", () => output.includes("listening"), 30_000)
+      net.cutDatabase()
+      // 1 s idle, then probes a second apart: ten unanswered, by the driver's account.
+      await eventually("the listener failed", () => output.includes("listener failed"), 60_000)
+      console.info(`database-cut: ${output.trim().split("\n").at(-1)}`)
+    } finally {
+      net.restoreDatabase()
+      listener.kill("SIGKILL")
+    }
+  }, 120_000)
+})

@@ -92,8 +92,8 @@ const schemaName = /^[a-z_][a-z0-9_]{0,62}$/
  * and with `idle_in_transaction_session_timeout`, so a transaction whose client stopped answering
  * does not hold its locks past that (`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`). Idle connections send
  * TCP keepalive probes after `responseTimeout`, so one whose path died fails by itself (ten
- * unanswered probes a second apart, by the driver's account) rather than when a unit of work
- * picks it up.
+ * unanswered probes a second apart: 11 s after a cut with a 1 s timeout, in
+ * test/messaging/database-cut.test.ts) rather than when a unit of work picks it up.
  */
 export const clientLayer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | SqlClient, SqlError> =>
   Layer.unwrap(Effect.suspend(() => {
