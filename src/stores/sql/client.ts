@@ -46,9 +46,11 @@ export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT = Duration.seconds(15)
  * the consumer sends outside one (health checks, the relay's, the dead-letter path's:
  * `boundedStatements` in stores.ts) and the relay's lock checks (messaging/relay.ts) wait this
  * long at most, then fail: the consumer pauses and lets go of the queue, the relay stands down
- * (test/messaging/database-cut.test.ts). Well above what a unit of work
- * waits for rows another one holds (milliseconds; at worst `DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`
- * behind a replica gone silent).
+ * (test/messaging/database-cut.test.ts). A unit of work waits milliseconds for rows another one
+ * holds. Longer only behind a replica frozen inside a unit of work, until PostgreSQL ends that
+ * transaction (`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`, 15 s); a standby taking over its queue comes
+ * after that (the broker's 30 s heartbeat timeout), but another queue's consumer may be caught
+ * waiting: it times out here and its retry finds the rows free. A retry, nothing lost.
  */
 export const DEFAULT_RESPONSE_TIMEOUT = Duration.seconds(10)
 
