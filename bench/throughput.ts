@@ -77,6 +77,7 @@ import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { availableParallelism } from "node:os"
 import pg from "pg"
+import { createVhost, deleteVhost, rabbitmqctl } from "./chaos/infra.ts"
 import { conventionalSchemaSql } from "./conventional/consumer.ts"
 import { naiveSchemaSql } from "./naive/consumer.ts"
 import { median } from "./stats.ts"
@@ -139,7 +140,6 @@ const extraFlags = (process.env["BENCH_CONSUMER_FLAGS"] ?? "").split(" ").filter
 
 const db = new pg.Pool({ connectionString: databaseUrl, max: 4 })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-const rabbitmqctl = (...args: Array<string>) => execFileSync("rabbitmqctl", ["-q", ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
 const count = async (sql: string, params: Array<unknown> = []) => Number((await db.query(sql, params)).rows[0].n)
 
@@ -384,9 +384,9 @@ const waitFor = async (what: string, current: () => Promise<number>, target: num
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
 
 /** The consumers subscribed in a vhost: queue and prefetch of each. */
-const consumersIn = (vhost: string) => {
+const consumersIn = async (vhost: string) => {
   try {
-    return rabbitmqctl("list_consumers", "-p", vhost, "--no-table-headers", "queue_name", "prefetch_count")
+    return (await rabbitmqctl("list_consumers", "-p", vhost, "--no-table-headers", "queue_name", "prefetch_count"))
       .split("\n").filter((l) => l.trim()).map((l) => { const [queue, prefetch] = l.trim().split(/\s+/); return { queue: queue!, prefetch: Number(prefetch) } })
   } catch {
     return []
@@ -456,7 +456,7 @@ const measure = async (options: {
   const everyone = [...consumers]
   let kill: NodeJS.Timeout | undefined
   try {
-    await waitFor(`${options.label}: consumers subscribed`, async () => consumersIn(options.vhost).length, options.subscriptions * options.replicas, 60_000, everyone)
+    await waitFor(`${options.label}: consumers subscribed`, async () => (await consumersIn(options.vhost)).length, options.subscriptions * options.replicas, 60_000, everyone)
     await options.onReady?.()
     if (WARMUP > 0) {
       const before = await options.finished()
@@ -634,8 +634,7 @@ const seedOurs = async () => {
   } finally {
     client.release()
   }
-  rabbitmqctl("add_vhost", targets.ours)
-  rabbitmqctl("set_permissions", "-p", targets.ours, "guest", ".*", ".*", ".*")
+  await createVhost(targets.ours)
 }
 
 /** Events done with: committed, or dead-lettered (so a run with dead letters still ends). */
@@ -723,7 +722,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     // Replicas share the queues; each gets its own HTTP port.
     spawnOne: (i) => start([...startFlags, ...profile, ...extraFlags, "src/main.ts"], { ...ourEnv, HTTP_PORT: String(Number(ourEnv.HTTP_PORT) + i) }),
     onReady: async () => {
-      ourPrefetch ??= consumersIn(targets.ours).find((c) => c.queue === "inventory_order_consumer")?.prefetch
+      ourPrefetch ??= (await consumersIn(targets.ours)).find((c) => c.queue === "inventory_order_consumer")?.prefetch
       if (CONSUMERS > 1) capture = await captureOutbound(targets.ours)
     },
     onStart: async () => {
@@ -829,8 +828,7 @@ const seedConventional = async () => {
     [ORGS, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
   await db.query(`INSERT INTO ${convSchema}.movements (org, variant_id, warehouse_id, change, before, after, reason, caused_by)
     SELECT org, variant_id, warehouse_id, total, 0, total, 'opening_balance', 'bench' FROM ${convSchema}.stock`)
-  rabbitmqctl("add_vhost", targets.conventional)
-  rabbitmqctl("set_permissions", "-p", targets.conventional, "guest", ".*", ".*", ".*")
+  await createVhost(targets.conventional)
 }
 
 const runConventional = async (workload: Workload) => {
@@ -873,8 +871,7 @@ const runNaive = async (workload: Workload) => {
     INSERT INTO ${naiveSchema}.stock (stock_id, organization_id, variant_id, warehouse_id, total_quantity, available_quantity, reserved_quantity)
     SELECT o || '/var_' || v || '@' || w, o, 'var_' || v, w, $2, $2, 0 FROM unnest($1::text[]) o, generate_series(0, $3 - 1) v, unnest($4::text[]) w`,
     [ORGS, STOCK_PER_ROW, VARIANTS, WAREHOUSES])
-  rabbitmqctl("add_vhost", targets.naive)
-  rabbitmqctl("set_permissions", "-p", targets.naive, "guest", ".*", ".*", ".*")
+  await createVhost(targets.naive)
   const run = await measure({
     vhost: targets.naive, label: "naive order.placed", replicas: 1, subscriptions: 1, messages: workload.messages,
     finished: () => count(`SELECT count(*) AS n FROM ${naiveSchema}.reservations`),
@@ -1058,13 +1055,8 @@ const main = async () => {
   } finally {
     for (const s of Object.values(targets)) await db.query(`DROP SCHEMA IF EXISTS ${s} CASCADE`).catch(() => undefined)
     await db.end()
-    for (const vhost of Object.values(targets)) {
-      try {
-        rabbitmqctl("delete_vhost", vhost)
-      } catch {
-        // never created, or already gone
-      }
-    }
+    // One never created, or already gone, is passed over.
+    for (const vhost of Object.values(targets)) await deleteVhost(vhost)
   }
   printHostState("after the runs")
   if (!clean) process.exitCode = 1
