@@ -8,6 +8,7 @@ import {
   deleteVhost,
   eventually,
   queuesSettled,
+  returnReceived,
   startRuntime,
   TestClient,
   testEnv,
@@ -56,19 +57,8 @@ describe("connection recovery", () => {
       for (let k = 0; k < keys; k++) {
         const eventId = freshId("evt")
         eventIds.push(eventId)
-        await setup.publish("order_events", "return.received", {
-          event: "return.received",
-          version: "1.0",
-          timestamp: "2026-01-01T00:00:00Z",
-          organization_id: org,
-          event_id: eventId,
-          data: {
-            order_id: `order-${k}`,
-            return_id: `ret-${k}-${i}`,
-            warehouse_id: "wh_1",
-            returned_items: [{ variant_id: `v-${k}`, quantity: i, condition: "good" }]
-          }
-        })
+        await setup.publish("order_events", "return.received",
+          returnReceived(org, eventId, { order: `order-${k}`, returnId: `ret-${k}-${i}`, variant: `v-${k}`, quantity: i }))
       }
     }
     await setup.close()

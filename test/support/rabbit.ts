@@ -97,24 +97,32 @@ export const startRuntime = <S, E>(stores: Layer.Layer<S, E>, env: Record<string
   return ManagedRuntime.make(layer as Layer.Layer<Layer.Success<typeof layer>, unknown>)
 }
 
-/**
- * The `k`-th `return.received` of one organization: one unit of `v-{k % 10}` back into `wh_1`,
- * for order `order-{k % 25}`. Load for tests that count what was applied: every one applies, and
- * each group of them locks stock rows.
- */
-export const returnEvent = (org: string, k: number, eventId = `evt-${org}-${k}-${Math.random().toString(36).slice(2, 8)}`) => ({
+/** A `return.received` of one organization: `quantity` of `variant` back into `wh_1`, for `order`. */
+export const returnReceived = (
+  org: string,
+  eventId: string,
+  line: { readonly order: string; readonly returnId: string; readonly variant: string; readonly quantity: number }
+) => ({
   event: "return.received",
   version: "1.0",
   timestamp: "2026-01-01T00:00:00Z",
   organization_id: org,
   event_id: eventId,
   data: {
-    order_id: `order-${k % 25}`,
-    return_id: `ret-${k}`,
+    order_id: line.order,
+    return_id: line.returnId,
     warehouse_id: "wh_1",
-    returned_items: [{ variant_id: `v-${k % 10}`, quantity: 1, condition: "good" }]
+    returned_items: [{ variant_id: line.variant, quantity: line.quantity, condition: "good" }]
   }
 })
+
+/**
+ * The `k`-th `return.received` of one organization: one unit of `v-{k % 10}` back into `wh_1`,
+ * for order `order-{k % 25}`. Load for tests that count what was applied: every one applies, and
+ * each group of them locks stock rows.
+ */
+export const returnEvent = (org: string, k: number, eventId = `evt-${org}-${k}-${Math.random().toString(36).slice(2, 8)}`) =>
+  returnReceived(org, eventId, { order: `order-${k % 25}`, returnId: `ret-${k}`, variant: `v-${k % 10}`, quantity: 1 })
 
 /** `count` of `returnEvent`, one after another: load for the shutdown tests. */
 export const publishReturns = async (vhost: string, org: string, count: number): Promise<void> => {
