@@ -57,7 +57,9 @@
  * the first publish and after the last commit, the share of that time its event loop was busy
  * (`nodejs_eventloop_busy_seconds_total`; the rest it waited for PostgreSQL or the broker) and the
  * garbage collector's pauses (`nodejs_gc_duration_seconds`): their count and time by kind, and
- * their share of the consumer's CPU.
+ * their share of the consumer's CPU. Every consumer's CPU is split too (/proc/<pid>/task): the
+ * share spent off its main thread, in V8's background threads (concurrent marking, parallel
+ * scavenging, sweeping, JIT compiling) and libuv's pool, where none of our JavaScript runs.
  *
  * Every consumer gets its own RabbitMQ vhost and database schema, dropped at the end; all are
  * fed by the same publisher (one confirm channel, an order's events back to back, in order) and
@@ -317,6 +319,29 @@ const cpuMs = (child: ChildProcess) => {
 }
 
 /**
+ * CPU ms so far of the process's threads other than its main one (/proc/<pid>/task): V8's
+ * background threads (`V8Worker`: concurrent marking, parallel scavenging, sweeping and JIT
+ * compiling) and libuv's pool, none of which runs our JavaScript. The consumer's CPU includes it.
+ */
+const backgroundMs = (child: ChildProcess) => {
+  let ms = 0
+  try {
+    for (const tid of readdirSync(`/proc/${child.pid}/task`)) {
+      if (tid === String(child.pid)) continue
+      try {
+        const fields = readFileSync(`/proc/${child.pid}/task/${tid}/stat`, "utf8").split(") ")[1]!.split(" ")
+        ms += (Number(fields[11]) + Number(fields[12])) * 10
+      } catch {
+        // A thread that ended meanwhile.
+      }
+    }
+  } catch {
+    return 0
+  }
+  return ms
+}
+
+/**
  * CPU ticks so far of the services every consumer shares, by process name (/proc/<pid>/stat):
  * every `postgres` process (server and backends) and RabbitMQ's Erlang VM (`beam.smp`). A backend
  * that exits within a run takes its ticks with it; the pools here stay open for a whole run.
@@ -430,7 +455,7 @@ const captureOutbound = async (vhost: string) => {
 /** Where the machine's CPU went during a run, in cores busy on average. */
 type Split = { readonly consumer: number; readonly postgres: number; readonly rabbitmq: number; readonly publisher: number }
 
-type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; cpuEach: ReadonlyArray<number>; machineBusy: number; split: Split; published: Map<string, number> }
+type Measured = { elapsed: number; publishMs: number; rss: number; cpu: { user: number; system: number }; cpuEach: ReadonlyArray<number>; background: number; machineBusy: number; split: Split; published: Map<string, number> }
 
 /**
  * Starts `replicas` consumers, waits until they are subscribed, sends the warm-up and waits for
@@ -482,6 +507,7 @@ const measure = async (options: {
     const from = await options.finished()
     const t0 = Date.now()
     const cpu0 = consumers.map(cpuMs)
+    const background0 = consumers.map(backgroundMs)
     const machine0 = machineTicks()
     const services0 = serviceTicks()
     const publisher0 = process.cpuUsage()
@@ -506,6 +532,7 @@ const measure = async (options: {
       return { user: now.user - was.user, system: now.system - was.system }
     })
     const cpu = each.reduce((sum, c) => ({ user: sum.user + c.user, system: sum.system + c.system }), { user: 0, system: 0 })
+    const background = consumers.reduce((sum, c, i) => sum + backgroundMs(c) - (c === everyone[i] ? background0[i]! : 0), 0)
     /** CPU ms of each replica alive at the end (a restarted one from its start). */
     const cpuEach = each.map((c) => c.user + c.system)
     const machine1 = machineTicks()
@@ -519,7 +546,7 @@ const measure = async (options: {
       rabbitmq: ((services1.rabbitmq - services0.rabbitmq) * 10) / elapsed,
       publisher: (publisher.user + publisher.system) / 1000 / elapsed
     }
-    return { elapsed, publishMs, rss, cpu, cpuEach, machineBusy, split, published }
+    return { elapsed, publishMs, rss, cpu, cpuEach, background, machineBusy, split, published }
   } finally {
     clearTimeout(kill)
     await Promise.all(everyone.map(stop))
@@ -772,7 +799,7 @@ const runOurs = async (workload: Workload, replicas = 1, killAfterMs?: number) =
     `latency p50 ${fmt(percentile(lat, 50))} ms, p99 ${fmt(percentile(lat, 99))} ms (to its unit of work), ` +
     (committed === undefined ? "" : `p50 ${fmt(percentile(committed, 50))} ms, p99 ${fmt(percentile(committed, 99))} ms (to its commit), `) +
     `p50 ${fmt(percentile(out, 50))} ms, p99 ${fmt(percentile(out, 99))} ms (to its announcement confirmed); ` +
-    `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
+    `peak RSS ${fmt(run.rss / 1048576, 1)} MB${replicas > 1 ? " (largest process)" : ""}; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.cpu.system) / Math.max(1, cpuTotal))}% of it in the kernel, ${fmt((100 * run.background) / Math.max(1, cpuTotal))}% off the main thread${replicas > 1 ? `; by replica ${run.cpuEach.map((ms) => fmt(ms / 1000, 1)).join(" / ")} s` : ""}${killAfterMs === undefined ? "" : "; the killed replica's not counted"}); ` +
     `${describeLoad(run)}${describeRuntime(runtimeBefore, runtimeAfter, cpuTotal)}; publishing took ${fmt(run.publishMs / 1000, 1)} s; outbox empty ${fmt(drainMs / 1000, 1)} s after the last commit; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expected)}); legitimate events dead-lettered ${fmt(deadLettered)}` +
     (traces === undefined || tracesBefore === undefined ? "" : describeTraces(tracesBefore, traces.snapshot(), workload.messages.length)) +
@@ -804,7 +831,7 @@ const runUnapplied = async (workload: Workload) => {
   const cpuTotal = run.cpu.user + run.cpu.system
   const cpuPerEvent = (cpuTotal * 1000) / workload.messages.length
   console.log(`${"unapplied".padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s, first publish to last ack; nothing applied); ` +
-    `peak RSS ${fmt(run.rss / 1048576, 1)} MB; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt(cpuPerEvent)} µs/event); ${describeLoad(run)}`)
+    `peak RSS ${fmt(run.rss / 1048576, 1)} MB; consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt(cpuPerEvent)} µs/event, ${fmt((100 * run.background) / Math.max(1, cpuTotal))}% off the main thread); ${describeLoad(run)}`)
   return { rate, cpuPerEvent }
 }
 
@@ -844,7 +871,7 @@ const runConventional = async (workload: Workload) => {
   const rate = rateOf(workload.messages, run.elapsed)
   const cpuTotal = run.cpu.user + run.cpu.system
   console.log(`${"conventional".padEnd(13)} ${workload.label.padEnd(16)} ${fmt(rate)} events/s (${fmt(workload.messages.length)} in ${fmt(run.elapsed / 1000, 1)} s); peak RSS ${fmt(run.rss / 1048576, 1)} MB; ` +
-    `consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event); ${describeLoad(run)}; ` +
+    `consumer CPU ${fmt(cpuTotal / 1000, 1)} s (${fmt((cpuTotal * 1000) / workload.messages.length)} µs/event, ${fmt((100 * run.background) / Math.max(1, cpuTotal))}% off the main thread); ${describeLoad(run)}; ` +
     `live reservations left ${fmt(live)} (expected ${fmt(expectedLive(workload.messages))})`)
   return rate
 }
