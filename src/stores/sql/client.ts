@@ -2,6 +2,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Context, Duration, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
+import { DatabaseError } from "../../domain/errors.ts"
 import { migrate } from "./migrations.ts"
 
 /** The database section of the settings (`databaseSettings` in src/config.ts reads it). */
@@ -68,8 +69,8 @@ export const ResponseTimeout = Context.Reference<Duration.Duration>("inventory/s
  *
  * Two fibers started at once and their observers, rather than `Effect.timeoutOption` over a join:
  * its race forks two more, and every unit of work and relay statement pays for this (4.4 against
- * 10.5 µs of CPU a call, 2026-12-06). The timer sleeps on the Effect clock, so `TestClock` drives
- * it (test/stores/answered-within.test.ts).
+ * 10.5 µs of CPU a call in a local micro-benchmark, 2026-12-06). The timer sleeps on the Effect
+ * clock, so `TestClock` drives it (test/stores/answered-within.test.ts).
  */
 export const answeredWithin = <A, E, R, E2>(effect: Effect.Effect<A, E, R>, duration: Duration.Duration, onTimeout: Effect.Effect<never, E2>) =>
   // Uninterruptible until the wait, which a caller's interruption leaves at once: both fibers are
@@ -102,6 +103,20 @@ export const answeredWithin = <A, E, R, E2>(effect: Effect.Effect<A, E, R>, dura
           })
         )))
     }))
+
+/**
+ * `answeredWithin` at the `ResponseTimeout`, given up as an outage: a `DatabaseError` with reason
+ * `timeout`, whose message says what was given up. What units of work (`UnitOfWorkSql`) and the
+ * statements sent outside them (`boundedStatements` in stores.ts) wait under.
+ */
+export const responseBound = (givenUp: string) =>
+  Effect.map(ResponseTimeout, (timeout) => {
+    const unanswered = Effect.fail(new DatabaseError({
+      reason: "timeout",
+      message: `no answer from the database within ${Duration.format(timeout)}: ${givenUp}`
+    }))
+    return <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DatabaseError, R> => answeredWithin(effect, timeout, unanswered)
+  })
 
 /**
  * How many connections the pool was built with, provided by `clientLayer` next to the client:

@@ -1,24 +1,19 @@
 import { PgClient } from "@effect/sql-pg"
-import { Array as Arr, Clock, Duration, Effect, Layer, Option } from "effect"
+import { Array as Arr, Clock, Effect, Layer, Option } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { FailedEvent, Movement, PendingOutboxMessage, Variant, Warehouse } from "../model.ts"
 import { EventLog, FailedEvents, type ListedFailedEvent, Movements, Outbox, StoreHealth, Variants, Warehouses } from "../services.ts"
-import { DatabaseError } from "../../domain/errors.ts"
-import { answeredWithin, ResponseTimeout } from "./client.ts"
+import { responseBound } from "./client.ts"
 import { orDatabaseError } from "./errors.ts"
 import { insertOutbox } from "./rows.ts"
 import { filterClause, whole } from "./stock.ts"
 
 /**
- * What a statement sent outside a unit of work is wrapped in: it waits `ResponseTimeout` at most
- * for its answer, then fails as an outage (`answeredWithin`), as a unit of work does. For the
- * statements the running consumer sends on its own: the relay's, the dead-letter path's, the
- * health check.
+ * What a statement sent outside a unit of work is wrapped in (`responseBound`), as a unit of work
+ * is: for the statements the running consumer sends on its own, the relay's, the dead-letter
+ * path's, the health check.
  */
-const boundedStatements = Effect.map(ResponseTimeout, (timeout) => {
-  const unanswered = Effect.fail(new DatabaseError({ reason: "timeout", message: `no answer from the database within ${Duration.format(timeout)}` }))
-  return <A>(statement: Effect.Effect<A, DatabaseError>): Effect.Effect<A, DatabaseError> => answeredWithin(statement, timeout, unanswered)
-})
+const boundedStatements = responseBound("the statement was given up")
 
 export const WarehousesSql = Layer.effect(
   Warehouses,

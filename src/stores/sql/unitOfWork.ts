@@ -1,8 +1,8 @@
-import { Cause, Context, Duration, Effect, Exit, Layer, Semaphore } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Semaphore } from "effect"
 import { isSqlError, type SqlError } from "effect/sql/SqlError"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DatabaseError } from "../../domain/errors.ts"
-import { answeredWithin, PoolSize, ResponseTimeout } from "./client.ts"
+import { PoolSize, responseBound } from "./client.ts"
 import { UnitOfWork } from "../services.ts"
 import { fromSqlError, isConnectionLoss } from "./errors.ts"
 
@@ -55,15 +55,11 @@ export const UnitOfWorkSql = Layer.effect(
     // connections, the relay published nothing for as long as the backlog lasted (issue 8).
     const slots = yield* Semaphore.make(Math.max(1, (yield* PoolSize) - 2))
     // A unit of work the database does not answer within the response timeout is given up as an
-    // outage (`answeredWithin`). Interrupted, the driver drops its connection unless the server
+    // outage (`responseBound`). Interrupted, the driver drops its connection unless the server
     // confirms the cancel; on a dead path the server ends the transaction itself
     // (`idle_in_transaction_session_timeout`). Its events go back to the queue; if its COMMIT did
     // reach the server, their ids are recorded and their next delivery is a duplicate.
-    const responseTimeout = yield* ResponseTimeout
-    const unanswered = Effect.fail(new DatabaseError({
-      reason: "timeout",
-      message: `no answer from the database within ${Duration.format(responseTimeout)}: the unit of work was given up`
-    }))
+    const bounded = yield* responseBound("the unit of work was given up")
     return UnitOfWork.of({
       transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
         Effect.flatMap(CurrentUnit, (outer): Effect.Effect<A, E | DatabaseError, R> => {
@@ -78,7 +74,7 @@ export const UnitOfWorkSql = Layer.effect(
           return Effect.suspend(() => {
             const unit: Unit = { afterCommit: [] }
             return slots.withPermit(
-              answeredWithin(translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit))), responseTimeout, unanswered)
+              bounded(translate(sql.withTransaction(Effect.provideService(effect, CurrentUnit, unit))))
             ).pipe(
               Effect.tap(() => Effect.forEach(unit.afterCommit, (hook) => hook, { discard: true }))
             )
